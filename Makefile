@@ -1,0 +1,44 @@
+# One-command entry points. Each sets up .venv first (idempotent).
+PY := .venv/bin/python
+
+# A local copy of GPT-2's vocabulary beside the checkout (CI, prepared machines) is used when present.
+ifneq ($(wildcard ../shared/gpt2-tokenizer/encoder.json),)
+export GPT2_TOKENIZER_DIR ?= $(abspath ../shared/gpt2-tokenizer)
+endif
+
+.PHONY: help setup setup-test run lab test notebooks figures download bench clean
+
+help:
+	@echo "make run        set up, then run every notebook headless (copies with outputs in build/notebooks/)"
+	@echo "make lab        set up, then open the notebooks in JupyterLab"
+	@echo "make test       set up (with test packages), then run the whole test suite"
+	@echo "make download   fetch the tokenizer and GPT-2 weights ahead of an offline workshop"
+	@echo "make figures    redraw figures/*.png from code"
+	@echo "make notebooks  re-execute notebooks in place (maintainers: refreshes committed outputs)"
+
+setup:
+	@scripts/setup.sh
+
+setup-test:
+	@scripts/setup.sh --test
+
+run: setup
+	$(PY) scripts/run_notebooks.py --out build/notebooks
+
+lab: setup
+	$(PY) -m jupyter lab notebooks/
+
+test: setup-test
+	$(PY) -m pytest
+
+notebooks: setup
+	$(PY) scripts/run_notebooks.py --inplace $(NB)
+
+figures: setup
+	$(PY) scripts/make_figures.py
+
+download: setup
+	$(PY) scripts/download.py
+
+clean:
+	rm -rf build .pytest_cache
