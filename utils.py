@@ -82,7 +82,7 @@ def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:
 def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
     """Check the structure of an instruction dataset and return normalised copies of its entries.
 
-    Every entry needs a non-empty string `instruction` and a string `output`; `input` may be
+    Every entry needs non-empty strings `instruction` and `output`; `input` may be
     missing (it becomes "") or a string. Other keys are kept as they are.
     """
     if not isinstance(data, list):
@@ -93,13 +93,14 @@ def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
         if not isinstance(entry, dict):
             raise DatasetError(f"{where}: expected an object with 'instruction', 'input', 'output', "
                                f"got {type(entry).__name__}")
-        entry = dict(entry)
-        entry.setdefault("input", "")
+        for field in ("instruction", "output"):
+            if field not in entry:
+                raise DatasetError(f"{where}: missing field '{field}'")
+        # A missing or null input means "no input". Fields keep the file format's order.
+        entry = {"instruction": entry["instruction"], "input": "", "output": entry["output"], **entry}
         if entry["input"] is None:
             entry["input"] = ""
         for field in ("instruction", "input", "output"):
-            if field not in entry:
-                raise DatasetError(f"{where}: missing field '{field}'")
             if not isinstance(entry[field], str):
                 raise DatasetError(f"{where}: field '{field}' must be a string, "
                                    f"got {type(entry[field]).__name__}")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def main() -> int:
             if args.inplace:
                 nb = None  # keep the committed version rather than half an execution
             # The last line of the kernel's message names the error; the saved copy has the rest.
-            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+            lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in str(exc).strip().splitlines() if line.strip()]
             failed.append(f"{path.name}: {lines[-1] if lines else exc}")
         if nb is not None:
             target.parent.mkdir(parents=True, exist_ok=True)

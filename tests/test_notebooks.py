@@ -1,0 +1,107 @@
+"""Every notebook runs top to bottom in a fresh kernel; 01-04 reproduce their committed outputs.
+
+Notebooks after 04 run in the smoke configuration (LLM_SMOKE=1: the small untrained model, a few steps).
+"""
+import copy
+import os
+import random
+
+import nbformat
+import pytest
+import torch
+
+import utils
+from run_notebooks import NOTEBOOK_DIR, execute_notebook
+
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
+REPRODUCIBLE = [path for path in NOTEBOOKS if path.name[:2] in {"01", "02", "03", "04"}]
+
+
+def code_cells(nb):
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def comparable_outputs(cell) -> list:
+    """A cell's outputs as text; streams joined (how the kernel chunks them varies), images by kind only."""
+    streams, rest = {}, []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            streams[output.name] = streams.get(output.name, "") + output.text
+        elif output.output_type in ("execute_result", "display_data"):
+            data = output.get("data", {})
+            rest.append("<image>" if "image/png" in data else data.get("text/plain", ""))
+        else:
+            rest.append(output.output_type)
+    return sorted(streams.items()) + rest
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Executes each notebook at most once per test session (on a copy; the committed file is untouched)."""
+    cache = {}
+    os.environ.setdefault("LLM_SMOKE", "1")
+
+    def run(path):
+        if path not in cache:
+            nb = nbformat.read(path, as_version=4)
+            cache[path] = execute_notebook(path, timeout=900, nb=copy.deepcopy(nb))
+        return cache[path]
+
+    return run
+
+
+def test_there_are_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS[:4]] == ["01", "02", "03", "04"]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_in_a_fresh_kernel(executed, path):
+    nb = executed(path)  # raises CellExecutionError on the first failing cell
+    for cell in code_cells(nb):
+        assert not any(output.output_type == "error" for output in cell.outputs)
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", REPRODUCIBLE, ids=lambda p: p.name)
+def test_committed_outputs_are_reproduced(executed, path):
+    committed = nbformat.read(path, as_version=4)
+    fresh = executed(path)
+    for index, (old, new) in enumerate(zip(code_cells(committed), code_cells(fresh))):
+        assert comparable_outputs(new) == comparable_outputs(old), f"code cell {index + 1} of {path.name}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_clean(path):
+    """What a reader on GitHub sees: no errors, execution counts 1..n (or no outputs at all)."""
+    cells = code_cells(nbformat.read(path, as_version=4))
+    counts = [cell.execution_count for cell in cells if cell.execution_count is not None]
+    assert counts == list(range(1, len(counts) + 1))
+    assert counts == [] or len(counts) == len(cells)
+    assert not any(output.output_type == "error" for cell in cells for output in cell.outputs)
+
+
+def notebook_function(notebook_prefix: str, name: str):
+    """Run a notebook's cells in order until one defines `name`; return that function."""
+    path = next(NOTEBOOK_DIR.glob(f"{notebook_prefix}*.ipynb"))
+    namespace = {}
+    for cell in code_cells(nbformat.read(path, as_version=4)):
+        exec(compile(cell.source, str(path), "exec"), namespace)  # noqa: S102 - our own notebook
+        if name in namespace:
+            return namespace[name]
+    raise AssertionError(f"{path.name} defines no {name}")
+
+
+def test_notebook_alpaca_prompt_agrees_with_utils(dataset):
+    alpaca_prompt = notebook_function("02", "alpaca_prompt")
+    for entry in dataset:
+        assert alpaca_prompt(entry) == utils.format_input(entry, "alpaca")
+
+
+def test_notebook_collate_agrees_with_utils():
+    draft_collate = notebook_function("03", "draft_collate")
+    rng = random.Random(0)
+    for _ in range(200):
+        batch = [[rng.randrange(50256) for _ in range(rng.randint(1, 30))] for _ in range(rng.randint(1, 6))]
+        for ours, theirs in zip(draft_collate(batch), utils.custom_collate_fn(batch)):
+            assert torch.equal(ours, theirs)
