@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 import urllib.request
 import warnings
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -453,6 +456,510 @@ def padding_efficiency(loader: Iterable, ignore_index: int = IGNORE_INDEX) -> fl
         real += int((targets != ignore_index).sum())
         total += targets.numel()
     return real / total if total else 0.0
+
+
+# --- model: GPT-2 written from scratch ---
+
+_GPT2_SHARED = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
+
+GPT_CONFIGS = {
+    "gpt2-small": {**_GPT2_SHARED, "emb_dim": 768, "n_layers": 12, "n_heads": 12},    # 124M
+    "gpt2-medium": {**_GPT2_SHARED, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},  # 355M
+    "gpt2-large": {**_GPT2_SHARED, "emb_dim": 1280, "n_layers": 36, "n_heads": 20},   # 774M
+    "gpt2-xl": {**_GPT2_SHARED, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},      # 1558M
+    # UNTRAINED: no pretrained weights exist for it. Random init, gibberish output; only for
+    # smoke runs and CI where the real checkpoints cannot be downloaded. 6.5M parameters.
+    "tiny": {**_GPT2_SHARED, "context_length": 256, "emb_dim": 64, "n_layers": 2, "n_heads": 2},
+}
+
+HF_REPOS = {
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, so a new token costs one position.
+
+    Room for `max_len` positions is allocated once. `is_real` is False where a row holds (left)
+    padding: attention skips those keys and position counting skips those tokens.
+    """
+
+    def __init__(self, model: GPTModel, batch_size: int, max_len: int):
+        cfg, weight = model.cfg, model.tok_emb.weight
+        shape = (cfg["n_layers"], batch_size, cfg["n_heads"], max_len, cfg["emb_dim"] // cfg["n_heads"])
+        self.keys = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        self.values = torch.zeros_like(self.keys)
+        self.is_real = torch.zeros(batch_size, max_len, dtype=torch.bool, device=weight.device)
+        self.max_len = max_len
+        self.length = 0  # positions filled, the same for every row; GPTModel.forward advances it
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's new keys/values (batch, heads, tokens, head_dim); return all of them so far."""
+        end = self.length + k.size(2)
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (e.g. drop prompts that have finished)."""
+        self.keys, self.values, self.is_real = self.keys[:, rows], self.values[:, rows], self.is_real[rows]
+
+    def reset(self) -> None:
+        self.length = 0
+        self.is_real.zero_()
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention. One Linear computes queries, keys and values (GPT-2's c_attn)."""
+
+    def __init__(self, cfg: dict, layer_idx: int):
+        super().__init__()
+        if cfg["emb_dim"] % cfg["n_heads"]:
+            raise ValueError(f"emb_dim={cfg['emb_dim']} is not divisible by n_heads={cfg['n_heads']}")
+        self.n_heads = cfg["n_heads"]
+        self.layer_idx = layer_idx  # which slot of a KVCache this layer uses
+        self.dropout = cfg["drop_rate"]
+        # W_query, W_key and W_value stacked into one matrix: one matmul instead of three.
+        self.qkv = nn.Linear(cfg["emb_dim"], 3 * cfg["emb_dim"], bias=cfg["qkv_bias"])
+        self.out_proj = nn.Linear(cfg["emb_dim"], cfg["emb_dim"])
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        # (b, t, d) -> (b, heads, t, head_dim): every head attends independently
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        # Without a mask, is_causal is right only when queries and keys are the same positions;
+        # a single new token after cached ones may see every key, so no causal mask then.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.dropout if self.training else 0.0,
+                                             is_causal=attn_mask is None and t == k.size(2))
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
+            nn.GELU(approximate="tanh"),  # GPT-2 was trained with the tanh approximation
+            nn.Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attention(norm(x)), then x + feed_forward(norm(x))."""
+
+    def __init__(self, cfg: dict, layer_idx: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg["emb_dim"], eps=1e-5)
+        self.att = MultiHeadAttention(cfg, layer_idx)
+        self.norm2 = nn.LayerNorm(cfg["emb_dim"], eps=1e-5)
+        self.ff = FeedForward(cfg)
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), attn_mask, cache))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+class GPTModel(nn.Module):
+    """GPT-2, configured by a dict such as GPT_CONFIGS["gpt2-small"]."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.ModuleList([TransformerBlock(cfg, i) for i in range(cfg["n_layers"])])
+        self.final_norm = nn.LayerNorm(cfg["emb_dim"], eps=1e-5)
+        # A separate matrix, as in the book. OpenAI's GPT-2 reuses tok_emb.weight here;
+        # load_gpt2_weights copies it in. (To tie: model.out_head.weight = model.tok_emb.weight.)
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                pad_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (batch, tokens, vocab_size) for token IDs `idx` (batch, tokens).
+
+        cache: a KVCache; `idx` then holds only the tokens that follow the cached ones.
+        pad_mask: (batch, tokens) bool, False at left padding. Padding is invisible to the real
+            tokens (attention skips it, positions do not count it), so a padded row gets the same
+            logits as it would alone. The logits at padded positions are meaningless.
+        last_only: logits of the last position only, (batch, 1, vocab_size): all that generation
+            needs, and it skips the large vocabulary matmul for every other position.
+        """
+        b, t = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + t > self.cfg["context_length"]:
+            raise ValueError(f"{past + t} tokens exceed context_length={self.cfg['context_length']}; "
+                             f"keep only the last {self.cfg['context_length']} (idx[:, -context_length:])")
+        real = pad_mask if pad_mask is not None else torch.ones_like(idx, dtype=torch.bool)
+        if cache is not None:
+            real_before = cache.is_real[:, :past].sum(dim=1, keepdim=True)
+            cache.is_real[:, past:past + t] = real
+            keys_real = cache.is_real[:, :past + t]
+        else:
+            real_before, keys_real = 0, real
+        # Positions count real tokens only, so a left-padded prompt starts at 0 as it would alone.
+        pos = (real_before + real.cumsum(dim=1) - 1).clamp(min=0)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))
+
+        attn_mask = None  # plain causal attention: all that training needs
+        if (cache is not None or pad_mask is not None) and (not keys_real.all() or (past > 0 and t > 1)):
+            q_pos = torch.arange(past, past + t, device=idx.device)[:, None]
+            k_pos = torch.arange(past + t, device=idx.device)
+            # Each query sees the real tokens up to itself. A padding query sees only itself: a
+            # softmax row with nothing to attend to would be NaN (its output is never used).
+            attn_mask = ((k_pos <= q_pos) & keys_real[:, None, :]) | (k_pos == q_pos)
+            attn_mask = attn_mask[:, None]  # the same for every head
+
+        for block in self.trf_blocks:
+            x = block(x, attn_mask, cache)
+        if cache is not None:
+            cache.length += t
+        if last_only:
+            x = x[:, -1:]
+        return self.out_head(self.final_norm(x))
+
+
+# --- weights: OpenAI's pretrained GPT-2 from the Hugging Face Hub ---
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained GPT-2 weights could be neither downloaded nor read; the message says how to fix it."""
+
+
+def download_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None,
+                          force_download: bool = False) -> Path:
+    """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once.
+
+    huggingface_hub does the caching (default ~/.cache/huggingface, or $HF_HOME), resuming and
+    progress bar. With HF_HUB_OFFLINE=1 only the cache is used; without it and without network,
+    huggingface_hub retries for about 20 s first. Any failure raises WeightsUnavailableError,
+    which says how to fix it.
+    """
+    if model_name not in HF_REPOS:
+        hint = " ('tiny' is an untrained demo model: use build_gpt2('tiny'))" if model_name == "tiny" else ""
+        raise ValueError(f"no pretrained weights for {model_name!r}{hint}; choose one of {sorted(HF_REPOS)}")
+    from huggingface_hub import hf_hub_download
+
+    repo = HF_REPOS[model_name]
+    # huggingface_hub reads HF_HUB_OFFLINE when it is imported; read it again so that setting it
+    # later (e.g. in a notebook) works too.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    try:
+        return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir,
+                                    force_download=force_download, local_files_only=offline))
+    except Exception as exc:  # no network, offline mode, HTTP errors, a full disk: all end up here
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        cache_arg = f", cache_dir={str(cache_dir)!r}" if cache_dir is not None else ""
+        offline_note = "HF_HUB_OFFLINE is set: only the local cache was searched. Unset it to download.\n"
+        raise WeightsUnavailableError(
+            f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub "
+            f"({type(exc).__name__}: {reason}).\n{offline_note if offline else ''}"
+            "Fix, either:\n"
+            "  - run this once on a machine with network (it fills the Hugging Face cache, ~/.cache/huggingface\n"
+            "    or $HF_HOME; copy that folder over if this machine has none):\n"
+            f"        python -c \"import utils; utils.download_gpt2_weights('{model_name}'{cache_arg})\"\n"
+            f"    or: hf download {repo} model.safetensors   (older huggingface_hub: huggingface-cli download)\n"
+            "  - pass the path of a model.safetensors you already have:\n"
+            f"        utils.build_gpt2('{model_name}', weights_path='/path/to/model.safetensors')\n"
+            "  - or try the code on the UNTRAINED demo model (its output is gibberish): utils.build_gpt2('tiny')"
+        ) from None
+
+
+# Our parameter names -> the names in OpenAI's GPT-2 checkpoint (as Hugging Face stores it).
+_CHECKPOINT_NAMES = [
+    ("tok_emb.", "wte."), ("pos_emb.", "wpe."), ("trf_blocks.", "h."), ("final_norm.", "ln_f."),
+    ("out_head.", "lm_head."), (".norm1.", ".ln_1."), (".norm2.", ".ln_2."),
+    (".att.qkv.", ".attn.c_attn."), (".att.out_proj.", ".attn.c_proj."),
+    (".ff.layers.0.", ".mlp.c_fc."), (".ff.layers.2.", ".mlp.c_proj."),
+]
+# GPT-2 uses Conv1D layers, which store their weights as (in_features, out_features): the
+# transpose of nn.Linear's.
+_CONV1D_WEIGHT = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+# The causal-mask buffers some checkpoints carry: not parameters, GPTModel builds its own mask.
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{path}: no such file (expected a GPT-2 model.safetensors)")
+    try:
+        return load_file(path)  # safetensors only: plain tensors, never pickle
+    except SafetensorError as exc:
+        raise WeightsUnavailableError(
+            f"{path}: not a readable safetensors file ({exc}). It is probably truncated or corrupt: "
+            "delete it and download it again (download_gpt2_weights(..., force_download=True) "
+            "replaces a copy in the Hugging Face cache)."
+        ) from None
+
+
+def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
+    """Copy a GPT-2 checkpoint (Hugging Face's model.safetensors) into `model`; returns the model.
+
+    `path` is the file or a folder that holds it. Keys may carry a "transformer." prefix;
+    without "lm_head.weight" the head reuses the token embedding (as OpenAI's GPT-2 does).
+    Any missing, left-over or wrongly shaped tensor raises a ValueError naming it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    checkpoint = {key.removeprefix("transformer."): tensor
+                  for key, tensor in _read_safetensors(path).items()}
+    checkpoint = {key: tensor for key, tensor in checkpoint.items() if not _MASK_BUFFER.fullmatch(key)}
+    if "lm_head.weight" not in checkpoint and "wte.weight" in checkpoint:
+        checkpoint["lm_head.weight"] = checkpoint["wte.weight"]  # tied head
+
+    state, missing, wrong_shape = {}, [], []
+    for name, param in model.state_dict().items():
+        key = name
+        for ours, theirs in _CHECKPOINT_NAMES:
+            key = key.replace(ours, theirs)
+        transposed = bool(_CONV1D_WEIGHT.fullmatch(key))
+        expected = tuple(reversed(param.shape)) if transposed else tuple(param.shape)
+        if key not in checkpoint:
+            missing.append(f"{key} {expected}")
+            continue
+        tensor = checkpoint.pop(key)
+        if tuple(tensor.shape) != expected:
+            wrong_shape.append(f"{key}: checkpoint has {tuple(tensor.shape)}, the model needs {expected}")
+            continue
+        state[name] = tensor.t() if transposed else tensor
+    extra = [f"{key} {tuple(tensor.shape)}" for key, tensor in checkpoint.items()]
+
+    if missing or wrong_shape or extra:
+        lines = [f"{path} does not fit this GPTModel (emb_dim={model.cfg['emb_dim']}, "
+                 f"n_layers={model.cfg['n_layers']}, context_length={model.cfg['context_length']}, "
+                 f"vocab_size={model.cfg['vocab_size']}); is it the same GPT-2 size as the config?"]
+        for title, items in (("wrong shape", wrong_shape), ("missing", missing), ("unexpected", extra)):
+            if items:
+                shown = items[:8] + ([f"... and {len(items) - 8} more"] if len(items) > 8 else [])
+                lines.append(f"{title} ({len(items)}):\n    " + "\n    ".join(shown))
+        raise ValueError("\n".join(lines))
+    if model.out_head.weight is model.tok_emb.weight and not torch.equal(state["out_head.weight"],
+                                                                          state["tok_emb.weight"]):
+        raise ValueError(f"{path} has a separate lm_head.weight, but this model ties out_head to tok_emb")
+    model.load_state_dict(state)
+    return model
+
+
+def build_gpt2(model_name: str = "gpt2-small", weights_path: str | Path | None = None) -> GPTModel:
+    """A GPTModel for GPT_CONFIGS[model_name] with OpenAI's weights, in eval mode.
+
+    Weights come from `weights_path` if given, else from download_gpt2_weights(model_name).
+    "tiny" is UNTRAINED: it stays randomly initialised unless you pass weights_path.
+    """
+    if model_name not in GPT_CONFIGS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(GPT_CONFIGS)}")
+    model = GPTModel(GPT_CONFIGS[model_name])
+    if weights_path is not None or model_name != "tiny":
+        load_gpt2_weights(model, weights_path or download_gpt2_weights(model_name))
+    return model.eval()
+
+
+SMOKE_ENV = "LLM_SMOKE"  # set to 1: notebooks use the small untrained model and a few steps (tests, CI)
+
+
+def smoke_mode() -> bool:
+    """True when $LLM_SMOKE asks for the quick configuration."""
+    return os.environ.get(SMOKE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]:
+    """GPT-2 with OpenAI's weights, or the UNTRAINED `tiny` stand-in; returns (model, label).
+
+    The stand-in is used when $LLM_SMOKE is set, or when the weights cannot be had (the reason
+    and its fix are printed). Show the label next to every output, so that a stand-in's text is
+    never taken for GPT-2's.
+    """
+    if not smoke_mode():
+        try:
+            return build_gpt2(model_name), f"{model_name} (OpenAI's pretrained weights)"
+        except WeightsUnavailableError as err:
+            print(f"{err}\n\nContinuing with the UNTRAINED stand-in model instead.\n")
+    label = "UNTRAINED stand-in ('tiny' config, random weights): its text is gibberish, not GPT-2's"
+    torch.manual_seed(123)
+    return build_gpt2("tiny"), label
+
+
+# --- generation: greedy or sampled, with a KV cache, one prompt or many ---
+
+def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
+    """Token IDs of `text` as a (1, tokens) tensor, the shape generate() takes.
+
+    A literal "<|endoftext|>" in the text is plain text here, as in the training data.
+    """
+    return torch.tensor(encode_text(text, tokenizer))[None]
+
+
+def token_ids_to_text(ids: torch.Tensor | list[int], tokenizer) -> str:
+    """Text of token IDs given as a list, a (tokens,) tensor or a (1, tokens) tensor."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.squeeze(0).tolist()
+    return tokenizer.decode(ids)
+
+
+def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
+                generators: list[torch.Generator] | None) -> torch.Tensor:
+    """One token per row of logits (batch, vocab): the argmax at temperature 0, else a sample."""
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(1)  # torch's global RNG, as in the book
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+
+
+def _generators(seed: int | None, n: int, device: torch.device) -> list[torch.Generator] | None:
+    # One generator per row, all seeded alike: a prompt samples the same tokens whatever else
+    # shares its batch.
+    if seed is None:
+        return None
+    return [torch.Generator(device=device).manual_seed(seed) for _ in range(n)]
+
+
+@torch.no_grad()
+def _generate_cached(model: GPTModel, idx: torch.Tensor, pad_mask: torch.Tensor, max_new_tokens: int,
+                     context_size: int, temperature: float, top_k: int | None, eos_id: int | None,
+                     seed: int | None) -> list[list[int]]:
+    """New tokens of every row of a left-padded batch, eos excluded, decoded with a KVCache."""
+    results: list[list[int]] = [[] for _ in range(idx.size(0))]
+    if max_new_tokens <= 0:
+        return results
+    idx, pad_mask = idx[:, -context_size:], pad_mask[:, -context_size:]
+    rows = list(range(idx.size(0)))  # the original row of every row still generating
+    generators = _generators(seed, len(rows), idx.device)
+    cache = KVCache(model, len(rows), min(context_size, idx.size(1) + max_new_tokens))
+    logits = model(idx, cache, pad_mask, last_only=True)[:, -1]
+    for step in range(max_new_tokens):
+        next_tok = _next_token(logits, temperature, top_k, generators)
+        going = next_tok != eos_id if eos_id is not None else torch.ones_like(next_tok, dtype=torch.bool)
+        for row, token, go in zip(rows, next_tok.tolist(), going.tolist()):
+            if go:
+                results[row].append(token)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():  # drop finished rows, so they cost nothing from now on
+            keep = going.nonzero().squeeze(1)
+            rows = [rows[i] for i in keep.tolist()]
+            if generators is not None:
+                generators = [generators[i] for i in keep.tolist()]
+            idx, pad_mask, next_tok = idx[keep], pad_mask[keep], next_tok[keep]
+            cache.keep_rows(keep)
+        idx = torch.cat([idx, next_tok[:, None]], dim=1)
+        pad_mask = torch.cat([pad_mask, pad_mask.new_ones(len(rows), 1)], dim=1)
+        if cache.length < cache.max_len:
+            logits = model(next_tok[:, None], cache)[:, -1]
+        else:
+            # The window is full and slides on: every token moves one position left, so the
+            # cached keys are stale. Encode the last context_size tokens afresh, as the
+            # uncached loop does (slower, but the same result).
+            cache.reset()
+            window, window_mask = idx[:, -context_size:], pad_mask[:, -context_size:]
+            logits = model(window, cache, window_mask, last_only=True)[:, -1]
+    return results
+
+
+@torch.no_grad()
+def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_size: int,
+             temperature: float = 0.0, top_k: int | None = None, eos_id: int | None = None,
+             seed: int | None = None, use_cache: bool = True) -> torch.Tensor:
+    """`idx` (batch, tokens) with up to `max_new_tokens` generated tokens appended.
+
+    - temperature 0: greedy (argmax); above 0: sampling from softmax(logits / temperature),
+      restricted to the `top_k` most likely tokens if given. With `seed`, every row samples
+      from its own generator seeded with it (reproducible); without, from torch's global RNG.
+    - eos_id: a row stops at its first eos_id. Generation ends when every row has stopped; that
+      last eos is not appended (as in the book), and rows that stopped earlier are filled up
+      with eos_id.
+    - Only the last `context_size` tokens are fed to the model (cropped from the left; never
+      more than the model's context_length), so generation can run past the context window.
+    - use_cache=True keeps every layer's keys and values (KVCache), so each step processes one
+      token; use_cache=False recomputes the whole context every step, as in the book. Both
+      give the same tokens (float rounding differs slightly, which could only flip a near-tie).
+    Call model.eval() first.
+    """
+    if idx.dim() != 2:
+        raise ValueError(f"idx must be (batch, tokens), got shape {tuple(idx.shape)}; "
+                         "text_to_token_ids() adds the batch dimension")
+    context_size = min(context_size, model.cfg["context_length"])
+    if use_cache:
+        pad_mask = torch.ones_like(idx, dtype=torch.bool)
+        new = _generate_cached(model, idx, pad_mask, max_new_tokens, context_size,
+                               temperature, top_k, eos_id, seed)
+        width = max(len(row) for row in new)
+        filler = eos_id if eos_id is not None else 0  # 0 never appears: without eos rows are full
+        new = torch.tensor([row + [filler] * (width - len(row)) for row in new],
+                           dtype=idx.dtype, device=idx.device).view(idx.size(0), width)
+        return torch.cat([idx, new], dim=1)
+
+    generators = _generators(seed, idx.size(0), idx.device)
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -context_size:])[:, -1, :]
+        next_tok = _next_token(logits, temperature, top_k, generators)
+        if eos_id is not None:
+            next_tok = next_tok.masked_fill(done, eos_id)
+            done |= next_tok == eos_id
+            if done.all():
+                break
+        idx = torch.cat([idx, next_tok[:, None]], dim=1)
+    return idx
+
+
+@torch.no_grad()
+def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: int, context_size: int,
+                   eos_id: int | None = None, pad_token_id: int = PAD_TOKEN_ID, temperature: float = 0.0,
+                   top_k: int | None = None, seed: int | None = None,
+                   batch_size: int | None = None) -> list[list[int]]:
+    """Generate for many prompts of different lengths at once; returns each prompt's new tokens.
+
+    Prompts are left-padded with `pad_token_id` and a padding mask keeps the padding out of
+    attention and positions, so each prompt gets the same tokens as generate() on it alone
+    (up to float rounding, which can only matter on near-ties). Each row stops at its own eos_id,
+    which is not included. Prompts longer than context_size keep their last context_size tokens.
+    batch_size: at most this many prompts at once (default: all); lengths are sorted first so
+    that similar lengths share a batch. Sampling and seed work as in generate().
+    """
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty")
+    device = model.tok_emb.weight.device
+    context_size = min(context_size, model.cfg["context_length"])
+    results: list[list[int]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    step = batch_size or max(len(prompts), 1)
+    for start in range(0, len(order), step):
+        chunk = order[start:start + step]
+        width = len(prompts[chunk[0]])  # the longest, as lengths are sorted
+        idx = torch.full((len(chunk), width), pad_token_id, dtype=torch.long, device=device)
+        pad_mask = torch.zeros(len(chunk), width, dtype=torch.bool, device=device)
+        for row, i in enumerate(chunk):
+            n = len(prompts[i])
+            idx[row, width - n:] = torch.as_tensor(prompts[i], dtype=torch.long, device=device)
+            pad_mask[row, width - n:] = True
+        new = _generate_cached(model, idx, pad_mask, max_new_tokens, context_size,
+                               temperature, top_k, eos_id, seed)
+        for i, tokens in zip(chunk, new):
+            results[i] = tokens
+    return results
 
 
 # --- plots: pictures for the notebooks, readable on a projector ---

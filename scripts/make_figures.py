@@ -17,6 +17,7 @@ Conventions, so the figures read on a projector and on GitHub's light and dark t
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import matplotlib.colors  # noqa: E402
 import matplotlib.style  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ft2font import __freetype_version__  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
@@ -42,6 +44,7 @@ import utils  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "figures"
 DPI = 200  # figures are designed in inches at 100 px per inch and saved at twice that
+RENDERER = f"matplotlib {matplotlib.__version__}, FreeType {__freetype_version__}"
 
 # Dataset entries shown in the figures (indices into instruction-data.json).
 ENTRY_WITH_INPUT = 50     # spelling of 'Ocassion'
@@ -61,6 +64,7 @@ MUTED = "#555555"   # secondary text; still 7:1 on white
 LINE = "#444444"    # box outlines and arrows
 SANS, MONO = "DejaVu Sans", "DejaVu Sans Mono"
 FONT, SMALL, TITLE = 12, 11, 14  # never below 11 pt
+CAP_HEIGHT = 0.73  # of DejaVu Sans and Sans Mono, in em
 
 STYLE = {  # on top of matplotlib's defaults, so a local matplotlibrc cannot change the output
     "font.family": "sans-serif", "font.sans-serif": [SANS], "font.monospace": [MONO],
@@ -115,7 +119,11 @@ def box(ax, x, y, w, h, label="", *, fill="white", edge=LINE, lw=1.3, hatch=None
                                     edgecolor=hatch_color or tint(edge, 0.35), hatch=hatch, zorder=zorder))
     if label:
         tx = x + w / 2 if align == "center" else x + pad
-        t = text(ax, tx, y + h / 2, label, size=size, color=color, ha=align, weight=weight,
+        if "\n" in label:
+            ty, va = y + h / 2, "center"
+        else:  # one line: a common baseline with capitals centred, so "." sits low and "'" high, as in print
+            ty, va = y + h / 2 + CAP_HEIGHT / 2 * size / 72, "baseline"
+        t = text(ax, tx, ty, label, size=size, color=color, ha=align, va=va, weight=weight,
                  family=family, zorder=zorder + 1, linespacing=1.3)
         ax.figure.fit_checks.append((t, patch))
     return patch
@@ -173,10 +181,20 @@ def token_piece(token_id: int, tokenizer) -> str:
 
 
 def save(fig: Figure, path: Path) -> Path:
-    """Write a PNG whose bytes depend only on the drawing (no version string; Agg writes no date)."""
+    """Write a PNG whose bytes depend only on the drawing: no date, no "Software" version string.
+
+    Two text chunks go in instead: every text drawn (so tests/test_figures.py can compare a
+    figure's content exactly) and the renderer (pixels may differ slightly between versions).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white", transparent=False, metadata={"Software": None})
+    metadata = {"Software": None, "Texts": json.dumps(figure_texts(fig)), "Renderer": RENDERER}
+    fig.savefig(path, dpi=DPI, facecolor="white", transparent=False, metadata=metadata)
     return path
+
+
+def figure_texts(fig: Figure) -> list[str]:
+    """Every string drawn in the figure, in drawing order."""
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
 
 
 def layout_problems(fig: Figure) -> list[str]:
@@ -189,7 +207,7 @@ def layout_problems(fig: Figure) -> list[str]:
         if t.get_text().strip() and not _inside(t.get_window_extent(renderer), page):
             problems.append(f"text {t.get_text()!r} is cut off at the figure's edge")
     for t, patch in getattr(fig, "fit_checks", []):
-        if not _inside(t.get_window_extent(renderer), patch.get_window_extent(renderer), slack=-0.03 * fig.dpi):
+        if not _inside(t.get_window_extent(renderer), patch.get_window_extent(renderer), slack=-0.02 * fig.dpi):
             problems.append(f"text {t.get_text()!r} does not fit in its box")
     return problems
 
@@ -286,7 +304,7 @@ def draw_stages(src: Sources) -> Figure:
 def draw_continue_vs_answer(src: Sources) -> Figure:
     entry = src.data[ENTRY_WITHOUT_INPUT]
     W = 8.8
-    fig, ax = canvas(W, 4.75)
+    fig, ax = canvas(W, 4.5)
     # the request, once, at the top
     text(ax, W / 2, 0.3, f"One request (entry {ENTRY_WITHOUT_INPUT}), two models", size=TITLE, weight="bold",
          ha="center")
@@ -295,8 +313,8 @@ def draw_continue_vs_answer(src: Sources) -> Figure:
     col_w, gap = 4.1, 0.3
     lefts = [W / 2 - gap / 2 - col_w, W / 2 + gap / 2]
     # illustrative continuation: the text goes on in the same pattern, with more questions
-    continuation = (f"{entry['instruction']}\nWhat is an antonym of 'difficult'?\n"
-                    "What is a synonym of 'simple'?\n\u2026")
+    continuation = ("What is an antonym of 'difficult'?\nWhat is a synonym of 'simple'?\n"
+                    "What is an antonym of 'ancient'?\n\u2026")
     panels = [
         ("(a) Pretrained GPT-2", "continues the text", continuation,
          "illustrative: the kind of text a pretrained\nmodel writes here, not from a real run",
@@ -546,7 +564,7 @@ def draw_shift(src: Sources) -> Figure:
     n = len(row_in)
     cw, ch, x0 = 0.85, 0.5, 2.0
     W = x0 + (n + 1) * cw + 1.0
-    fig, ax = canvas(W, 4.2)
+    fig, ax = canvas(W, 4.35)
     text(ax, 0.3, 0.3, "Targets = inputs shifted one position to the left", size=TITLE, weight="bold")
     text(ax, 0.3, 0.62, f"Toy row {TOY_BATCH[0]} after custom_collate_fn: padded to {padded}",
          size=SMALL, color=MUTED)
@@ -554,8 +572,9 @@ def draw_shift(src: Sources) -> Figure:
     for k in range(n):
         text(ax, x0 + k * cw + cw / 2, y_in - 0.22, str(k), size=SMALL, color=MUTED, ha="center")
     text(ax, x0 - 0.15, y_in - 0.22, "position", size=SMALL, color=MUTED, ha="right")
-    text(ax, x0 - 0.15, y_in + ch / 2, "inputs", size=FONT, weight="bold", ha="right")
-    text(ax, x0 - 0.15, y_tg + ch / 2, "targets", size=FONT, weight="bold", ha="right")
+    for y, label in ((y_in, "inputs"), (y_tg, "targets")):
+        text(ax, x0 - 0.15, y + ch / 2 + CAP_HEIGHT / 2 * FONT / 72, label, size=FONT, weight="bold", ha="right",
+             va="baseline")
     for k, token in enumerate(padded):
         x = x0 + k * cw + 0.03
         if k < n:
@@ -570,8 +589,10 @@ def draw_shift(src: Sources) -> Figure:
         kind = "end" if token == utils.PAD_TOKEN_ID else "toy"
         cell(ax, x0 + k * cw + 0.03, y_tg, cw - 0.06, ch, str(token), kind, size=FONT,
              weight="bold" if kind == "end" else "normal")
+        if kind == "end":
+            text(ax, x0 + k * cw + cw / 2, y_tg + ch + 0.2, "end-of-text", size=SMALL, color=MUTED, ha="center")
     j = 2
-    text(ax, 0.3, 3.6, f"At position {j} the model has read {', '.join(map(str, row_in[:j + 1]))} "
+    text(ax, 0.3, 3.95, f"At position {j} the model has read {', '.join(map(str, row_in[:j + 1]))} "
          f"and should predict {row_tg[j]}.", size=FONT)
     return fig
 

@@ -3,11 +3,9 @@
 Checkpoints are small random GPT-2s written by transformers itself, so no download is needed.
 """
 
-import sys
-sys.path.insert(0, "/work/staging")  # TODO(merge): drop this line and import from utils
-from model_section import (GPT_CONFIGS, HF_REPOS, GPTModel, KVCache, WeightsUnavailableError, build_gpt2,
-                           download_gpt2_weights, generate, generate_batch, load_gpt2_weights,
-                           text_to_token_ids, token_ids_to_text)
+from utils import (GPT_CONFIGS, HF_REPOS, GPTModel, KVCache, WeightsUnavailableError, build_gpt2,
+                   download_gpt2_weights, generate, generate_batch, load_gpt2_weights,
+                   text_to_token_ids, token_ids_to_text)
 
 import pytest
 import torch
