@@ -7,11 +7,14 @@ Sections follow the order in which the notebooks meet them.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import random
 import re
 import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -960,6 +963,309 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
         for i, tokens in zip(chunk, new):
             results[i] = tokens
     return results
+
+
+# --- evaluation: offline metrics, and an LLM judge served by a local Ollama ---
+
+RESPONSE_FIELDS = ("output", "model_response")  # what the offline metrics read from each entry
+
+
+def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object with {', '.join(map(repr, fields))}, "
+                           f"got {type(entry).__name__}")
+    for field in fields:
+        if field not in entry:
+            raise DatasetError(f"{where}: missing field '{field}'")
+        if not isinstance(entry[field], str):
+            raise DatasetError(f"{where}: field '{field}' must be a string, got {type(entry[field]).__name__}")
+
+
+def _check_responses(entries, source: str, fields: Sequence[str] = RESPONSE_FIELDS) -> list[dict]:
+    """A non-empty list of objects whose `fields` are strings; else a DatasetError naming entry and field."""
+    if not isinstance(entries, list):
+        raise DatasetError(f"{source}: expected a JSON list of entries, got {type(entries).__name__}")
+    if not entries:
+        raise DatasetError(f"{source}: no entries to evaluate")
+    for index, entry in enumerate(entries):
+        _check_entry(entry, f"{source}: entry {index}", fields)
+    return entries
+
+
+def load_responses(path: str | Path) -> list[dict]:
+    """Read a responses file: a JSON list of entries that each have `output` and `model_response`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    return _check_responses(data, source=str(path))
+
+
+_TRAILING_PUNCTUATION = " .!?,;:"
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, single spaces, no surrounding whitespace, no trailing punctuation: "Blue. " -> "blue"."""
+    return " ".join(text.lower().split()).rstrip(_TRAILING_PUNCTUATION)
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """True when both answers are equal after `normalize_answer`."""
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+@lru_cache(maxsize=1)
+def _rouge_l_scorer():
+    from rouge_score import rouge_scorer  # imported here: it pulls in nltk, which slows `import utils`
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure in [0, 1]: longest common subsequence of (Porter-stemmed, lower-cased) words.
+
+    rouge_score's tokenizer keeps only ASCII letters and digits: punctuation is ignored, and so are
+    accented and non-Latin letters ("café" -> "caf"), which makes it a poor fit for non-English data.
+    An empty answer on either side scores 0.0.
+    """
+    return _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+def evaluate_responses(entries: list[dict], source: str = "<responses>") -> dict:
+    """Exact match and ROUGE-L of every `model_response` against its `output`, averaged over the entries."""
+    entries = _check_responses(entries, source)
+    matches = sum(exact_match(e["model_response"], e["output"]) for e in entries)
+    rouge = [rouge_l(e["model_response"], e["output"]) for e in entries]
+    n = len(entries)
+    return {"n": n, "exact_match": matches / n, "exact_match_count": matches, "rouge_l": sum(rouge) / n}
+
+
+# The judge: a larger model served by Ollama (https://ollama.com) grades every response.
+
+OLLAMA_CHAT_URL = "http://localhost:11434/api/chat"
+OLLAMA_JUDGE_MODEL = "llama3.2"
+
+
+class OllamaUnavailableError(RuntimeError):
+    """No usable judge: the Ollama server is unreachable, lacks the model, or answered something unexpected."""
+
+
+def _ollama_url(url: str, path: str) -> str:
+    """`url` with its path replaced, e.g. .../api/chat -> .../api/tags. A bare http://host:port works too."""
+    return urllib.parse.urlsplit(url)._replace(path=path, query="", fragment="").geturl()
+
+
+def _unreachable_message(url: str, reason: str, model: str) -> str:
+    return (
+        f"No Ollama server answered at {_ollama_url(url, '')} ({reason}).\n"
+        "The LLM judge needs a running Ollama server. Fix:\n"
+        "  1. install Ollama from https://ollama.com\n"
+        "  2. start the server: `ollama serve` (keep it running in another terminal)\n"
+        f"  3. fetch the judge model: `ollama pull {model}`\n"
+        "If your server runs elsewhere, pass its address: --judge-url http://HOST:11434/api/chat "
+        "(url=... in Python)."
+    )
+
+
+def _request_json(url: str, payload: dict | None, timeout: float, model: str = OLLAMA_JUDGE_MODEL) -> dict:
+    """GET (payload None) or POST JSON to an Ollama endpoint; every failure becomes an OllamaUnavailableError."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OllamaUnavailableError(f"{url!r} is not a usable URL; expected e.g. {OLLAMA_CHAT_URL}")
+    data = None if payload is None else json.dumps(payload).encode("utf-8")
+    # Like Ollama's own client, never send loopback traffic through an http_proxy from the environment.
+    proxies = {} if parts.hostname in ("localhost", "127.0.0.1", "::1") else None
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
+    try:
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with opener.open(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:  # the server is up but refuses; Ollama explains why in {"error": ...}
+        try:
+            detail = json.loads(exc.read()).get("error", "")
+        except (ValueError, AttributeError, OSError):
+            detail = ""
+        if exc.code == 404 and re.search(r"model .* not found", detail):  # Ollama's answer for a model never pulled
+            raise OllamaUnavailableError(f"Ollama at {url}: {detail}.\nFix: `ollama pull {model}`") from None
+        raise OllamaUnavailableError(f"Ollama at {url} answered HTTP {exc.code} {exc.reason}: "
+                                     f"{detail or 'no details'}") from None
+    except TimeoutError:  # connected, but the reply is late
+        raise OllamaUnavailableError(f"Ollama at {url} did not answer within {timeout:g} s. The first request "
+                                     f"loads the model, which can be slow on a CPU: pass a larger timeout.") from None
+    except urllib.error.URLError as exc:  # no connection at all (a timeout here happened while connecting)
+        reason = f"no connection within {timeout:g} s" if isinstance(exc.reason, TimeoutError) else str(exc.reason)
+        raise OllamaUnavailableError(_unreachable_message(url, reason, model)) from None
+    except (OSError, http.client.HTTPException) as exc:  # e.g. a reset connection, or a server that is not HTTP
+        raise OllamaUnavailableError(_unreachable_message(url, f"{type(exc).__name__}: {exc}", model)) from None
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise OllamaUnavailableError(f"{url} did not answer with a JSON object; is this an Ollama server?")
+    return reply
+
+
+def ollama_models(url: str = OLLAMA_CHAT_URL, timeout: float = 5.0, model: str = OLLAMA_JUDGE_MODEL) -> list[str]:
+    """Names of the models the server has pulled, e.g. ["llama3.2:latest"] (via GET /api/tags).
+
+    `model` only goes into the `ollama pull` advice of the error raised when no server answers.
+    """
+    tags_url = _ollama_url(url, "/api/tags")
+    reply = _request_json(tags_url, None, timeout, model)
+    models = reply.get("models")
+    if not isinstance(models, list):
+        raise OllamaUnavailableError(f"{tags_url} has no 'models' list; is this an Ollama server?")
+    return [m.get("name") or m.get("model", "") for m in models if isinstance(m, dict)]
+
+
+def check_ollama(url: str = OLLAMA_CHAT_URL, timeout: float = 5.0) -> bool:
+    """True when an Ollama server answers at `url`'s host (it need not have the judge model yet)."""
+    try:
+        ollama_models(url, timeout)
+    except OllamaUnavailableError:
+        return False
+    return True
+
+
+def query_ollama(prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL,
+                 seed: int = 123, timeout: float = 120.0) -> str:
+    """Send one user message to Ollama's /api/chat and return the reply's text.
+
+    Temperature 0 and a fixed seed make the judge repeatable on the same machine and Ollama version.
+    """
+    chat_url = url if urllib.parse.urlsplit(url).path not in ("", "/") else _ollama_url(url, "/api/chat")
+    payload = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": False,  # one JSON object instead of a stream of chunks
+        "options": {"temperature": 0, "seed": seed, "num_ctx": 2048},
+    }
+    reply = _request_json(chat_url, payload, timeout, model)
+    try:
+        content = reply["message"]["content"]
+    except (KeyError, TypeError):
+        raise OllamaUnavailableError(f"{chat_url}: the reply has no message.content; "
+                                     f"is this Ollama's /api/chat?") from None
+    return content
+
+
+def judge_prompt(entry: dict, style: str | PromptStyle = "alpaca") -> str:
+    """The grading request for one entry.
+
+    The judge sees the instruction exactly as the finetuned model did (`format_input` with the
+    same prompt style), then the reference output and the model's response.
+    """
+    _check_entry(entry, "judge_prompt", ("instruction", *RESPONSE_FIELDS))
+    return (
+        "You are grading the answer a small language model gave to a task.\n\n"
+        "The model was given this prompt:\n"
+        f"{format_input(entry, style)}\n\n"
+        "A correct answer is:\n"
+        f"{entry['output']}\n\n"
+        "The model answered:\n"
+        f"{entry['model_response']}\n\n"
+        "Compare the model's answer with the correct answer and grade it with an integer from 0 "
+        "(wrong, empty or off-topic) to 100 (as good as the correct answer).\n"
+        "Respond with the integer number only."
+    )
+
+
+# parse_score's patterns. A number never starts inside a word or a decimal ("llama3.2" holds no score).
+_NUMBER = r"(?<![\w.])(-?\d+(?:\.\d+)?)(?!\w)"
+_BARE_NUMBER = re.compile(_NUMBER + r"[.!%]?")
+_FRACTION = re.compile(_NUMBER + r"\s*(?:/|out\s+of)\s*(\d+)(?!\w)", re.IGNORECASE)
+_SCORE_WORD = r"\b(?:scor|rat|grad)(?:e|es|ed|ing)\b[^\d\n]{0,30}?"  # "Score: ", "I would rate this "
+_SCORE_WORD_NUMBER = re.compile(_SCORE_WORD + _NUMBER, re.IGNORECASE)
+_OTHER_SCALE = "\x00"  # stands in for "8/10" and the like, so no digit of it is read as a score
+_SCORE_WORD_OTHER_SCALE = re.compile(_SCORE_WORD + _OTHER_SCALE, re.IGNORECASE)
+_RANGE = re.compile(r"(?<![\w.])[01]\s*(?:-|–|—|to|and)\s*100(?!\w)", re.IGNORECASE)  # "0-100", "0 to 100"
+_NUMBER_RE = re.compile(_NUMBER)
+_OUT_OF_100 = re.compile(r"(?:/|\bout\s+of)\s*100(?!\w)", re.IGNORECASE)
+
+
+def _as_score(number: str) -> int | None:
+    value = float(number)
+    return int(value + 0.5) if 0 <= value <= 100 else None  # a decimal rounds half up: 85.5 -> 86
+
+
+def parse_score(reply: str) -> int | None:
+    """The 0-100 score in a judge's reply, or None when there is no single clear one.
+
+    Markdown marks (`*`, `_`, backticks, `#`) are dropped, then the first rule that applies wins:
+    1. The first line is just a number ("85", "**85**", "85.", "85%"; more text may follow below).
+    2. Fractions on another scale ("8/10", "4 out of 5") are never read as scores; if a score
+       word points at one ("Rating: 8/10"), the reply is on the wrong scale: None.
+    3. Explicit scores: "N/100", "N out of 100", and the first number after score/rating/rate/
+       grade (any ending) on the same line, within 30 characters ("Score: 85", "I would rate
+       this 85"). Ranges such as "0-100" and "0 to 100" never count. If all explicit scores
+       agree, that is the score; if they disagree, None.
+    4. Otherwise, if exactly one distinct number is left in the reply, that number; else None.
+    A score outside 0..100 ("150", "-5") is None. Callers count None as unparsed, never as 0.
+    """
+    text = re.sub(r"[*_`#]", "", reply or "").strip()
+    first_line = text.split("\n", 1)[0].strip()
+    if _BARE_NUMBER.fullmatch(first_line):
+        return _as_score(first_line.rstrip(".!%"))
+    text = _RANGE.sub(" ", text)
+    explicit = {_as_score(n) for n, denominator in _FRACTION.findall(text) if int(denominator) == 100}
+    text = _FRACTION.sub(lambda m: m.group(0) if int(m.group(2)) == 100 else _OTHER_SCALE, text)
+    if _SCORE_WORD_OTHER_SCALE.search(text):
+        return None
+    explicit |= {_as_score(n) for n in _SCORE_WORD_NUMBER.findall(text)}
+    if explicit:
+        return explicit.pop() if len(explicit) == 1 else None
+    numbers = set(_NUMBER_RE.findall(_OUT_OF_100.sub(" ", text)))
+    return _as_score(numbers.pop()) if len(numbers) == 1 else None
+
+
+def _require_judge(model: str, url: str, timeout: float) -> None:
+    """Fail once, before any work, if the server is down or lacks `model`."""
+    pulled = ollama_models(url, timeout, model)
+    if model not in pulled and f"{model}:latest" not in pulled:
+        raise OllamaUnavailableError(
+            f"The Ollama server at {url} does not have the model {model!r} "
+            f"(it has: {', '.join(pulled) or 'none'}).\nFix: `ollama pull {model}`"
+        )
+
+
+def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL,
+                    style: str | PromptStyle = "alpaca", seed: int = 123, timeout: float = 120.0,
+                    source: str = "<responses>", progress: bool = True) -> dict:
+    """Ask the judge to score every entry's `model_response` from 0 to 100.
+
+    Returns {"n", "scores" (int or None per entry), "mean" (over parsed scores only), "n_scored",
+    "unparsed": {"count", "indices"}, "replies" (the judge's raw text), "model"}.
+    Replies that cannot be parsed stay visible in `unparsed`; they do not count as 0.
+    """
+    from tqdm import tqdm
+
+    entries = _check_responses(entries, source, ("instruction", *RESPONSE_FIELDS))
+    _require_judge(model, url, min(timeout, 10.0))
+    scores: list[int | None] = []
+    replies: list[str] = []
+    for entry in tqdm(entries, desc=f"judging with {model}", unit="entry", disable=not progress):
+        reply = query_ollama(judge_prompt(entry, style), model=model, url=url, seed=seed, timeout=timeout)
+        replies.append(reply)
+        scores.append(parse_score(reply))
+    parsed = [s for s in scores if s is not None]
+    unparsed = [i for i, s in enumerate(scores) if s is None]
+    return {
+        "model": model,
+        "n": len(entries),
+        "n_scored": len(parsed),
+        "mean": sum(parsed) / len(parsed) if parsed else None,
+        "scores": scores,
+        "unparsed": {"count": len(unparsed), "indices": unparsed},
+        "replies": replies,
+    }
 
 
 # --- plots: pictures for the notebooks, readable on a projector ---

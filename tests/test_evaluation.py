@@ -2,17 +2,14 @@
 import http.server
 import json
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, "/work/staging")  # staging: on merge, drop this line and import the names below from utils
-from eval_section import (DatasetError, OllamaUnavailableError, check_ollama, evaluate_responses, exact_match,
-                          format_input, judge_prompt, judge_responses, load_responses, parse_score, query_ollama,
-                          rouge_l)
+from utils import (DatasetError, OllamaUnavailableError, check_ollama, evaluate_responses, exact_match,
+                   format_input, judge_prompt, judge_responses, load_responses, parse_score, query_ollama, rouge_l)
 
 RESPONSES = [
     {"instruction": "Name a primary color.", "input": "", "output": "Blue", "model_response": "  blue. "},

@@ -148,6 +148,12 @@ def test_checkpoint_round_trip(tmp_path, tied):
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 
+def test_untied_checkpoint_refuses_a_tied_model(tmp_path):
+    path = save_checkpoint(tmp_path / "model.safetensors", small_model(tied=False))
+    with pytest.raises(ValueError, match="ties them"):
+        load_checkpoint(small_model(tied=True), path)
+
+
 class Interrupt(Exception):
     pass
 
