@@ -28,9 +28,16 @@ if [ ! -f "$stamp" ]; then
   if ! "$PY" -c 'import torch' 2>/dev/null; then
     if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then
       # No NVIDIA GPU: the CPU build is ~200 MB instead of several GB of CUDA libraries.
-      echo "setup: installing PyTorch (CPU build)"
-      "$PY" -m pip install --quiet "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu \
-        || "$PY" -m pip install --quiet "torch>=2.2"
+      cpu_index=https://download.pytorch.org/whl/cpu
+      if "$PY" -c "import urllib.request as u; u.urlopen('$cpu_index/', timeout=5)" 2>/dev/null; then
+        echo "setup: installing PyTorch (CPU build, from $cpu_index)"
+        "$PY" -m pip install --quiet torch --index-url "$cpu_index"
+      else
+        # PyTorch's own index is out of reach: take the pinned release from the configured
+        # index (machines prepared for this course keep its CPU build in their wheel folder).
+        echo "setup: installing PyTorch 2.13.0"
+        "$PY" -m pip install --quiet "torch==2.13.0"
+      fi
     fi
   fi
   echo "setup: installing $files"
