@@ -23,16 +23,11 @@ from pathlib import Path
 
 import torch
 
-# STAGING ONLY: at merge, replace this block with one `from utils import (...)` of the same names.
-sys.path.insert(0, "/work/staging")
-from eval_section import evaluate_responses  # noqa: E402
-from model_section import GPT_CONFIGS, GPTModel, WeightsUnavailableError, build_gpt2, generate_batch  # noqa: E402
-from train_section import (apply_lora, bf16_autocast_recommended, count_parameters, create_optimizer,  # noqa: E402
-                           length_grouped_loader, merge_lora, plot_losses, save_checkpoint, seed_everything,
-                           train_model)
-from utils import (DEFAULT_DATA_PATH, PAD_TOKEN_ID, PROMPT_STYLES, DatasetError, TokenizerUnavailableError,  # noqa: E402
-                   atomic_write_json, create_dataloaders, encode_text, format_prompt, get_device,
-                   get_tokenizer, load_instruction_data, split_dataset)
+from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, PROMPT_STYLES, DatasetError, GPTModel, TokenizerUnavailableError,
+                   WeightsUnavailableError, apply_lora, atomic_write_json, bf16_autocast_recommended, build_gpt2,
+                   count_parameters, create_dataloaders, create_optimizer, evaluate_responses, generate_responses,
+                   get_device, get_tokenizer, length_grouped_loader, load_instruction_data, merge_lora, plot_losses,
+                   save_checkpoint, seed_everything, split_dataset, train_model)
 
 # --smoke: the tiny model on a few examples; the whole pipeline offline in seconds.
 SMOKE = {"train": 48, "val": 8, "test": 5, "batch_size": 4, "max_steps": 6, "eval_freq": 2, "eval_iter": 1,
@@ -71,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="tiny UNTRAINED model, a few examples and steps: checks the pipeline offline")
     args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_freq", "save_every", "gen_batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lora_rank < 0:
+        p.error("--lora-rank must be 0 (off) or more")
     if args.smoke:
         if args.model != "tiny":
             print(f"--smoke: using the tiny model instead of {args.model}")
@@ -110,30 +110,6 @@ def load_model(args) -> GPTModel:
         raise WeightsUnavailableError(str(exc)) from None
     print(f"model: {args.model} with pretrained weights ({count_parameters(model) / 1e6:.0f}M parameters)")
     return model
-
-
-def generate_responses(model: GPTModel, entries: list[dict], tokenizer, style: str, max_new_tokens: int,
-                       batch_size: int) -> list[dict]:
-    """Each entry with its "model_response": greedy, batched generation with a KV cache."""
-    from tqdm import tqdm
-
-    model.eval()
-    prompts = [encode_text(format_prompt(entry, style), tokenizer) for entry in entries]
-    # Similar lengths per batch: less left padding to compute through.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    responses: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(order), batch_size), desc="test responses", unit="batch"):
-        chunk = order[start:start + batch_size]
-        new_tokens = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens,
-                                    context_size=model.cfg["context_length"], eos_id=PAD_TOKEN_ID)
-        for i, tokens in zip(chunk, new_tokens):
-            responses[i] = tokenizer.decode(tokens).strip()  # new tokens only: the prompt is not in them
-    return [{**entry, "model_response": response} for entry, response in zip(entries, responses)]
-
-
-def evaluate(entries: list[dict]) -> dict:
-    """Offline scores of the responses (exact match, ROUGE-L): utils.evaluate_responses."""
-    return evaluate_responses(entries)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -192,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         "final_train_loss": history.train_losses[-1] if history.train_losses else None,
         "final_val_loss": history.val_losses[-1] if history.val_losses else None,
         "train_seconds": round(train_seconds, 1),
-        "evaluation": evaluate(entries),
+        "evaluation": evaluate_responses(entries),  # exact match, ROUGE-L
     }
     atomic_write_json(out / "metrics.json", metrics)
     ev = metrics["evaluation"]

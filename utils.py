@@ -6,9 +6,13 @@ Sections follow the order in which the notebooks meet them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import io
+import itertools
 import json
+import math
 import os
 import random
 import re
@@ -17,15 +21,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA_PATH = REPO_ROOT / "instruction-data.json"
@@ -117,11 +121,9 @@ def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
     return entries
 
 
-def load_instruction_data(source: str | Path = DEFAULT_DATA_PATH,
-                          cache_dir: str | Path = DEFAULT_CACHE_DIR) -> list[dict]:
-    """Load an instruction dataset from a JSON file path or an http(s) URL (cached locally)."""
-    source = str(source)
-    path = download_file(source, cache_dir) if source.startswith(("http://", "https://")) else Path(source)
+def read_json_file(path: str | Path):
+    """Parse a UTF-8 JSON file; a DatasetError names the file (and line and column for bad JSON)."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -129,9 +131,17 @@ def load_instruction_data(source: str | Path = DEFAULT_DATA_PATH,
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def load_instruction_data(source: str | Path = DEFAULT_DATA_PATH,
+                          cache_dir: str | Path = DEFAULT_CACHE_DIR) -> list[dict]:
+    """Load an instruction dataset from a JSON file path or an http(s) URL (cached locally)."""
+    source = str(source)
+    path = download_file(source, cache_dir) if source.startswith(("http://", "https://")) else Path(source)
+    data = read_json_file(path)
     return validate_instruction_data(data, source=str(path))
 
 
@@ -799,6 +809,16 @@ def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]
     return build_gpt2("tiny"), label
 
 
+
+def model_name_of(model: GPTModel) -> str:
+    """The GPT_CONFIGS name whose config `model` has (e.g. "gpt2-small", "tiny")."""
+    return next((name for name, cfg in GPT_CONFIGS.items() if cfg == model.cfg), "custom")
+
+
+def instruct_checkpoint_path(model: GPTModel) -> Path:
+    """Where notebook 06 saves the finetuned model and notebook 07 looks for it."""
+    return REPO_ROOT / "checkpoints" / f"{model_name_of(model)}-instruct.safetensors"
+
 # --- generation: greedy or sampled, with a KV cache, one prompt or many ---
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
@@ -965,6 +985,657 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
     return results
 
 
+
+def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca",
+                       max_new_tokens: int = 256, batch_size: int = 32, progress: bool = True) -> list[dict]:
+    """Each entry with the model's answer added as "model_response" (greedy, batched, KV cache).
+
+    The prompt is format_prompt(entry, style): the very text the model was trained to continue.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    prompts = [encode_text(format_prompt(entry, style), tokenizer) for entry in entries]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
+    responses = [""] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc="responses", unit="batch", disable=not progress):
+        chunk = order[start:start + batch_size]
+        new_tokens = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens,
+                                    context_size=model.cfg["context_length"], eos_id=PAD_TOKEN_ID)
+        for i, tokens in zip(chunk, new_tokens):
+            responses[i] = tokenizer.decode(tokens).strip()
+    return [{**entry, "model_response": response} for entry, response in zip(entries, responses)]
+
+# --- training: the loop, checkpoints, loss plot, length-grouped batches ---
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random number generators (CPU and every GPU)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _loss_sum(inputs: torch.Tensor, targets: torch.Tensor, model: nn.Module, device: torch.device,
+              autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the real targets of a batch, and how many there are."""
+    inputs, targets = inputs.to(device), targets.to(device)
+    with _autocast(torch.device(device), autocast_dtype):
+        logits = model(inputs)
+    # The softmax over 50k classes is done in float32 even under autocast: bf16 would round it badly.
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def calc_loss_batch(inputs: torch.Tensor, targets: torch.Tensor, model: nn.Module,
+                    device: str | torch.device, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the real (not -100) targets of one batch; differentiable."""
+    loss, n_real = _loss_sum(inputs, targets, model, device, autocast_dtype)
+    return loss / max(n_real, 1)
+
+
+@torch.no_grad()
+def calc_loss_loader(loader: Iterable, model: nn.Module, device: str | torch.device,
+                     num_batches: int | None = None, autocast_dtype: torch.dtype | None = None) -> float:
+    """Mean cross-entropy over every real target in the first `num_batches` batches (default: all).
+
+    Weighted by tokens, not by batches: a batch with twice the real targets counts twice.
+    Returns nan for an empty loader. Does not switch the model to eval mode (evaluate_model does).
+    """
+    total, n_real = 0.0, 0
+    for inputs, targets in itertools.islice(loader, num_batches):
+        loss, n = _loss_sum(inputs, targets, model, device, autocast_dtype)
+        total, n_real = total + loss.item(), n_real + n
+    return total / n_real if n_real else float("nan")
+
+
+def evaluate_model(model: nn.Module, train_batches: Iterable, val_loader: Iterable, device: str | torch.device,
+                   eval_iter: int, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    try:
+        train_loss = calc_loss_loader(train_batches, model, device, eval_iter, autocast_dtype)
+        val_loss = calc_loss_loader(val_loader, model, device, eval_iter, autocast_dtype)
+    finally:
+        model.train(was_training)
+    return train_loss, val_loss
+
+
+def create_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    """AdamW over the parameters that train (all, or only LoRA's), with torch's fused kernel where it has one.
+
+    The fused kernel updates all tensors in one pass, several times faster on a CPU than torch's
+    default per-tensor loop; the update is the same up to float rounding.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_autocast_recommended(device: str | torch.device) -> bool:
+    """Whether bfloat16 autocast should make training steps faster on `device`.
+
+    - CUDA: when the GPU does bf16 natively (Ampere and newer).
+    - CPU: when /proc/cpuinfo lists `avx512_bf16` or `amx_bf16` (bf16 dot products in hardware).
+      Without them bf16 is emulated and gains nothing. benchmarks/bench_training.py measures
+      both on the machine at hand. Apple's mps and anything else: False.
+    Weights, optimizer state and the loss stay float32 either way (mixed precision).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+@dataclass
+class TrainHistory:
+    """Losses at every evaluation: the optimizer step, and the real target tokens trained on by then."""
+    steps: list[int] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    tokens_seen: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainState:
+    """Where a run is; a checkpoint stores it beside the weights and optimizer state."""
+    step: int = 0            # optimizer steps taken
+    epoch: int = 0           # the epoch in progress
+    batches_done: int = 0    # micro-batches of that epoch already trained on
+    tokens_seen: int = 0     # real target tokens trained on: padding and -100 (masked) targets not counted
+    positions_seen: int = 0  # every input position processed, padding included (what the FLOPs are spent on)
+    last_loss: float = float("nan")  # training loss of the last optimizer step
+    seed: int = 123
+    grad_accum_steps: int = 1
+    batches_per_epoch: int = 0
+    history: TrainHistory = field(default_factory=TrainHistory)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        return cls(**{**d, "history": TrainHistory(**d["history"])})
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch  # a different order every epoch, the same every run
+
+
+def _epoch_batches(loader: Iterable, seed: int, epoch: int) -> Iterator:
+    """An iterator over `loader` whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+    Works for a DataLoader with a `generator` (create_dataloaders' train loader) and for a batch
+    sampler with `set_epoch` (length_grouped_loader); unshuffled loaders are reproducible anyway.
+    """
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if hasattr(batch_sampler, "set_epoch"):
+        batch_sampler.set_epoch(epoch)
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(_epoch_seed(seed, epoch))
+    elif isinstance(getattr(loader, "sampler", None), RandomSampler) and loader.sampler.generator is None:
+        warnings.warn("the train loader shuffles with torch's global RNG: its order cannot be replayed on resume; "
+                      "give the DataLoader a generator (create_dataloaders does)", stacklevel=3)
+    # A DataLoader without a generator draws a base seed from the global RNG whenever it starts an
+    # iteration; fork_rng keeps that from shifting the dropout masks of the steps that follow.
+    with torch.random.fork_rng(devices=[]):
+        return iter(loader)
+
+
+def _optimizer_step(model: nn.Module, window: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                    optimizer: torch.optim.Optimizer, device: torch.device,
+                    autocast_dtype: torch.dtype | None, max_grad_norm: float | None) -> tuple[float, int, int]:
+    """One update from a window of micro-batches; returns (mean loss, real targets, input positions).
+
+    Each micro-batch's summed loss is divided by the real targets of the whole window, so k
+    micro-batches give exactly the gradient of one batch k times as large, however the real
+    targets are spread over them.
+    """
+    n_real = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in window)
+    total = 0.0
+    optimizer.zero_grad(set_to_none=True)
+    for inputs, targets in window:
+        loss, _ = _loss_sum(inputs, targets, model, device, autocast_dtype)
+        (loss / max(n_real, 1)).backward()
+        total += loss.item()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return total / max(n_real, 1), n_real, sum(inputs.numel() for inputs, _ in window)
+
+
+def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable, optimizer: torch.optim.Optimizer,
+                device: str | torch.device, num_epochs: int, eval_freq: int, eval_iter: int,
+                grad_accum_steps: int = 1, autocast_dtype: torch.dtype | None = None,
+                checkpoint_path: str | Path | None = None, resume: bool = False, seed: int = 123,
+                save_every: int | None = None, max_steps: int | None = None, max_grad_norm: float | None = None,
+                callback: Callable[[TrainState], None] | None = None, progress: bool = True) -> TrainHistory:
+    """Finetune `model`; returns the loss history.
+
+    - One optimizer step per `grad_accum_steps` micro-batches (the loader's batches).
+    - Every `eval_freq` steps (and after the last one) train and val loss are measured on
+      `eval_iter` batches each; the train batches are always the same ones (the first of epoch 0),
+      so the two curves are comparable from point to point. eval_iter=0 skips evaluation (nan losses).
+    - tokens_seen counts real target tokens only: padding and -100 (masked) targets are not counted.
+    - `seed` seeds torch/random/numpy and fixes each epoch's data order (see _epoch_batches).
+    - autocast_dtype=torch.bfloat16 runs the forward pass under torch.autocast (mixed precision;
+      see bf16_autocast_recommended). Weights, gradients and optimizer state stay float32.
+    - checkpoint_path: a safetensors checkpoint (weights, optimizer, RNG, counters) is written every
+      `save_every` steps (default: eval_freq), at a stop by max_steps and at the end; atomically.
+      resume=True continues from it when it exists, with the same data order and RNG state: the run
+      ends with the same weights as one that was never interrupted.
+    - max_steps stops after that many optimizer steps in total (counting those before a resume).
+    - callback(state) runs after every optimizer step (and after any checkpoint of that step).
+    """
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    if grad_accum_steps < 1 or eval_freq < 1:
+        raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
+    save_every = save_every or eval_freq
+    seed_everything(seed)
+    model.to(device)
+    state = TrainState(seed=seed, grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader))
+    with torch.random.fork_rng(devices=[]):
+        train_eval_batches = list(itertools.islice(_epoch_batches(train_loader, seed, 0), eval_iter))
+    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = _resume_from(checkpoint_path, model, optimizer, expected=state)
+        print(f"Resuming from {checkpoint_path} at step {state.step} (epoch {state.epoch + 1}).")
+    elif resume:
+        print(f"No checkpoint at {checkpoint_path}: starting from scratch.")
+
+    steps_per_epoch = math.ceil(len(train_loader) / grad_accum_steps)
+    total_steps = steps_per_epoch * num_epochs if max_steps is None else min(steps_per_epoch * num_epochs, max_steps)
+    history = state.history
+
+    def evaluate() -> None:
+        if history.steps and history.steps[-1] == state.step:
+            return
+        with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG
+            train_loss, val_loss = evaluate_model(model, train_eval_batches, val_loader, device, eval_iter,
+                                                  autocast_dtype)
+        history.steps.append(state.step)
+        history.train_losses.append(train_loss)
+        history.val_losses.append(val_loss)
+        history.tokens_seen.append(state.tokens_seen)
+        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+
+    last_saved = state.step if resume and state.step else None  # a resumed checkpoint is already on disk
+
+    def save() -> None:
+        nonlocal last_saved
+        if checkpoint_path is not None and last_saved != state.step:
+            save_checkpoint(checkpoint_path, model, optimizer, state)
+            last_saved = state.step
+
+    bar = tqdm(total=total_steps, initial=min(state.step, total_steps), desc="training", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    model.train()
+    stopped = state.step >= total_steps
+    try:
+        for epoch in range(state.epoch, num_epochs):
+            if stopped:
+                break
+            skip = state.batches_done if epoch == state.epoch else 0
+            batches = itertools.islice(_epoch_batches(train_loader, seed, epoch), skip, None)
+            state.epoch, state.batches_done = epoch, skip
+            while window := list(itertools.islice(batches, grad_accum_steps)):
+                loss, n_real, n_positions = _optimizer_step(model, window, optimizer, device, autocast_dtype,
+                                                            max_grad_norm)
+                state.step += 1
+                state.batches_done += len(window)
+                state.tokens_seen += n_real
+                state.positions_seen += n_positions
+                state.last_loss = loss
+                bar.update(1)
+                stopped = state.step >= total_steps
+                if state.step % eval_freq == 0 or stopped:
+                    evaluate()
+                if state.batches_done == len(train_loader):  # epoch done: a resume starts the next one
+                    state.epoch, state.batches_done = epoch + 1, 0
+                if state.step % save_every == 0 or stopped:
+                    save()
+                if callback is not None:
+                    callback(state)
+                if stopped:
+                    break
+        evaluate()  # no-ops when the last step was evaluated and saved already
+        save()
+    finally:
+        bar.close()
+    return history
+
+
+# Checkpoints: safetensors only (plain tensors and a JSON header, nothing is unpickled on load).
+# One file holds everything, so a single os.replace makes a new checkpoint appear atomically:
+#   - model weights under their state_dict names; a tied weight (out_head sharing tok_emb's
+#     tensor) is stored once and named in the metadata, because safetensors refuses shared tensors;
+#   - optimizer tensors as "optimizer.<param index>.<name>", its settings as JSON metadata;
+#   - torch's RNG state as "rng.torch", and TrainState (counters, history) as JSON metadata.
+# A checkpoint saved without optimizer and state is a plain weights file.
+CHECKPOINT_FORMAT = "gpt-instruct-checkpoint/1"
+_OPTIMIZER_PREFIX, _RNG_PREFIX = "optimizer.", "rng."
+
+
+def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state_dict with each shared tensor once, and {alias: stored name} for the others."""
+    tensors, aliases, seen = {}, {}, {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+               tuple(tensor.shape), tensor.stride())
+        if key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    return tensors, aliases
+
+
+def _json_default(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    # Not utils.atomic_write_bytes: that needs the whole file as bytes in memory, a second copy of
+    # a checkpoint that can be gigabytes. Same pattern though: temp file in the folder, fsync, rename.
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_name, metadata=metadata)
+        with open(tmp_name, "rb") as tmp:
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    state: TrainState | None = None) -> Path:
+    """Write model weights (and optionally optimizer state and TrainState) to one safetensors file, atomically."""
+    path = Path(path)
+    tensors, aliases = _model_tensors(model)
+    metadata = {"format": CHECKPOINT_FORMAT, "tied": json.dumps(aliases)}
+    if hasattr(model, "cfg"):
+        metadata["config"] = json.dumps(model.cfg)
+    if optimizer is not None:
+        saved = optimizer.state_dict()
+        scalars = {}
+        for index, param_state in saved["state"].items():
+            for name, value in param_state.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{_OPTIMIZER_PREFIX}{index}.{name}"] = value.detach().to("cpu").contiguous()
+                else:
+                    scalars[f"{index}.{name}"] = value
+        metadata["optimizer"] = json.dumps({"param_groups": saved["param_groups"], "scalars": scalars},
+                                           default=_json_default)
+    if state is not None:
+        metadata["train_state"] = json.dumps(asdict(state))
+        tensors[f"{_RNG_PREFIX}torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"{_RNG_PREFIX}cuda.{i}"] = rng
+    _atomic_save_safetensors(tensors, path, metadata)
+    return path
+
+
+def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                  path: str | Path) -> None:
+    weights = {k: v for k, v in tensors.items() if not k.startswith((_OPTIMIZER_PREFIX, _RNG_PREFIX))}
+    for alias, name in json.loads(metadata.get("tied", "{}")).items():
+        weights[alias] = weights[name]
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    for alias, name in ([] if missing else _model_tensors(model)[1].items()):
+        # Loading two different tensors into one shared tensor would silently keep only the last.
+        if not torch.equal(weights[alias], weights[name]):
+            raise ValueError(f"{path} has separate {name} and {alias}, but this model ties them; "
+                             "load it into an untied model")
+    if missing or unexpected:
+        hint = ""
+        if any("lora_" in k for k in unexpected):
+            hint = " It holds LoRA weights: call apply_lora(model, rank, alpha) before loading."
+        elif any("lora_" in k for k in missing):
+            hint = " It holds no LoRA weights: load it before apply_lora, or merge_lora before saving."
+        raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}."
+                         + hint)
+    model.load_state_dict(weights)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load the weights of a save_checkpoint file into `model` (same architecture); returns the model.
+
+    Re-ties shared weights. A LoRA checkpoint needs apply_lora() on the model first (same rank).
+    """
+    tensors, metadata = _read_checkpoint(path)
+    _load_weights(model, tensors, metadata, path)
+    return model
+
+
+def _resume_from(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 expected: TrainState) -> TrainState:
+    """Restore weights, optimizer state and RNG from a training checkpoint; returns its TrainState."""
+    tensors, metadata = _read_checkpoint(path)
+    if "train_state" not in metadata or "optimizer" not in metadata:
+        raise ValueError(f"{path} holds weights only, not a training run to resume")
+    state = TrainState.from_dict(json.loads(metadata["train_state"]))
+    for name in ("seed", "grad_accum_steps", "batches_per_epoch"):
+        if getattr(state, name) != getattr(expected, name):
+            raise ValueError(f"{path} was written with {name}={getattr(state, name)}, this run has "
+                             f"{getattr(expected, name)}: resuming would replay different batches. "
+                             f"Use the same settings, or start afresh without resume.")
+    _load_weights(model, tensors, metadata, path)
+    saved = json.loads(metadata["optimizer"])
+    param_state: dict[int, dict] = {}
+    for key, tensor in tensors.items():
+        if key.startswith(_OPTIMIZER_PREFIX):
+            index, name = key[len(_OPTIMIZER_PREFIX):].split(".", 1)
+            param_state.setdefault(int(index), {})[name] = tensor
+    for key, value in saved["scalars"].items():
+        index, name = key.split(".", 1)
+        param_state.setdefault(int(index), {})[name] = value
+    for group in saved["param_groups"]:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])  # JSON made the tuple a list
+    optimizer.load_state_dict({"state": param_state, "param_groups": saved["param_groups"]})
+    torch.set_rng_state(tensors[f"{_RNG_PREFIX}torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith(f"{_RNG_PREFIX}cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return state
+
+
+# Okabe-Ito colours (colour-blind safe), the palette of utils.COLORS.
+LOSS_COLORS = {"train": "#0072B2", "val": "#E69F00"}
+
+
+def _extrapolating_interp(xs: Sequence[float], ys: Sequence[float]) -> Callable:
+    """Piecewise-linear x -> y through the points, continued with the end slopes (for axis mapping)."""
+    import numpy as np
+
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+    def f(x):
+        x = np.asarray(x, dtype=float)
+        y = np.interp(x, xs, ys)
+        left = (ys[1] - ys[0]) / (xs[1] - xs[0])
+        right = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        y = np.where(x < xs[0], ys[0] + (x - xs[0]) * left, y)
+        return np.where(x > xs[-1], ys[-1] + (x - xs[-1]) * right, y)
+
+    return f
+
+
+def plot_losses(history: TrainHistory | dict, save_path: str | Path | None = None, title: str | None = None):
+    """Train and val loss over optimizer steps, with tokens seen on a second x-axis; returns the figure.
+
+    save_path writes a PNG atomically. Big fonts for a projector, Okabe-Ito colours, white background.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    h = history if isinstance(history, TrainHistory) else TrainHistory(**history)
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
+    ax.plot(h.steps, h.train_losses, color=LOSS_COLORS["train"], linewidth=3, marker="o", markersize=5,
+            label="training loss")
+    ax.plot(h.steps, h.val_losses, color=LOSS_COLORS["val"], linewidth=3, linestyle="--", marker="s", markersize=5,
+            label="validation loss")
+    ax.set_xlabel("optimizer step", fontsize=18)
+    ax.set_ylabel("cross-entropy loss", fontsize=18)
+    ax.tick_params(labelsize=15)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=16, frameon=False)
+    # steps <-> tokens through the measured points, (0, 0) included; both rise strictly.
+    points = sorted({(0, 0), *zip(h.steps, h.tokens_seen)})
+    if len(points) >= 2 and all(b[0] > a[0] and b[1] > a[1] for a, b in zip(points, points[1:])):
+        steps, tokens = zip(*points)
+        top = ax.secondary_xaxis("top", functions=(_extrapolating_interp(steps, tokens),
+                                                   _extrapolating_interp(tokens, steps)))
+        top.set_xlabel("tokens seen (real targets)", fontsize=18)
+        top.xaxis.set_major_formatter(EngFormatter(sep=""))
+        top.tick_params(labelsize=15)
+    if title:
+        ax.set_title(title, fontsize=20, pad=14)
+    fig.patch.set_facecolor("white")
+    ax.set_facecolor("white")
+    fig.tight_layout()
+    if save_path is not None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=150, facecolor="white")
+        atomic_write_bytes(save_path, buffer.getvalue())
+    return fig
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of examples of similar length, in random order: less padding, still shuffled.
+
+    Each epoch: shuffle all indices, cut them into chunks of `chunk_batches` batches, sort each
+    chunk by length and cut it into batches, then shuffle the batches. The order depends only on
+    (seed, epoch); call set_epoch(epoch) before iterating (train_model does).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 123, chunk_batches: int = 50,
+                 drop_last: bool = False):
+        if batch_size < 1 or chunk_batches < 1:
+            raise ValueError(f"batch_size and chunk_batches must be >= 1, got {batch_size}, {chunk_batches}")
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.chunk_size = batch_size * chunk_batches  # a multiple of batch_size: no batch spans two chunks
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(f"{self.seed}:{self.epoch}")
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.chunk_size):
+            chunk = sorted(order[start:start + self.chunk_size], key=self.lengths.__getitem__, reverse=True)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]  # only the last chunk can leave one
+        rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+def length_grouped_loader(loader: DataLoader, seed: int = 123, chunk_batches: int = 50,
+                          drop_last: bool | None = None) -> DataLoader:
+    """The same dataset, batch size and collate function as `loader`, batched by LengthGroupedBatchSampler.
+
+    drop_last defaults to the loader's own (create_dataloaders' train loader drops the last partial batch).
+    """
+    lengths = [len(item.token_ids) if isinstance(item, TokenizedExample) else len(item) for item in loader.dataset]
+    sampler = LengthGroupedBatchSampler(lengths, loader.batch_size, seed, chunk_batches,
+                                        loader.drop_last if drop_last is None else drop_last)
+    # A generator of its own, so starting an epoch never draws from torch's global RNG.
+    return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, generator=torch.Generator().manual_seed(seed))
+
+
+# --- lora: low-rank adapters on the frozen model ---
+
+LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Linear layers inside a TransformerBlock
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update: y = base(x) + (alpha / rank) * x @ A @ B.
+
+    A (in_features, rank) starts random and B (rank, out_features) at zero, so at first the layer
+    computes exactly what `base` does; training moves only A and B.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.base, self.rank, self.alpha = base, rank, alpha
+        self.scaling = alpha / rank
+        for param in base.parameters():
+            param.requires_grad_(False)
+        weight = base.weight
+        self.lora_A = nn.Parameter(torch.empty(base.in_features, rank, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(rank, base.out_features, dtype=weight.dtype, device=weight.device))
+        # Initialised through the (rank, in_features) view so fan_in is in_features, as for nn.Linear's own weight.
+        nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_A @ self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """Fold (alpha / rank) * A @ B into the base weight and return that plain nn.Linear."""
+        # nn.Linear stores its weight as (out_features, in_features): the transpose of A @ B.
+        self.base.weight += (self.lora_A @ self.lora_B).T.to(self.base.weight.dtype) * self.scaling
+        return self.base
+
+
+def _replace_module(root: nn.Module, dotted_name: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted_name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def apply_lora(model: nn.Module, rank: int = 16, alpha: float = 16, targets: Sequence[str] = LORA_TARGETS) -> nn.Module:
+    """Freeze every parameter of `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear.
+
+    Only the LoRA matrices train afterwards; embeddings, LayerNorms and the output head stay frozen.
+    Returns the model (changed in place).
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for block in model.trf_blocks:
+        for name in targets:
+            try:
+                layer = block.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"no layer {name!r} in a transformer block; LoRA targets are {LORA_TARGETS}") from None
+            if not isinstance(layer, nn.Linear):
+                raise ValueError(f"{name!r} is a {type(layer).__name__}, LoRA wraps nn.Linear layers only")
+            _replace_module(block, name, LoRALinear(layer, rank, alpha))
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear with its merged nn.Linear: same outputs, no extra matmuls, plain GPT weights."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            _replace_module(model, name, module.merge())
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared ones once), or of those with requires_grad."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
 # --- evaluation: offline metrics, and an LLM judge served by a local Ollama ---
 
 RESPONSE_FIELDS = ("output", "model_response")  # what the offline metrics read from each entry
@@ -995,16 +1666,7 @@ def _check_responses(entries, source: str, fields: Sequence[str] = RESPONSE_FIEL
 def load_responses(path: str | Path) -> list[dict]:
     """Read a responses file: a JSON list of entries that each have `output` and `model_response`."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    data = read_json_file(path)
     return _check_responses(data, source=str(path))
 
 

@@ -14,9 +14,7 @@ for all prompts is extrapolated (and labelled so).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import resource
 import sys
 import time
@@ -25,44 +23,17 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, "/work/staging")  # merge: sys.path.insert(0, str(REPO_ROOT)) and import from utils
-from model_section import GPT_CONFIGS, GPTModel, generate, generate_batch  # noqa: E402
-
-ALPACA_PROMPT = ("Below is an instruction that describes a task. "
-                 "Write a response that appropriately completes the request."
-                 "\n\n### Instruction:\n{instruction}")
+sys.path.insert(0, str(REPO_ROOT))
+import utils  # noqa: E402
+from utils import GPT_CONFIGS, GPTModel, generate, generate_batch  # noqa: E402
 
 
-def load_prompts(n: int, data_path: Path = REPO_ROOT / "instruction-data.json",
-                 seed: int = 0) -> tuple[list[list[int]], str]:
-    """Token IDs of up to `n` prompts, and a line that says where they come from.
-
-    The test split of `data_path` (the book's: the 10% after the first 85%) in the Alpaca format
-    if the file and GPT-2's tokenizer are there; otherwise synthetic prompts of random token
-    IDs with lengths 40-90, about the lengths of the real test prompts.
-    """
-    if data_path.exists():
-        try:
-            import tiktoken
-            os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO_ROOT / ".cache" / "tiktoken"))
-            tokenizer = tiktoken.get_encoding("gpt2")
-        except Exception as exc:  # no network and no cached vocabulary
-            print(f"note: GPT-2's tokenizer is unavailable ({type(exc).__name__}), using synthetic prompts")
-        else:
-            data = json.loads(data_path.read_text(encoding="utf-8"))
-            start = int(len(data) * 0.85)
-            test = data[start:start + int(len(data) * 0.1)][:n]
-            texts = []
-            for entry in test:
-                text = ALPACA_PROMPT.format(instruction=entry["instruction"])
-                if entry.get("input"):
-                    text += f"\n\n### Input:\n{entry['input']}"
-                texts.append(text + "\n\n### Response:\n")
-            prompts = [tokenizer.encode(text, disallowed_special=()) for text in texts]
-            return prompts, f"{len(prompts)} test-split prompts from {data_path.name}"
-    rng = random.Random(seed)
-    prompts = [[rng.randrange(50256) for _ in range(rng.randint(40, 90))] for _ in range(n)]
-    return prompts, f"{n} synthetic prompts (random token IDs, 40-90 tokens; {data_path.name} not found)"
+def load_prompts(n: int) -> tuple[list[list[int]], str]:
+    """Token IDs of the first `n` test-split prompts, exactly as evaluation formats them, and a description."""
+    tokenizer = utils.get_tokenizer()
+    _, _, test_data = utils.split_dataset(utils.load_instruction_data())
+    prompts = [utils.encode_text(utils.format_prompt(entry), tokenizer) for entry in test_data[:n]]
+    return prompts, f"{len(prompts)} test-split prompts of instruction-data.json (Alpaca template)"
 
 
 def machine_line() -> str:

@@ -2,28 +2,30 @@
 
 The model is the gpt2-small architecture with RANDOM weights (speed does not depend on the
 values, and nothing needs downloading); the data is the real train split in the Alpaca format,
-batch size 8, full finetuning with AdamW. Four runs start from the same weights:
+batch size 8, full finetuning with fused AdamW (create_optimizer, as finetune.py). Four runs:
 
     random batching  x {fp32, bf16 autocast}
     length-grouped   x {fp32, bf16 autocast}
 
-Model FLOPs per optimizer step, summed over its batches of shape (B, T), padding included (the
-hardware computes on padding too):
+They take turns step by step (round robin), and every round first times a 2048 x 2048
+torch.matmul in each dtype: this machine is shared, and a load spike then hits all runs and
+their references alike instead of whichever ran at the time.
+
+Model FLOPs of a batch (B, T), padding included (the hardware computes on padding too):
 
     6 * N * B * T  +  12 * L * d * B * T^2
 
 N = parameters used in matmuls (the Linear layers of the blocks + the output head; embedding
 lookups excluded), L = layers, d = emb_dim. 6N = forward 2N + backward 4N per token; the second
 term is attention (QK^T and AV over the full T x T, forward + backward), under 5% here.
-Achieved GFLOP/s is set against a large square torch.matmul of the same dtype, timed in the same
-run just before each training run (same load). Target: >= 60% of it.
+ratio = achieved model GFLOP/s / median matmul GFLOP/s of the same dtype. Target: >= 60%.
 
-By default each run times --steps optimizer steps after --warmup untimed ones, and the time per
-epoch is extrapolated from the measured seconds per FLOP (labelled so); --full-epoch measures
-a whole epoch instead (slow on a CPU: about 116 steps per run).
+By default --steps rounds are timed after --warmup untimed ones, and the time per epoch is
+extrapolated from the achieved FLOP/s and the epoch's FLOPs (labelled "est."); --full-epoch
+runs every batch of the epoch in all four runs instead (116 rounds, over an hour on 2 cores).
 
-    python benchmarks/bench_training.py                  # ~6 min on 2 cores
-    python benchmarks/bench_training.py --steps 3        # quicker
+    python benchmarks/bench_training.py                  # ~5 min on 2 cores
+    python benchmarks/bench_training.py --steps 10       # steadier numbers
     python benchmarks/bench_training.py --full-epoch     # the real thing; long
 """
 
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import os
 import statistics
 import sys
@@ -46,13 +47,9 @@ SHARED_TOKENIZER = REPO_ROOT.parent / "shared" / "gpt2-tokenizer"
 if "GPT2_TOKENIZER_DIR" not in os.environ and (SHARED_TOKENIZER / "encoder.json").exists():
     os.environ["GPT2_TOKENIZER_DIR"] = str(SHARED_TOKENIZER)  # as tests/conftest.py does
 
-# STAGING ONLY: at merge, import these from utils.
-sys.path.insert(0, "/work/staging")
-from model_section import GPT_CONFIGS, GPTModel  # noqa: E402
-from train_section import (bf16_autocast_recommended, calc_loss_batch, create_optimizer,  # noqa: E402
-                           length_grouped_loader, train_model)
-
 import utils  # noqa: E402
+from utils import (GPT_CONFIGS, GPTModel, bf16_autocast_recommended, calc_loss_batch, create_optimizer,  # noqa: E402
+                   length_grouped_loader)
 
 
 def machine_line() -> str:
@@ -121,114 +118,106 @@ def epoch_stats(loader, n_matmul: int, cfg: dict) -> dict:
             "batches": len(loader)}
 
 
-def timed_run(model: GPTModel, loader, batch_size: int, dtype: torch.dtype | None, steps: int | None,
-              warmup: int, n_matmul: int, cfg: dict) -> dict:
-    """Train a copy of `model`; time the optimizer steps after `warmup` (steps=None: the whole epoch, all timed)."""
-    model = copy.deepcopy(model)
-    optimizer = create_optimizer(model, lr=5e-5)  # fused AdamW, as finetune.py uses
-    # (time, real targets, positions, loss) at the start and after every step
-    marks: list[tuple[float, int, int, float]] = []
-
-    def record(state) -> None:
-        marks.append((time.perf_counter(), state.tokens_seen, state.positions_seen, state.last_loss))
-
-    warmup = 0 if steps is None else warmup
-    marks.append((time.perf_counter(), 0, 0, float("nan")))
-    train_model(model, loader, [], optimizer, "cpu", num_epochs=1, eval_freq=10**9, eval_iter=0,
-                autocast_dtype=dtype, max_steps=None if steps is None else warmup + steps, callback=record)
-    timed = marks[warmup:]
-    flops = 0.0
-    for (_, _, before, _), (_, _, after, _) in zip(timed, timed[1:]):
-        # One batch of batch_size rows per step (always full: the train loaders drop the last one).
-        flops += batch_flops((batch_size, (after - before) // batch_size), n_matmul, cfg)
-    losses = [m[3] for m in timed[1:]]
-    return {"seconds": timed[-1][0] - timed[0][0], "steps": len(timed) - 1, "flops": flops,
-            "real": timed[-1][1] - timed[0][1], "positions": timed[-1][2] - timed[0][2],
-            "loss": statistics.mean(losses)}
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # None: no autocast, everything float32
 
 
-def interleaved_ab(model: GPTModel, loader, pairs: int) -> dict[str, list[float]]:
-    """Seconds per step of fp32 and bf16 taking turns on the same batches: a load spike hits both alike."""
-    runs = {name: (copy.deepcopy(model).train(), dtype) for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
-    optimizers = {name: create_optimizer(m, lr=5e-5) for name, (m, _) in runs.items()}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for inputs, targets in itertools.islice(loader, pairs + 1):  # the first pair warms up
-        for name, (m, dtype) in runs.items():
-            start = time.perf_counter()
-            calc_loss_batch(inputs, targets, m, "cpu", autocast_dtype=dtype).backward()
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
-            times[name].append(time.perf_counter() - start)
-    return {name: t[1:] for name, t in times.items()}
+def round_robin(model: GPTModel, loaders: dict, rounds: int, warmup: int, matmul_size: int, n_matmul: int,
+                cfg: dict) -> dict:
+    """Time training steps of every (batching, dtype) in turn, plus each dtype's matmul, round after round.
+
+    Taking turns step by step means a load spike from other work on the machine hits all four
+    alike. A step is what train_model does for each batch: calc_loss_batch, backward, fused
+    AdamW step. One model per dtype (from the same weights) sees the same batches, so their
+    losses are comparable.
+    """
+    from tqdm import tqdm
+
+    models = {name: copy.deepcopy(model).train() for name in DTYPES}
+    optimizers = {name: create_optimizer(m, lr=5e-5) for name, m in models.items()}  # as finetune.py
+    batches = {batching: iter(loader) for batching, loader in loaders.items()}
+    records: dict[tuple[str, str], list[dict]] = {(b, d): [] for b in loaders for d in DTYPES}
+    for r in tqdm(range(warmup + rounds), desc="rounds", unit="round"):
+        reference = {name: matmul_gflops(dtype or torch.float32, matmul_size, reps=3)
+                     for name, dtype in DTYPES.items()}
+        for batching, it in batches.items():
+            inputs, targets = next(it)
+            for name, dtype in DTYPES.items():
+                start = time.perf_counter()
+                loss = calc_loss_batch(inputs, targets, models[name], "cpu", autocast_dtype=dtype)
+                loss.backward()
+                optimizers[name].step()
+                optimizers[name].zero_grad(set_to_none=True)
+                seconds = time.perf_counter() - start
+                if r >= warmup:
+                    records[(batching, name)].append({
+                        "seconds": seconds, "flops": batch_flops(tuple(inputs.shape), n_matmul, cfg),
+                        "positions": inputs.numel(), "real": int((targets != utils.IGNORE_INDEX).sum()),
+                        "loss": loss.item(), "matmul": reference[name]})
+    return records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per run (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per run (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--full-epoch", action="store_true", help="time a whole epoch per run (slow)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--ab-pairs", type=int, default=4, help="interleaved fp32/bf16 step pairs (default 4)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the reference n x n matmul")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.warmup < 1 and not args.full_epoch:
-        parser.error("--warmup must be >= 1 (the first step has no start mark)")
 
     print(machine_line())
     cfg = GPT_CONFIGS["gpt2-small"]
     tokenizer = utils.get_tokenizer()
     train, val, test = utils.split_dataset(utils.load_instruction_data())
     random_loader, _, _ = utils.create_dataloaders(train, val, test, tokenizer, batch_size=args.batch_size)
-    grouped_loader = length_grouped_loader(random_loader, seed=123)
+    loaders = {"random": random_loader, "grouped": length_grouped_loader(random_loader, seed=123)}
     torch.manual_seed(0)
     model = GPTModel(cfg)  # RANDOM weights: timing only
     n_matmul = matmul_params(model)
     print(f"gpt2-small architecture, random weights: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
           f"parameters, N = {n_matmul / 1e6:.1f}M in matmuls; {len(train)} train examples, batch size "
-          f"{args.batch_size}, AdamW, full finetuning")
-    print("FLOPs per batch (B, T) = 6*N*B*T + 12*L*d*B*T^2 (padding included)\n")
-
+          f"{args.batch_size}, full finetuning with fused AdamW")
+    print("model FLOPs per batch (B, T) = 6*N*B*T + 12*L*d*B*T^2, padding included")
     adam = optimizer_step_seconds(model)
     print(f"AdamW step over all parameters: {adam['for-loop']:.2f} s default per-tensor loop, "
-          f"{adam['fused']:.2f} s fused (used below)\n")
-    epochs = {"random": epoch_stats(random_loader, n_matmul, cfg),
-              "grouped": epoch_stats(grouped_loader, n_matmul, cfg)}
-    rows = []
-    steps = None if args.full_epoch else args.steps
-    for batching, loader in (("random", random_loader), ("grouped", grouped_loader)):
-        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            reference = matmul_gflops(dtype or torch.float32, args.matmul_size)
-            print(f"{batching} batching, {name}: matmul {reference:.0f} GFLOP/s; training...", flush=True)
-            result = timed_run(model, loader, args.batch_size, dtype, steps, args.warmup, n_matmul, cfg)
-            achieved = result["flops"] / result["seconds"] / 1e9
-            epoch = epochs[batching]
-            epoch_seconds = (result["seconds"] if args.full_epoch
-                             else result["seconds"] / result["flops"] * epoch["flops"])
-            rows.append({"batching": batching, "dtype": name, **result, "matmul": reference,
-                         "achieved": achieved, "epoch_seconds": epoch_seconds})
+          f"{adam['fused']:.2f} s fused")
+    epochs = {batching: epoch_stats(loader, n_matmul, cfg) for batching, loader in loaders.items()}
 
+    if args.full_epoch:
+        rounds, warmup = min(len(loader) for loader in loaders.values()), 0
+    else:
+        rounds, warmup = args.steps, args.warmup
+    print(f"{rounds} timed rounds after {warmup} warm-up; each round: both matmuls, then one step of each "
+          f"of the 4 runs\n", flush=True)
+    records = round_robin(model, loaders, rounds, warmup, args.matmul_size, n_matmul, cfg)
+
+    tag = "" if args.full_epoch else " (est.)"
     print(f"\n{'batching':<9} {'dtype':<5} {'steps':>5} {'s/step':>7} {'tok/s':>7} {'real tok/s':>10} "
-          f"{'GFLOP/s':>8} {'matmul':>7} {'ratio':>6} {'loss':>6} {'epoch':>12}")
-    for r in rows:
-        tag = "" if args.full_epoch else " (est.)"
-        print(f"{r['batching']:<9} {r['dtype']:<5} {r['steps']:>5} {r['seconds'] / r['steps']:>7.2f} "
-              f"{r['positions'] / r['seconds']:>7.0f} {r['real'] / r['seconds']:>10.0f} {r['achieved']:>8.1f} "
-              f"{r['matmul']:>7.1f} {r['achieved'] / r['matmul']:>6.0%} {r['loss']:>6.2f} "
-              f"{r['epoch_seconds'] / 60:>6.1f} min{tag}")
-    print("\ntok/s: input positions incl. padding; real tok/s: real (unmasked) target tokens; "
-          "ratio: achieved model GFLOP/s / matmul GFLOP/s of the same dtype (target >= 60%)")
+          f"{'GFLOP/s':>8} {'matmul':>7} {'ratio':>6} {'loss':>6} {'epoch':>14}")
+    reached = []
+    for (batching, name), steps in records.items():
+        seconds = sum(s["seconds"] for s in steps)
+        achieved = sum(s["flops"] for s in steps) / seconds / 1e9
+        matmul = statistics.median(s["matmul"] for s in steps)
+        epoch_seconds = seconds if args.full_epoch else epochs[batching]["flops"] / (achieved * 1e9)
+        if achieved >= 0.6 * matmul:
+            reached.append(f"{batching}/{name}")
+        print(f"{batching:<9} {name:<5} {len(steps):>5} {seconds / len(steps):>7.2f} "
+              f"{sum(s['positions'] for s in steps) / seconds:>7.0f} {sum(s['real'] for s in steps) / seconds:>10.0f} "
+              f"{achieved:>8.1f} {matmul:>7.1f} {achieved / matmul:>6.0%} "
+              f"{statistics.mean(s['loss'] for s in steps):>6.2f} {epoch_seconds / 60:>6.1f} min{tag}")
+    print("\ntok/s: input positions incl. padding; real tok/s: real (unmasked) target tokens; matmul: median "
+          "GFLOP/s of the reference matmul of that dtype; ratio: achieved / matmul (target >= 60%)")
     for batching, e in epochs.items():
         print(f"{batching:<8} batching: padding efficiency {e['efficiency']:.1%}, {e['batches']} batches, "
               f"{e['positions']:,} positions, {e['flops'] / 1e12:.1f} TFLOP per epoch")
-    reached = [f"{r['batching']}/{r['dtype']}" for r in rows if r["achieved"] >= 0.6 * r["matmul"]]
+    for batching in loaders:
+        fp32, bf16 = (sum(s["seconds"] for s in records[(batching, d)]) for d in DTYPES)
+        print(f"bf16 autocast vs fp32, {batching} batching: {fp32 / bf16:.2f}x as fast")
     print(f"60% target reached by: {', '.join(reached) or 'none'}")
-    ab = interleaved_ab(model, random_loader, args.ab_pairs)
-    fp32, bf16 = statistics.median(ab["fp32"]), statistics.median(ab["bf16"])
-    print(f"\ninterleaved fp32/bf16 steps on the same {args.ab_pairs} batches: median {fp32:.2f} s vs {bf16:.2f} s "
-          f"per step, bf16 autocast {fp32 / bf16:.2f}x as fast")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

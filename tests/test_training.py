@@ -19,14 +19,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, "/work/staging")  # TODO(merge): drop this line and import these from utils
-from model_section import GPT_CONFIGS, GPTModel  # noqa: E402
-from train_section import (LoRALinear, LengthGroupedBatchSampler, apply_lora, calc_loss_batch,  # noqa: E402
-                           calc_loss_loader, count_parameters, create_optimizer, length_grouped_loader,
-                           load_checkpoint, merge_lora, save_checkpoint, train_model)
-
-import utils  # noqa: E402
-from utils import IGNORE_INDEX, TokenizedExample, custom_collate_fn  # noqa: E402
+import utils
+from utils import (GPT_CONFIGS, IGNORE_INDEX, GPTModel, LengthGroupedBatchSampler, LoRALinear,
+                   TokenizedExample, apply_lora, calc_loss_batch, calc_loss_loader, count_parameters,
+                   create_optimizer, custom_collate_fn, length_grouped_loader, load_checkpoint, merge_lora,
+                   save_checkpoint, train_model)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 256
