@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, PROMPT_STYLES, DatasetError, GPTModel, TokenizerUnavailableError,
-                   WeightsUnavailableError, apply_lora, atomic_write_json, bf16_autocast_recommended, build_gpt2,
+from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES, DatasetError,
+                   GPTModel, OllamaUnavailableError, TokenizerUnavailableError, WeightsUnavailableError, judge_responses, apply_lora, atomic_write_json, bf16_autocast_recommended, build_gpt2,
                    count_parameters, create_dataloaders, create_optimizer, evaluate_responses, generate_responses,
                    get_device, get_tokenizer, length_grouped_loader, load_instruction_data, merge_lora, plot_losses,
                    save_checkpoint, seed_everything, split_dataset, train_model)
@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--max-new-tokens", type=int, default=256, help="response length limit at test time")
     p.add_argument("--gen-batch-size", type=int, default=8, help="test prompts generated at once")
+    p.add_argument("--judge", action="store_true", help="also score the responses with an LLM judge served by Ollama")
+    p.add_argument("--judge-model", default=OLLAMA_JUDGE_MODEL, help="the Ollama model that judges")
+    p.add_argument("--judge-url", default=OLLAMA_CHAT_URL, help="the Ollama server's /api/chat address")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory")
     p.add_argument("--smoke", action="store_true",
@@ -170,11 +173,26 @@ def run(args: argparse.Namespace) -> dict:
         "train_seconds": round(train_seconds, 1),
         "evaluation": evaluate_responses(entries),  # exact match, ROUGE-L
     }
-    atomic_write_json(out / "metrics.json", metrics)
     ev = metrics["evaluation"]
     print(f"test set: exact match {ev['exact_match']:.1%}, ROUGE-L {ev['rouge_l']:.3f} over {ev['n']} entries")
+    if args.judge:
+        metrics["judge"] = run_judge(entries, args)
+    atomic_write_json(out / "metrics.json", metrics)
     print(f"wrote {out}/: loss.png, test-responses.json, metrics.json, model.safetensors, checkpoint.safetensors")
     return metrics
+
+
+def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
+    """LLM-judge scores; without a reachable Ollama server, the reason (the other results still count)."""
+    try:
+        judged = judge_responses(entries, model=args.judge_model, url=args.judge_url, style=args.style)
+    except OllamaUnavailableError as exc:
+        print(f"judge skipped: {exc}", file=sys.stderr)
+        return {"model": args.judge_model, "error": str(exc)}
+    mean = "no parsable score" if judged["mean"] is None else f"{judged['mean']:.1f}"
+    print(f"judge {judged['model']}: mean {mean} over {judged['n_scored']} of {judged['n']} responses; "
+          f"{judged['unparsed']['count']} replies without a usable score")
+    return {key: judged[key] for key in ("model", "n", "n_scored", "mean", "scores", "unparsed")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -792,6 +792,9 @@ def smoke_mode() -> bool:
     return os.environ.get(SMOKE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+_WEIGHTS_FAILED: set[str] = set()
+
+
 def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]:
     """GPT-2 with OpenAI's weights, or the UNTRAINED `tiny` stand-in; returns (model, label).
 
@@ -799,11 +802,14 @@ def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]
     and its fix are printed). Show the label next to every output, so that a stand-in's text is
     never taken for GPT-2's.
     """
-    if not smoke_mode():
+    if not smoke_mode() and model_name not in _WEIGHTS_FAILED:
         try:
             return build_gpt2(model_name), f"{model_name} (OpenAI's pretrained weights)"
         except WeightsUnavailableError as err:
+            _WEIGHTS_FAILED.add(model_name)  # one wait for the network per session is enough
             print(f"{err}\n\nContinuing with the UNTRAINED stand-in model instead.\n")
+    elif model_name in _WEIGHTS_FAILED:
+        print(f"{model_name}: weights unavailable (see above); using the UNTRAINED stand-in model.")
     label = "UNTRAINED stand-in ('tiny' config, random weights): its text is gibberish, not GPT-2's"
     torch.manual_seed(123)
     return build_gpt2("tiny"), label

@@ -295,3 +295,27 @@ def test_text_helpers(tokenizer):
     assert ids.shape[0] == 1 and 50256 not in ids.tolist()[0]  # a literal <|endoftext|> is plain text
     assert token_ids_to_text(ids, tokenizer) == "Hello <|endoftext|>"
     assert token_ids_to_text(ids[0].tolist(), tokenizer) == "Hello <|endoftext|>"
+
+
+def test_standin_is_labelled_untrained_and_the_failure_is_remembered(monkeypatch, capsys):
+    import utils
+
+    calls = []
+
+    def unavailable(model_name, *args, **kwargs):
+        calls.append(model_name)
+        raise utils.WeightsUnavailableError("no network (test)")
+
+    monkeypatch.delenv("LLM_SMOKE", raising=False)
+    monkeypatch.setattr(utils, "download_gpt2_weights", unavailable)
+    monkeypatch.setattr(utils, "_WEIGHTS_FAILED", set())
+    model, label = utils.load_gpt2_or_standin("gpt2-small")
+    assert model.cfg == GPT_CONFIGS["tiny"] and "UNTRAINED" in label
+    assert "no network (test)" in capsys.readouterr().out
+    _, label_again = utils.load_gpt2_or_standin("gpt2-small")
+    assert calls == ["gpt2-small"] and "UNTRAINED" in label_again  # no second wait for the network
+
+    monkeypatch.setenv("LLM_SMOKE", "1")
+    monkeypatch.setattr(utils, "_WEIGHTS_FAILED", set())
+    _, smoke_label = utils.load_gpt2_or_standin("gpt2-medium")
+    assert calls == ["gpt2-small"] and "UNTRAINED" in smoke_label  # smoke mode never downloads

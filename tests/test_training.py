@@ -7,6 +7,7 @@ where the property is about them (loss on real data, padding efficiency, the pip
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -292,9 +293,19 @@ def run_finetune(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_finetune_smoke_runs_end_to_end_offline(tmp_path):
-    result = run_finetune("--smoke", "--out", str(tmp_path))
+    # --judge at a port where nothing listens: the judge is skipped with its fix, the rest completes
+    dead_judge = f"http://127.0.0.1:{free_port()}/api/chat"
+    result = run_finetune("--smoke", "--out", str(tmp_path), "--judge", "--judge-url", dead_judge)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "judge skipped" in result.stderr and "ollama serve" in result.stderr
+    assert "Traceback" not in result.stderr
     assert "UNTRAINED" in result.stdout
     responses = json.loads((tmp_path / "test-responses.json").read_text(encoding="utf-8"))
     assert len(responses) == 5
@@ -304,6 +315,7 @@ def test_finetune_smoke_runs_end_to_end_offline(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["evaluation"]["n"] == 5 and 0.0 <= metrics["evaluation"]["rouge_l"] <= 1.0
     assert metrics["untrained_start"] is True
+    assert "ollama serve" in metrics["judge"]["error"]
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_file(tmp_path / "model.safetensors")
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
