@@ -41,21 +41,34 @@ IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_ent
 
 # --- files: atomic writes, so an interrupted run never leaves half a file ---
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and a rename."""
+@contextlib.contextmanager
+def atomic_destination(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path`; when the block completes, the file replaces `path` in one rename.
+
+    If the block fails or is interrupted, `path` keeps its old content and the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+        yield Path(tmp_name)
+        with open(tmp_name, "rb") as tmp:
+            os.fsync(tmp.fileno())  # the data is on disk before the name points at it
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's private 0600 would outlive the rename
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (see atomic_destination)."""
+    with atomic_destination(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_json(path: str | Path, obj) -> Path:
@@ -1328,21 +1341,11 @@ def _json_default(value):
 
 
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    # Not utils.atomic_write_bytes: that needs the whole file as bytes in memory, a second copy of
-    # a checkpoint that can be gigabytes. Same pattern though: temp file in the folder, fsync, rename.
+    # safetensors writes the file itself: no second copy of a checkpoint (gigabytes) in memory.
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        with open(tmp_name, "rb") as tmp:
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_destination(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

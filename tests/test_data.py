@@ -258,3 +258,12 @@ def test_get_device_respects_override(monkeypatch):
     monkeypatch.setenv("LLM_DEVICE", "cpu")
     assert utils.get_device().type == "cpu"
     assert utils.get_device("cpu") == torch.device("cpu")
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    umask = utils.os.umask(0o022)
+    try:
+        path = utils.atomic_write_json(tmp_path / "shared.json", [1])
+    finally:
+        utils.os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
