@@ -102,6 +102,18 @@ def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:
     return atomic_write_bytes(local_path, payload)
 
 
+def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
+    """An object whose `fields` are all strings; else a DatasetError naming the place and the field."""
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object with {', '.join(map(repr, fields))}, "
+                           f"got {type(entry).__name__}")
+    for field in fields:
+        if field not in entry:
+            raise DatasetError(f"{where}: missing field '{field}'")
+        if not isinstance(entry[field], str):
+            raise DatasetError(f"{where}: field '{field}' must be a string, got {type(entry[field]).__name__}")
+
+
 def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
     """Check the structure of an instruction dataset and return normalised copies of its entries.
 
@@ -113,20 +125,12 @@ def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
     entries = []
     for index, entry in enumerate(data):
         where = f"{source}: entry {index}"
-        if not isinstance(entry, dict):
-            raise DatasetError(f"{where}: expected an object with 'instruction', 'input', 'output', "
-                               f"got {type(entry).__name__}")
-        for field in ("instruction", "output"):
-            if field not in entry:
-                raise DatasetError(f"{where}: missing field '{field}'")
+        _check_entry(entry, where, ("instruction", "output"))
         # A missing or null input means "no input". Fields keep the file format's order.
         entry = {"instruction": entry["instruction"], "input": "", "output": entry["output"], **entry}
         if entry["input"] is None:
             entry["input"] = ""
-        for field in ("instruction", "input", "output"):
-            if not isinstance(entry[field], str):
-                raise DatasetError(f"{where}: field '{field}' must be a string, "
-                                   f"got {type(entry[field]).__name__}")
+        _check_entry(entry, where, ("input",))
         for field in ("instruction", "output"):
             if not entry[field].strip():
                 raise DatasetError(f"{where}: field '{field}' is empty")
@@ -1648,17 +1652,6 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # --- evaluation: offline metrics, and an LLM judge served by a local Ollama ---
 
 RESPONSE_FIELDS = ("output", "model_response")  # what the offline metrics read from each entry
-
-
-def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
-    if not isinstance(entry, dict):
-        raise DatasetError(f"{where}: expected an object with {', '.join(map(repr, fields))}, "
-                           f"got {type(entry).__name__}")
-    for field in fields:
-        if field not in entry:
-            raise DatasetError(f"{where}: missing field '{field}'")
-        if not isinstance(entry[field], str):
-            raise DatasetError(f"{where}: field '{field}' must be a string, got {type(entry[field]).__name__}")
 
 
 def _check_responses(entries, source: str, fields: Sequence[str] = RESPONSE_FIELDS) -> list[dict]:
