@@ -708,6 +708,19 @@ def download_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path 
         ) from None
 
 
+def cached_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None) -> Path | None:
+    """Path of GPT-2's model.safetensors if it is already in the Hugging Face cache, else None.
+
+    Looks at the disk only (never the network), so it answers at once, offline too.
+    """
+    if model_name not in HF_REPOS:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(HF_REPOS[model_name], "model.safetensors", cache_dir=cache_dir)
+    return Path(found) if isinstance(found, str) else None
+
+
 # Our parameter names -> the names in OpenAI's GPT-2 checkpoint (as Hugging Face stores it).
 _CHECKPOINT_NAMES = [
     ("tok_emb.", "wte."), ("pos_emb.", "wpe."), ("trf_blocks.", "h."), ("final_norm.", "ln_f."),

@@ -18,6 +18,22 @@ from nbclient.exceptions import CellExecutionError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NEEDS_GPT2 = "needs-gpt2"  # tag of a cell whose output depends on OpenAI's pretrained weights
+VARIES = "varies"          # tag of a cell whose output changes from run to run (timings, machine facts)
+
+
+def cell_tags(cell) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def strip_needs_gpt2_outputs(nb: nbformat.NotebookNode) -> int:
+    """Empty the outputs of every `needs-gpt2` cell (they came from a stand-in); returns how many."""
+    stripped = 0
+    for cell in nb.cells:
+        if cell.cell_type == "code" and NEEDS_GPT2 in cell_tags(cell):
+            cell.outputs, cell.execution_count = [], None
+            stripped += 1
+    return stripped
 
 
 def execute_notebook(path: Path, timeout: int = 1800, nb: nbformat.NotebookNode | None = None) -> nbformat.NotebookNode:
@@ -37,6 +53,9 @@ def main() -> int:
     where.add_argument("--inplace", action="store_true", help="overwrite the notebooks with their outputs")
     args = parser.parse_args()
     paths = args.notebooks or sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
+    # Outputs that need OpenAI's weights are committed only when they came from those weights.
+    import utils
+    have_weights = utils.cached_gpt2_weights("gpt2-small") is not None and not utils.smoke_mode()
     failed = []
     for path in paths:
         start = time.perf_counter()
@@ -53,6 +72,10 @@ def main() -> int:
             # The last line of the kernel's message names the error; the saved copy has the rest.
             lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in str(exc).strip().splitlines() if line.strip()]
             failed.append(f"{path.name}: {lines[-1] if lines else exc}")
+        if nb is not None and args.inplace and not have_weights:
+            stripped = strip_needs_gpt2_outputs(nb)
+            if stripped:
+                print(f"  no GPT-2 weights: outputs of {stripped} {NEEDS_GPT2} cells left empty")
         if nb is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, target)

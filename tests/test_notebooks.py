@@ -1,6 +1,8 @@
-"""Every notebook runs top to bottom in a fresh kernel; 01-04 reproduce their committed outputs.
+"""Every notebook runs top to bottom in a fresh kernel and reproduces its committed outputs.
 
-Notebooks after 04 run in the smoke configuration (LLM_SMOKE=1: the small untrained model, a few steps).
+The tests run in the smoke configuration (LLM_SMOKE=1: the small untrained model, a few steps), which is
+what a machine without GPT-2's weights runs too. Cells tagged `needs-gpt2` (their output depends on
+OpenAI's weights) and `varies` (timings, machine facts) are not compared.
 """
 import copy
 import os
@@ -11,10 +13,9 @@ import pytest
 import torch
 
 import utils
-from run_notebooks import NOTEBOOK_DIR, execute_notebook
+from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, VARIES, cell_tags, execute_notebook
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
-REPRODUCIBLE = [path for path in NOTEBOOKS if path.name[:2] in {"01", "02", "03", "04"}]
 
 
 def code_cells(nb):
@@ -63,22 +64,30 @@ def test_notebook_runs_in_a_fresh_kernel(executed, path):
 
 
 @pytest.mark.notebooks
-@pytest.mark.parametrize("path", REPRODUCIBLE, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_outputs_are_reproduced(executed, path):
     committed = nbformat.read(path, as_version=4)
     fresh = executed(path)
+    compared = 0
     for index, (old, new) in enumerate(zip(code_cells(committed), code_cells(fresh))):
+        if {NEEDS_GPT2, VARIES} & set(cell_tags(old)):
+            continue
         assert comparable_outputs(new) == comparable_outputs(old), f"code cell {index + 1} of {path.name}"
+        compared += 1
+    assert compared > 0, f"{path.name}: no committed output to compare"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_notebook_is_clean(path):
-    """What a reader on GitHub sees: no errors, execution counts 1..n (or no outputs at all)."""
+    """What a reader on GitHub sees: executed top to bottom, no errors, no stand-in passed off as GPT-2."""
     cells = code_cells(nbformat.read(path, as_version=4))
     counts = [cell.execution_count for cell in cells if cell.execution_count is not None]
-    assert counts == list(range(1, len(counts) + 1))
-    assert counts == [] or len(counts) == len(cells)
+    assert counts and counts[0] == 1 and all(a < b for a, b in zip(counts, counts[1:])), counts
+    # Only a needs-gpt2 cell may be left unexecuted (its outputs are stripped without the weights).
+    assert all(cell.execution_count is not None for cell in cells if NEEDS_GPT2 not in cell_tags(cell))
     assert not any(output.output_type == "error" for cell in cells for output in cell.outputs)
+    text = "".join(str(output) for cell in cells for output in cell.outputs)
+    assert "UNTRAINED stand-in" not in text, "a stand-in's output is committed"
 
 
 def notebook_function(notebook_prefix: str, name: str):
