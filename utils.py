@@ -16,7 +16,9 @@ import math
 import os
 import random
 import re
+import socket
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -83,30 +85,213 @@ class DatasetError(ValueError):
     """An instruction dataset that cannot be used as it is; the message names file, entry and field."""
 
 
-def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:
-    """Download `url` into `cache_dir` once; later calls reuse the local copy (works offline)."""
-    name = Path(urllib.request.urlparse(url).path).name or "download"
+# Downloads and judge requests get an overall deadline. A socket timeout only bounds each single
+# wait, so a server that sends one byte every few seconds would otherwise never time out.
+
+class _DeadlineExceeded(TimeoutError):
+    """The whole exchange took longer than its deadline."""
+
+
+class _ConnectionDropped(ConnectionError):
+    """The server closed or reset the connection before its answer was complete."""
+
+
+# How a connection that was open ends early (RemoteDisconnected is a ConnectionResetError).
+_DROPPED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+
+
+class _Deadline:
+    """Shuts down the sockets of one request when its time is up, which wakes a blocked read."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired, self._finished = seconds, False, False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def watch(self, sock) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                self._shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if not self._finished:
+                self.expired = True
+                for sock in self._sockets:
+                    self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock) -> None:
+        try:  # the plain socket's shutdown, also for TLS: it only has to wake the reader
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self._finished = True
+        self._timer.cancel()
+
+
+def _watched_connection(connection_class, deadline: _Deadline, host, **kwargs):
+    """An http.client connection whose socket `deadline` can shut down."""
+    connection = connection_class(host, **kwargs)
+    connect = connection.connect
+
+    def connect_and_watch():
+        connect()
+        deadline.watch(connection.sock)
+
+    connection.connect = connect_and_watch
+    return connection
+
+
+class _WatchConnections:
+    deadline: _Deadline
+
+    def do_open(self, http_class, request, **kwargs):
+        return super().do_open(partial(_watched_connection, http_class, self.deadline), request, **kwargs)
+
+
+class _WatchedHTTPHandler(_WatchConnections, urllib.request.HTTPHandler):
+    pass
+
+
+class _WatchedHTTPSHandler(_WatchConnections, urllib.request.HTTPSHandler):
+    pass
+
+
+def _fetch(request: str | urllib.request.Request, timeout: float, deadline: float,
+           proxies: dict | None = None) -> bytes:
+    """The whole body of `request`: `timeout` bounds each wait for the server, `deadline` the whole exchange.
+
+    Raises _DeadlineExceeded, _ConnectionDropped, or urllib's own errors (HTTPError for an error status).
+    """
+    clock = _Deadline(deadline)
+    handlers = [urllib.request.ProxyHandler(proxies), _WatchedHTTPHandler(), _WatchedHTTPSHandler()]
+    for handler in handlers[1:]:
+        handler.deadline = clock
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with clock, opener.open(request, timeout=min(timeout, deadline)) as response:
+            body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        if clock.expired:
+            raise _DeadlineExceeded(f"no complete answer within {deadline:g} s") from None
+        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, _DROPPED):
+            exc = exc.reason  # reset while the request was being sent
+        if isinstance(exc, http.client.IncompleteRead):
+            expected = f" of {len(exc.partial) + exc.expected}" if exc.expected is not None else ""
+            raise _ConnectionDropped(f"the server closed the connection after {len(exc.partial)}"
+                                     f"{expected} bytes of its answer") from None
+        if isinstance(exc, _DROPPED):
+            raise _ConnectionDropped(f"the server closed the connection before answering completely "
+                                     f"({type(exc).__name__}: {exc})") from None
+        raise
+    if clock.expired:  # the cut can look like a normal end of a body sent without a length
+        raise _DeadlineExceeded(f"no complete answer within {deadline:g} s")
+    return body
+
+
+def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: float = 30.0,
+                  deadline: float = 600.0,
+                  check: Callable[[bytes, str], object] | None = None) -> Path:
+    """Download `url` into `cache_dir` once; later calls reuse the local copy (works offline).
+
+    - `check(body, url)` raises a DatasetError for a body that is not what we want (by default:
+      parse_instruction_data). It runs before the file enters the cache, so an HTML error page or a
+      cut-off body is never cached; a cached copy that fails it is downloaded again.
+    - `timeout` bounds each wait for the server, `deadline` the whole download (seconds).
+    """
+    check = check or parse_instruction_data
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
     digest = hashlib.sha1(url.encode()).hexdigest()[:10]
     local_path = Path(cache_dir) / "data" / f"{digest}-{name}"
+    stale = None
     if local_path.exists():
-        return local_path
+        try:
+            check(local_path.read_bytes(), str(local_path))
+            return local_path
+        except DatasetError as exc:  # e.g. written by an older version that cached anything
+            stale = exc
+            warnings.warn(f"The cached copy is not usable, downloading it again: {exc}", stacklevel=2)
+    fix = (f"Fix: download it on a machine with network and pass the local path instead, "
+           f"or copy it to {local_path}.")
+    if stale is not None:
+        fix = f"The cached copy is not usable either: {stale}\n{fix}"
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            payload = response.read()
-    except OSError as exc:
-        raise DatasetError(
-            f"Could not download {url} ({exc}).\n"
-            f"Fix: download it on a machine with network and pass the local path instead, "
-            f"or copy it to {local_path}."
-        ) from None
+        payload = _fetch(url, timeout, deadline)
+    except _DeadlineExceeded:
+        raise DatasetError(f"Could not download {url}: it took longer than {deadline:g} s overall "
+                           f"(a slow or stalled server; deadline=... allows more).\n{fix}") from None
+    except TimeoutError:
+        raise DatasetError(f"Could not download {url}: the server sent nothing for {timeout:g} s.\n{fix}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise DatasetError(f"Could not download {url} ({exc}).\n{fix}") from None
+    try:
+        check(payload, url)
+    except DatasetError as exc:
+        raise DatasetError(f"Downloaded {url}, but it is not usable, so it was not cached:\n{exc}") from None
     return atomic_write_bytes(local_path, payload)
 
 
+MAX_JSON_NESTING = 64  # deeper JSON inside an entry is refused: no dataset needs it, and it would break writing
+
+
+class _DuplicateKeys(dict):
+    """A JSON object that repeated a key; validation reports it with the entry's index."""
+
+    def __init__(self, pairs, duplicates: list[str]):
+        super().__init__(pairs)
+        self.duplicates = duplicates
+
+
+def _object_with_duplicates_marked(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) == len(keys):
+        return dict(pairs)
+    seen: set[str] = set()
+    return _DuplicateKeys(pairs, [key for key in keys if key in seen or seen.add(key)])
+
+
+def _check_json_value(entry: dict, where: str) -> None:
+    """Text that UTF-8 can encode (no lone surrogates such as "\\ud800"), no repeated keys, bounded nesting."""
+    stack = [(entry, where, where, 0)]  # (value, its place, the place of its top-level field, depth)
+    while stack:
+        value, place, field_place, depth = stack.pop()
+        if depth > MAX_JSON_NESTING:
+            raise DatasetError(f"{field_place}: nested more than {MAX_JSON_NESTING} levels deep")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DatasetError(f"{place}: not valid Unicode text (a lone surrogate "
+                                   f"{value[exc.start]!r} at character {exc.start})") from None
+        elif isinstance(value, dict):
+            if isinstance(value, _DuplicateKeys):
+                raise DatasetError(f"{place}: the key {value.duplicates[0]!r} appears more than once")
+            for key, item in value.items():
+                if isinstance(key, str):
+                    stack.append((key, f"{place}: a key", field_place, depth + 1))
+                item_place = f"{place} > {key!r}" if depth else f"{where}: field {key!r}"
+                stack.append((item, item_place, field_place if depth else item_place, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{place} > [{i}]", field_place, depth + 1) for i, item in enumerate(value))
+
+
 def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
-    """An object whose `fields` are all strings; else a DatasetError naming the place and the field."""
+    """An object whose `fields` are all strings, with clean text throughout; else a DatasetError naming place and field."""
     if not isinstance(entry, dict):
         raise DatasetError(f"{where}: expected an object with {', '.join(map(repr, fields))}, "
                            f"got {type(entry).__name__}")
+    _check_json_value(entry, where)
     for field in fields:
         if field not in entry:
             raise DatasetError(f"{where}: missing field '{field}'")
@@ -138,19 +323,46 @@ def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
     return entries
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not standard JSON")
+
+
+def parse_json_bytes(payload: bytes, source: str = "<data>"):
+    """Parse UTF-8 JSON (a leading byte-order mark is fine); a DatasetError names `source` and the place.
+
+    Repeated keys inside an object are marked and reported by validation, which knows the entry.
+    """
+    try:
+        text = payload.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_object_with_duplicates_marked, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        start = text.lstrip()[:40]
+        hint = " (it looks like a web page, not JSON)" if start.startswith("<") else ""
+        raise DatasetError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{hint}") from None
+    except RecursionError:
+        raise DatasetError(f"{source}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer with thousands of digits, or NaN
+        raise DatasetError(f"{source}: unusable JSON value: {str(exc).split(';')[0]}") from None
+
+
 def read_json_file(path: str | Path):
     """Parse a UTF-8 JSON file; a DatasetError names the file (and line and column for bad JSON)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        payload = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a folder, not a file") from None
+    return parse_json_bytes(payload, str(path))
+
+
+def parse_instruction_data(payload: bytes, source: str = "<data>") -> list[dict]:
+    """An instruction dataset from the bytes of a JSON file: parse_json_bytes, then validate_instruction_data."""
+    return validate_instruction_data(parse_json_bytes(payload, source), source)
 
 
 def load_instruction_data(source: str | Path = DEFAULT_DATA_PATH,
@@ -421,7 +633,16 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
       there would be wrong) and a warning says how many sequences were cut.
     Masking is by position, not by token value, so an end-of-text inside the content is kept.
     """
+    if len(batch) == 0:
+        raise ValueError("batch is empty: nothing to collate")
+    if allowed_max_length is not None and (not isinstance(allowed_max_length, int) or allowed_max_length < 1):
+        raise ValueError(f"allowed_max_length must be None or an integer >= 1, got {allowed_max_length!r}")
     examples = [_as_example(item) for item in batch]
+    for i, ex in enumerate(examples):
+        if len(ex.token_ids) == 0:
+            raise ValueError(f"batch[{i}] has no tokens")
+        if min(ex.token_ids) < 0:
+            raise ValueError(f"batch[{i}] holds the negative token ID {min(ex.token_ids)}")
     if mask_prompt and not all(isinstance(item, TokenizedExample) for item in batch):
         raise ValueError("mask_prompt=True needs TokenizedExample items (token_ids, prompt_length)")
     padded_length = max(len(ex.token_ids) for ex in examples) + 1
@@ -936,6 +1157,27 @@ def _generate_cached(model: GPTModel, idx: torch.Tensor, pad_mask: torch.Tensor,
     return results
 
 
+def _check_token_ids(ids: torch.Tensor, name: str, vocab_size: int) -> None:
+    """Integer token IDs the model can embed; else a ValueError naming `name`."""
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token IDs, got dtype {ids.dtype}")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = ids[(ids < 0) | (ids >= vocab_size)][0].item()
+        raise ValueError(f"{name} holds the token ID {bad}, outside this model's vocabulary 0..{vocab_size - 1}")
+
+
+def _check_generation_args(max_new_tokens: int, context_size: int, temperature: float, top_k: int | None) -> None:
+    """A ValueError naming the argument, instead of an empty result or a crash deep inside torch."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not isinstance(context_size, int) or context_size < 1:
+        raise ValueError(f"context_size must be an integer >= 1, got {context_size!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+
+
 @torch.no_grad()
 def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_size: int,
              temperature: float = 0.0, top_k: int | None = None, eos_id: int | None = None,
@@ -958,6 +1200,10 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
     if idx.dim() != 2:
         raise ValueError(f"idx must be (batch, tokens), got shape {tuple(idx.shape)}; "
                          "text_to_token_ids() adds the batch dimension")
+    if idx.size(0) == 0 or idx.size(1) == 0:
+        raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {tuple(idx.shape)}")
+    _check_token_ids(idx, "idx", model.cfg["vocab_size"])
+    _check_generation_args(max_new_tokens, context_size, temperature, top_k)
     context_size = min(context_size, model.cfg["context_length"])
     if use_cache:
         pad_mask = torch.ones_like(idx, dtype=torch.bool)
@@ -997,14 +1243,21 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
     batch_size: at most this many prompts at once (default: all); lengths are sorted first so
     that similar lengths share a batch. Sampling and seed work as in generate().
     """
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty: give at least one prompt")
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
-            raise ValueError(f"prompt {i} is empty")
+            raise ValueError(f"prompts[{i}] is empty")
+        _check_token_ids(torch.as_tensor(prompt), f"prompts[{i}]", model.cfg["vocab_size"])
+    _check_token_ids(torch.tensor(pad_token_id), "pad_token_id", model.cfg["vocab_size"])
+    _check_generation_args(max_new_tokens, context_size, temperature, top_k)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None (all at once) or an integer >= 1, got {batch_size!r}")
     device = model.tok_emb.weight.device
     context_size = min(context_size, model.cfg["context_length"])
     results: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    step = batch_size or max(len(prompts), 1)
+    step = batch_size or len(prompts)
     for start in range(0, len(order), step):
         chunk = order[start:start + step]
         width = len(prompts[chunk[0]])  # the longest, as lengths are sorted
@@ -1752,38 +2005,43 @@ def _unreachable_message(url: str, reason: str, model: str) -> str:
 
 
 def _request_json(url: str, payload: dict | None, timeout: float, model: str = OLLAMA_JUDGE_MODEL) -> dict:
-    """GET (payload None) or POST JSON to an Ollama endpoint; every failure becomes an OllamaUnavailableError."""
+    """GET (payload None) or POST JSON to an Ollama endpoint; every failure becomes an OllamaUnavailableError.
+
+    `timeout` bounds the whole exchange, not just each wait: a server that drips its answer is cut off too.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise OllamaUnavailableError(f"{url!r} is not a usable URL; expected e.g. {OLLAMA_CHAT_URL}")
     data = None if payload is None else json.dumps(payload).encode("utf-8")
     # Like Ollama's own client, never send loopback traffic through an http_proxy from the environment.
     proxies = {} if parts.hostname in ("localhost", "127.0.0.1", "::1") else None
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-        with opener.open(request, timeout=timeout) as response:
-            body = response.read()
+        body = _fetch(request, timeout, timeout, proxies)
     except urllib.error.HTTPError as exc:  # the server is up but refuses; Ollama explains why in {"error": ...}
         try:
             detail = json.loads(exc.read()).get("error", "")
-        except (ValueError, AttributeError, OSError):
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
             detail = ""
-        if exc.code == 404 and re.search(r"model .* not found", detail):  # Ollama's answer for a model never pulled
+        if exc.code == 404 and re.search(r"model .* not found", str(detail)):  # Ollama's answer for a model never pulled
             raise OllamaUnavailableError(f"Ollama at {url}: {detail}.\nFix: `ollama pull {model}`") from None
         raise OllamaUnavailableError(f"Ollama at {url} answered HTTP {exc.code} {exc.reason}: "
                                      f"{detail or 'no details'}") from None
-    except TimeoutError:  # connected, but the reply is late
+    except TimeoutError:  # connected, but the reply is late or comes too slowly
         raise OllamaUnavailableError(f"Ollama at {url} did not answer within {timeout:g} s. The first request "
                                      f"loads the model, which can be slow on a CPU: pass a larger timeout.") from None
+    except _ConnectionDropped as exc:  # it answered, then hung up: a crash, a restart or something that is not Ollama
+        raise OllamaUnavailableError(f"Ollama at {url}: {exc}. If the server restarted or ran out of memory, "
+                                     f"its log says why; then try again.") from None
     except urllib.error.URLError as exc:  # no connection at all (a timeout here happened while connecting)
         reason = f"no connection within {timeout:g} s" if isinstance(exc.reason, TimeoutError) else str(exc.reason)
         raise OllamaUnavailableError(_unreachable_message(url, reason, model)) from None
-    except (OSError, http.client.HTTPException) as exc:  # e.g. a reset connection, or a server that is not HTTP
-        raise OllamaUnavailableError(_unreachable_message(url, f"{type(exc).__name__}: {exc}", model)) from None
+    except (OSError, http.client.HTTPException) as exc:  # e.g. a server that does not speak HTTP
+        raise OllamaUnavailableError(f"Ollama at {url} gave an unusable answer ({type(exc).__name__}: {exc}); "
+                                     f"is this an Ollama server?") from None
     try:
         reply = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         reply = None
     if not isinstance(reply, dict):
         raise OllamaUnavailableError(f"{url} did not answer with a JSON object; is this an Ollama server?")
@@ -1812,12 +2070,8 @@ def check_ollama(url: str = OLLAMA_CHAT_URL, timeout: float = 5.0) -> bool:
     return True
 
 
-def query_ollama(prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL,
-                 seed: int = 123, timeout: float = 120.0) -> str:
-    """Send one user message to Ollama's /api/chat and return the reply's text.
-
-    Temperature 0 and a fixed seed make the judge repeatable on the same machine and Ollama version.
-    """
+def _chat_content(prompt: str, model: str, url: str, seed: int, timeout: float):
+    """The message.content of Ollama's reply to one user message, as the server sent it (text, or not)."""
     chat_url = url if urllib.parse.urlsplit(url).path not in ("", "/") else _ollama_url(url, "/api/chat")
     payload = {
         "model": model,
@@ -1827,10 +2081,23 @@ def query_ollama(prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA
     }
     reply = _request_json(chat_url, payload, timeout, model)
     try:
-        content = reply["message"]["content"]
+        return reply["message"]["content"]
     except (KeyError, TypeError):
         raise OllamaUnavailableError(f"{chat_url}: the reply has no message.content; "
                                      f"is this Ollama's /api/chat?") from None
+
+
+def query_ollama(prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL,
+                 seed: int = 123, timeout: float = 120.0) -> str:
+    """Send one user message to Ollama's /api/chat and return the reply's text.
+
+    Temperature 0 and a fixed seed make the judge repeatable on the same machine and Ollama version.
+    `timeout` (seconds) bounds the whole request.
+    """
+    content = _chat_content(prompt, model, url, seed, timeout)
+    if not isinstance(content, str):
+        raise OllamaUnavailableError(f"{url}: message.content is {type(content).__name__}, not text; "
+                                     f"is this Ollama's /api/chat?")
     return content
 
 
@@ -1885,9 +2152,12 @@ def parse_score(reply: str) -> int | None:
        this 85"). Ranges such as "0-100" and "0 to 100" never count. If all explicit scores
        agree, that is the score; if they disagree, None.
     4. Otherwise, if exactly one distinct number is left in the reply, that number; else None.
-    A score outside 0..100 ("150", "-5") is None. Callers count None as unparsed, never as 0.
+    A score outside 0..100 ("150", "-5") is None, and so is a reply that is not text.
+    Callers count None as unparsed, never as 0.
     """
-    text = re.sub(r"[*_`#]", "", reply or "").strip()
+    if not isinstance(reply, str):  # e.g. a judge whose reply carried no text
+        return None
+    text = re.sub(r"[*_`#]", "", reply).strip()
     first_line = text.split("\n", 1)[0].strip()
     if _BARE_NUMBER.fullmatch(first_line):
         return _as_score(first_line.rstrip(".!%"))
@@ -1918,30 +2188,48 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
                     source: str = "<responses>", progress: bool = True) -> dict:
     """Ask the judge to score every entry's `model_response` from 0 to 100.
 
-    Returns {"n", "scores" (int or None per entry), "mean" (over parsed scores only), "n_scored",
-    "unparsed": {"count", "indices"}, "replies" (the judge's raw text), "model"}.
-    Replies that cannot be parsed stay visible in `unparsed`; they do not count as 0.
+    Returns {"model", "n", "n_judged", "n_scored", "mean" (over parsed scores only),
+    "scores" (int or None per entry), "unparsed": {"count", "indices"}, "replies" (the judge's
+    raw text, None where it sent no text), "error"}.
+    - Replies that cannot be parsed stay visible in `unparsed`; they do not count as 0.
+    - Bad entries, or a server that is down or lacks `model`, raise before any entry is sent.
+      A failure later on (an HTTP 500, a dropped connection, a timeout) stops judging but keeps
+      every score received: the result covers the first `n_judged` entries and `error` says
+      {"index", "message"} of the entry that failed (None when all were judged).
+    - `timeout` (seconds) bounds each request as a whole.
     """
     from tqdm import tqdm
 
     entries = _check_responses(entries, source, ("instruction", *RESPONSE_FIELDS))
     _require_judge(model, url, min(timeout, 10.0))
-    scores: list[int | None] = []
-    replies: list[str] = []
-    for entry in tqdm(entries, desc=f"judging with {model}", unit="entry", disable=not progress):
-        reply = query_ollama(judge_prompt(entry, style), model=model, url=url, seed=seed, timeout=timeout)
-        replies.append(reply)
-        scores.append(parse_score(reply))
+    scores: list[int | None] = [None] * len(entries)
+    replies: list[str | None] = [None] * len(entries)
+    error = None
+    n_judged = 0
+    for index, entry in enumerate(tqdm(entries, desc=f"judging with {model}", unit="entry", disable=not progress)):
+        try:
+            content = _chat_content(judge_prompt(entry, style), model, url, seed, timeout)
+        except OllamaUnavailableError as exc:
+            error = {"index": index, "message": str(exc)}
+            break
+        replies[index] = content if isinstance(content, str) else None
+        scores[index] = parse_score(replies[index])
+        n_judged += 1
+    if error is not None:
+        warnings.warn(f"Judging stopped at entry {error['index']} of {len(entries)}; the {n_judged} scores "
+                      f"before it are kept. {error['message']}", stacklevel=2)
     parsed = [s for s in scores if s is not None]
-    unparsed = [i for i, s in enumerate(scores) if s is None]
+    unparsed = [i for i in range(n_judged) if scores[i] is None]
     return {
         "model": model,
         "n": len(entries),
+        "n_judged": n_judged,
         "n_scored": len(parsed),
         "mean": sum(parsed) / len(parsed) if parsed else None,
         "scores": scores,
         "unparsed": {"count": len(unparsed), "indices": unparsed},
         "replies": replies,
+        "error": error,
     }
 
 
