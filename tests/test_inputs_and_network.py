@@ -8,7 +8,9 @@ import json
 import math
 import re
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -120,6 +122,21 @@ def server():
     thread.join(timeout=2)
 
 
+@pytest.fixture
+def tls_server(server, tmp_path, monkeypatch):
+    """`server`, speaking HTTPS with a throwaway self-signed certificate that the client is told to trust."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.url = server.url.replace("http://", "https://")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    return server
+
+
 @pytest.fixture(autouse=True)
 def no_proxy(monkeypatch):
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
@@ -195,6 +212,16 @@ def test_a_dripping_server_is_cut_off_at_the_deadline(server, tmp_path, route):
     elapsed = time.monotonic() - start
     assert elapsed < 5  # without the deadline this takes 30 s (the body) or 12 s (the status line)
     assert cached_files(tmp_path) == []
+
+
+def test_https_downloads_have_the_deadline_too(tls_server, tmp_path):
+    tls_server.routes["/data.json"] = lambda h: h.reply(200, GOOD_BODY)
+    assert download_file(f"{tls_server.url}/data.json", tmp_path / "ok").read_bytes() == GOOD_BODY
+    tls_server.routes["/slow.json"] = drip
+    start = time.monotonic()
+    with pytest.raises(DatasetError, match=r"longer than 1 s overall"):
+        download_file(f"{tls_server.url}/slow.json", tmp_path / "slow", timeout=2, deadline=1)
+    assert time.monotonic() - start < 5
 
 
 def test_a_reset_connection_is_not_reported_as_a_missing_server(server, tmp_path):
