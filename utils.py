@@ -254,15 +254,21 @@ class _DuplicateKeys(dict):
 
 
 def _object_with_duplicates_marked(pairs: list[tuple[str, object]]) -> dict:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) == len(keys):
-        return dict(pairs)
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
     seen: set[str] = set()
-    return _DuplicateKeys(pairs, [key for key in keys if key in seen or seen.add(key)])
+    return _DuplicateKeys(pairs, [key for key, _ in pairs if key in seen or seen.add(key)])
 
 
 def _check_json_value(entry: dict, where: str) -> None:
     """Text that UTF-8 can encode (no lone surrogates such as "\\ud800"), no repeated keys, bounded nesting."""
+    if type(entry) is dict and all(type(value) is str for value in entry.values()):
+        try:  # the usual flat entry: one encode checks all its text (Python never pairs surrogates)
+            "".join([*entry, *entry.values()]).encode("utf-8")
+            return
+        except UnicodeEncodeError:
+            pass  # the walk below finds the field
     stack = [(entry, where, where, 0)]  # (value, its place, the place of its top-level field, depth)
     while stack:
         value, place, field_place, depth = stack.pop()
@@ -292,6 +298,10 @@ def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
         raise DatasetError(f"{where}: expected an object with {', '.join(map(repr, fields))}, "
                            f"got {type(entry).__name__}")
     _check_json_value(entry, where)
+    _check_fields(entry, where, fields)
+
+
+def _check_fields(entry: dict, where: str, fields: Sequence[str]) -> None:
     for field in fields:
         if field not in entry:
             raise DatasetError(f"{where}: missing field '{field}'")
@@ -315,7 +325,7 @@ def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
         entry = {"instruction": entry["instruction"], "input": "", "output": entry["output"], **entry}
         if entry["input"] is None:
             entry["input"] = ""
-        _check_entry(entry, where, ("input",))
+        _check_fields(entry, where, ("input",))
         for field in ("instruction", "output"):
             if not entry[field].strip():
                 raise DatasetError(f"{where}: field '{field}' is empty")
