@@ -172,7 +172,8 @@ def _fetch(request: str | urllib.request.Request, timeout: float, deadline: floa
            proxies: dict | None = None) -> bytes:
     """The whole body of `request`: `timeout` bounds each wait for the server, `deadline` the whole exchange.
 
-    Raises _DeadlineExceeded, _ConnectionDropped, or urllib's own errors (HTTPError for an error status).
+    Raises _DeadlineExceeded, _ConnectionDropped, or urllib's own errors. An HTTPError for an error
+    status carries the body the server sent with it as `error_body` (read within the deadline too).
     """
     clock = _Deadline(deadline)
     handlers = [urllib.request.ProxyHandler(proxies), _WatchedHTTPHandler(), _WatchedHTTPSHandler()]
@@ -180,8 +181,16 @@ def _fetch(request: str | urllib.request.Request, timeout: float, deadline: floa
         handler.deadline = clock
     opener = urllib.request.build_opener(*handlers)
     try:
-        with clock, opener.open(request, timeout=min(timeout, deadline)) as response:
-            body = response.read()
+        with clock:
+            try:
+                with opener.open(request, timeout=min(timeout, deadline)) as response:
+                    body = response.read()
+            except urllib.error.HTTPError as exc:
+                try:
+                    exc.error_body = exc.read()
+                except (OSError, http.client.HTTPException):
+                    exc.error_body = b""
+                raise
     except (OSError, http.client.HTTPException) as exc:
         if clock.expired:
             raise _DeadlineExceeded(f"no complete answer within {deadline:g} s") from None
@@ -2030,8 +2039,8 @@ def _request_json(url: str, payload: dict | None, timeout: float, model: str = O
         body = _fetch(request, timeout, timeout, proxies)
     except urllib.error.HTTPError as exc:  # the server is up but refuses; Ollama explains why in {"error": ...}
         try:
-            detail = json.loads(exc.read()).get("error", "")
-        except (ValueError, AttributeError, OSError, http.client.HTTPException):
+            detail = json.loads(exc.error_body).get("error", "")
+        except (ValueError, AttributeError, RecursionError):
             detail = ""
         if exc.code == 404 and re.search(r"model .* not found", str(detail)):  # Ollama's answer for a model never pulled
             raise OllamaUnavailableError(f"Ollama at {url}: {detail}.\nFix: `ollama pull {model}`") from None

@@ -53,9 +53,9 @@ class Scripted(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def drip(handler, interval: float = 0.3, total: int = 100) -> None:
-    """A 200 answer with a Content-Length of `total` bytes, sent one byte per `interval` seconds."""
-    handler.send_response(200)
+def drip(handler, interval: float = 0.3, total: int = 100, status: int = 200) -> None:
+    """An answer with a Content-Length of `total` bytes, sent one byte per `interval` seconds."""
+    handler.send_response(status)
     handler.send_header("Content-Length", str(total))
     handler.end_headers()
     for _ in range(total):
@@ -66,6 +66,11 @@ def drip(handler, interval: float = 0.3, total: int = 100) -> None:
             handler.wfile.flush()
         except OSError:  # the client hung up: exactly what the deadline should do
             return
+
+
+def drip_error(handler) -> None:
+    """An HTTP 500 whose explanation drips in."""
+    drip(handler, status=500)
 
 
 def drip_status_line(handler, interval: float = 0.3) -> None:
@@ -202,7 +207,7 @@ def test_download_file_takes_another_check(server, tmp_path):
 
 # --- 10. overall deadlines, and dropped connections that say so ---
 
-@pytest.mark.parametrize("route", [drip, drip_status_line])
+@pytest.mark.parametrize("route", [drip, drip_status_line, drip_error])
 def test_a_dripping_server_is_cut_off_at_the_deadline(server, tmp_path, route):
     server.routes["/data.json"] = route
     start = time.monotonic()
@@ -240,7 +245,7 @@ def test_a_truncated_judge_answer_is_a_clear_error(server):
         query_ollama("hello", url=f"{server.url}/api/chat", timeout=2)
 
 
-@pytest.mark.parametrize("route", [drip, drip_status_line])
+@pytest.mark.parametrize("route", [drip, drip_status_line, drip_error])
 def test_a_dripping_judge_is_cut_off_at_its_timeout(server, route):
     server.routes["/api/chat"] = route
     start = time.monotonic()
