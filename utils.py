@@ -239,7 +239,8 @@ def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: 
         payload = _fetch(url, timeout, deadline)
     except _DeadlineExceeded:
         raise DatasetError(f"Could not download {url}: it took longer than {deadline:g} s overall "
-                           f"(a slow or stalled server; deadline=... allows more).\n{fix}") from None
+                           f"(a slow or stalled server; download_file(..., deadline=SECONDS) allows more)."
+                           f"\n{fix}") from None
     except TimeoutError:
         raise DatasetError(f"Could not download {url}: the server sent nothing for {timeout:g} s.\n{fix}") from None
     except (OSError, http.client.HTTPException) as exc:
@@ -302,7 +303,7 @@ def _check_json_value(entry: dict, where: str) -> None:
 
 
 def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
-    """An object whose `fields` are all strings, with clean text throughout; else a DatasetError naming place and field."""
+    """An object whose `fields` are strings and whose text is clean; else a DatasetError naming place and field."""
     if not isinstance(entry, dict):
         raise DatasetError(f"{where}: expected an object with {', '.join(map(repr, fields))}, "
                            f"got {type(entry).__name__}")
@@ -360,7 +361,8 @@ def parse_json_bytes(payload: bytes, source: str = "<data>"):
     except json.JSONDecodeError as exc:
         start = text.lstrip()[:40]
         hint = " (it looks like a web page, not JSON)" if start.startswith("<") else ""
-        raise DatasetError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{hint}") from None
+        raise DatasetError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
+                           f"{exc.msg}{hint}") from None
     except RecursionError:
         raise DatasetError(f"{source}: JSON nested too deeply to read") from None
     except ValueError as exc:  # e.g. an integer with thousands of digits, or NaN
@@ -2042,7 +2044,7 @@ def _request_json(url: str, payload: dict | None, timeout: float, model: str = O
             detail = json.loads(exc.error_body).get("error", "")
         except (ValueError, AttributeError, RecursionError):
             detail = ""
-        if exc.code == 404 and re.search(r"model .* not found", str(detail)):  # Ollama's answer for a model never pulled
+        if exc.code == 404 and re.search(r"model .* not found", str(detail)):  # a model never pulled
             raise OllamaUnavailableError(f"Ollama at {url}: {detail}.\nFix: `ollama pull {model}`") from None
         raise OllamaUnavailableError(f"Ollama at {url} answered HTTP {exc.code} {exc.reason}: "
                                      f"{detail or 'no details'}") from None

@@ -270,7 +270,8 @@ class JudgeScript:
 
     def __init__(self, server, behaviours):
         self.behaviours = list(behaviours)
-        server.routes["/api/tags"] = lambda h: h.reply(200, json.dumps({"models": [{"name": "llama3.2:latest"}]}).encode())
+        tags = json.dumps({"models": [{"name": "llama3.2:latest"}]}).encode()
+        server.routes["/api/tags"] = lambda h: h.reply(200, tags)
         server.routes["/api/chat"] = self.chat
 
     def chat(self, handler):
@@ -279,7 +280,7 @@ class JudgeScript:
 
 
 def test_a_reply_that_is_not_text_counts_as_unparsed(server):
-    JudgeScript(server, [chat_reply("80"), chat_reply(42), chat_reply(None), chat_reply({"score": 9}), chat_reply("70")])
+    JudgeScript(server, [chat_reply(content) for content in ("80", 42, None, {"score": 9}, "70")])
     result = judge_responses(JUDGED, url=f"{server.url}/api/chat", timeout=2, progress=False)
     assert result["scores"] == [80, None, None, None, 70]
     assert result["unparsed"] == {"count": 3, "indices": [1, 2, 3]}
@@ -369,10 +370,10 @@ def test_deep_nesting_is_a_dataset_error(tmp_path):
 
 def test_huge_integers_and_nan_are_dataset_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"data\.json: unusable JSON value: Exceeds the limit"):
-        load_instruction_data(write_bytes(tmp_path, b'[{"instruction": "a", "output": "b", "n": ' + b"9" * 5000 + b"}]"))
+        load_instruction_data(write_bytes(tmp_path, b'[{"instruction": "a", "output": "b", "n": %s}]' % (b"9" * 5000)))
     for constant in (b"NaN", b"Infinity", b"-Infinity"):
         with pytest.raises(DatasetError, match=r"unusable JSON value: (NaN|-?Infinity) is not standard JSON"):
-            load_instruction_data(write_bytes(tmp_path, b'[{"instruction": "a", "output": "b", "x": ' + constant + b"}]"))
+            load_instruction_data(write_bytes(tmp_path, b'[{"instruction": "a", "output": "b", "x": %s}]' % constant))
 
 
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
