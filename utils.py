@@ -2215,8 +2215,8 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
     - Replies that cannot be parsed stay visible in `unparsed`; they do not count as 0.
     - Bad entries, or a server that is down or lacks `model`, raise before any entry is sent.
       A failure later on (an HTTP 500, a dropped connection, a timeout) stops judging but keeps
-      every score received: the result covers the first `n_judged` entries and `error` says
-      {"index", "message"} of the entry that failed (None when all were judged).
+      every score received: the result covers the first `n_judged` entries, and `error` says why
+      entry `n_judged` failed (None when all were judged).
     - `timeout` (seconds) bounds each request as a whole.
     """
     from tqdm import tqdm
@@ -2231,14 +2231,14 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
         try:
             content = _chat_content(judge_prompt(entry, style), model, url, seed, timeout)
         except OllamaUnavailableError as exc:
-            error = {"index": index, "message": str(exc)}
+            error = f"entry {index}: {exc}"
             break
         replies[index] = content if isinstance(content, str) else None
         scores[index] = parse_score(replies[index])
         n_judged += 1
     if error is not None:
-        warnings.warn(f"Judging stopped at entry {error['index']} of {len(entries)}; the {n_judged} scores "
-                      f"before it are kept. {error['message']}", stacklevel=2)
+        warnings.warn(f"Judging stopped at entry {n_judged} of {len(entries)}; the {n_judged} replies "
+                      f"before it are kept. {error}", stacklevel=2)
     parsed = [s for s in scores if s is not None]
     unparsed = [i for i in range(n_judged) if scores[i] is None]
     return {
