@@ -110,11 +110,12 @@ class _Deadline:
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
-    def watch(self, sock) -> None:
+    def watch(self, sock):
         with self._lock:
             self._sockets.append(sock)
             if self.expired:
                 self._shutdown(sock)
+        return sock
 
     def _expire(self) -> None:
         with self._lock:
@@ -143,6 +144,9 @@ class _Deadline:
 def _watched_connection(connection_class, deadline: _Deadline, host, **kwargs):
     """An http.client connection whose socket `deadline` can shut down."""
     connection = connection_class(host, **kwargs)
+    # The plain socket, as soon as it exists (a proxy's CONNECT answer is read on it), and after
+    # connect() the socket that carries the request, which for https is a new TLS socket.
+    connection._create_connection = lambda *args, **kw: deadline.watch(socket.create_connection(*args, **kw))
     connect = connection.connect
 
     def connect_and_watch():

@@ -40,7 +40,7 @@ class Scripted(http.server.BaseHTTPRequestHandler):
             return self.reply(404, b"not here")
         action(self)
 
-    do_POST = do_GET
+    do_POST = do_CONNECT = do_GET  # CONNECT: this server plays an https proxy; the path is "host:port"
 
     def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
@@ -227,6 +227,15 @@ def test_https_downloads_have_the_deadline_too(tls_server, tmp_path):
     with pytest.raises(DatasetError, match=r"longer than 0.5 s overall"):
         download_file(f"{tls_server.url}/slow.json", tmp_path / "slow", timeout=2, deadline=0.5)
     assert time.monotonic() - start < 5
+
+
+def test_a_dripping_proxy_is_cut_off_too(server, tmp_path, monkeypatch):
+    server.routes["127.0.0.1:9"] = drip_status_line  # the proxy's answer to CONNECT drips
+    monkeypatch.setenv("https_proxy", server.url)
+    start = time.monotonic()
+    with pytest.raises(DatasetError, match=r"longer than 0.5 s overall"):
+        download_file("https://127.0.0.1:9/data.json", tmp_path, timeout=2, deadline=0.5)
+    assert time.monotonic() - start < 5 and server.hits == ["127.0.0.1:9"]
 
 
 def test_a_reset_connection_is_not_reported_as_a_missing_server(server, tmp_path):
