@@ -647,10 +647,8 @@ def draw_gpt2_architecture(src: Sources) -> Figure:
     down(y + bh, y + bh + 0.35)
     y += bh + 0.35
     half = (bw - 0.2) / 2
-    box(ax, x0, y, half, bh + 0.2, "token embedding
-tok_emb", **layer_fill)
-    box(ax, x0 + half + 0.2, y, half, bh + 0.2, "position embedding
-pos_emb", **layer_fill, size=SMALL)
+    box(ax, x0, y, half, bh + 0.2, "token embedding\ntok_emb", **layer_fill)
+    box(ax, x0 + half + 0.2, y, half, bh + 0.2, "position embedding\npos_emb", **layer_fill, size=SMALL)
     note(y + (bh + 0.2) / 2, f"tok_emb: {v:,} \u00d7 {d} = {n['tok_emb']:,}\n"
                              f"pos_emb: {cfg['context_length']:,} \u00d7 {d} = {n['pos_emb']:,}")
     arrow(ax, (x0 + half / 2, y + bh + 0.2), (cx - 0.2, y + bh + 0.5))
@@ -662,10 +660,9 @@ pos_emb", **layer_fill, size=SMALL)
 
     # the transformer block, repeated
     y_block = y + 0.45
-    inner_x, inner_w = x0 + 0.55, bw - 0.75
-    icx = inner_x + inner_w / 2
+    inner_x, inner_w = x0 + 0.55, bw - 1.1
     rows = [("LayerNorm  norm1", norm_fill, f"norm1: 2 \u00d7 {d} = {n['block.norm1']:,}"),
-            (f"causal multi-head attention  att\n({heads} heads of {d // heads})", layer_fill,
+            (f"causal multi-head\nattention  att\n({heads} heads of {d // heads})", layer_fill,
              f"att.qkv: {d} \u2192 3\u00b7{d} (queries, keys, values)\n"
              f"att.out_proj: {d} \u2192 {d}\natt total: {n['block.att']:,}"),
             ("+", None, ""),
@@ -673,37 +670,42 @@ pos_emb", **layer_fill, size=SMALL)
             (f"feed-forward  ff\n{d} \u2192 {4 * d:,} \u2192 {d}, GELU", layer_fill,
              f"ff: {d}\u00b7{4 * d:,} + {4 * d:,}\u00b7{d} + biases\n    = {n['block.ff']:,}"),
             ("+", None, "")]
-    frame_h = 0.7 + sum(0.44 if label == "+" else bh + (0.25 if "\n" in label else 0) for label, *_ in rows) \
-        + 0.38 * (len(rows) - 1) + 0.35
+
+    def row_height(label):
+        return 0.44 if label == "+" else bh + 0.25 * label.count("\n")
+
+    frame_h = 0.45 + sum(row_height(label) + 0.38 for label, *_ in rows) + 0.1
     frame = FancyBboxPatch((x0, y_block), bw, frame_h, boxstyle="round,pad=0,rounding_size=0.12",
                            facecolor=tint(C["padding"], 0.12), edgecolor=LINE, lw=1.6, linestyle="--", zorder=0)
     ax.add_patch(frame)
-    text(ax, x0 + 0.15, y_block + 0.3, f"transformer block \u00d7 {L}   trf_blocks[0 \u2026 {L - 1}]",
-         size=FONT, weight="bold")
-    y = y_block + 0.7
-    shortcut_from = y - 0.2
+    text(ax, ann, y_block + 0.12, f"transformer block, \u00d7 {L}", size=FONT, weight="bold")
+    note(y_block + 0.42, f"trf_blocks[0 \u2026 {L - 1}]")
+    note(y_block + frame_h - 0.3, f"one block: {n['block']:,}\n\u00d7 {L} blocks: {L * n['block']:,}")
+    text(ax, x0 + bw - 0.15, y_block + frame_h - 0.25, f"\u00d7 {L}", size=TITLE + 2, weight="bold", ha="right")
+    y = y_block + 0.45
+    arrow(ax, (cx, y_block), (cx, y))
+    shortcut_from = y_block + 0.22
     for label, fill, annotation in rows:
+        h = row_height(label)
         if label == "+":
-            box(ax, icx - 0.22, y, 0.44, 0.44, "+", size=FONT + 4, weight="bold", fill="white")
-            # the shortcut: the block's input goes around and is added back
-            sx = inner_x - 0.3
-            ax.plot([icx, sx, sx], [shortcut_from, shortcut_from, y + 0.22], color=C["accent"], lw=1.8, zorder=1)
-            arrow(ax, (sx, y + 0.22), (icx - 0.22, y + 0.22), color=C["accent"], lw=1.8)
-            y += 0.44
-            shortcut_from = y + 0.17
+            box(ax, cx - 0.22, y, 0.44, 0.44, "+", size=FONT + 4, weight="bold", fill="white")
+            # the shortcut: the part's input goes around it and is added back
+            sx = x0 + 0.25
+            ax.plot([cx, sx, sx], [shortcut_from, shortcut_from, y + 0.22], color=C["accent"], lw=1.8, zorder=1)
+            arrow(ax, (sx, y + 0.22), (cx - 0.22, y + 0.22), color=C["accent"], lw=1.8)
+            shortcut_from = y + h + 0.19
         else:
-            h = bh + (0.25 if "\n" in label else 0)
             box(ax, inner_x, y, inner_w, h, label, size=SMALL, **fill)
             if annotation:
                 note(y + h / 2, annotation)
-            y += h
-        arrow(ax, (icx, y), (icx, y + 0.38))
+        y += h
+        if label != rows[-1][0] or fill is not None:
+            arrow(ax, (cx, y), (cx, y + 0.38))
         y += 0.38
-    text(ax, inner_x - 0.25, y_block + frame_h - 0.2, "shortcut (residual) connections", size=SMALL,
+    text(ax, x0 + 0.15, y_block + frame_h - 0.25, "shortcut (residual)\nconnections", size=SMALL,
          color=C["accent"], style="italic")
-    note(y_block + 0.3, f"one block: {n['block']:,}\n\u00d7 {L} blocks: {L * n['block']:,}")
     y = y_block + frame_h
-    arrow(ax, (icx, y - 0.38), (cx, y + 0.38))
+    arrow(ax, (cx, y - 0.48), (cx, y + 0.38))
 
     # head
     y += 0.38
