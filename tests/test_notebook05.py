@@ -88,3 +88,25 @@ def test_checkpoint_names_match_a_transformers_gpt2():
         expected = tuple(param.shape)[::-1] if utils.is_conv1d_weight(key) else tuple(param.shape)
         assert tuple(theirs[key].shape) == expected, key
     assert sum(utils.is_conv1d_weight(utils.gpt2_checkpoint_name(n)) for n in ours) == 4 * cfg["n_layers"]
+
+
+def test_weight_dependent_cells_are_tagged_and_explained():
+    """Every cell that uses the loaded `model` is tagged needs-gpt2, and a "What you will see" note follows it."""
+    import re
+
+    import nbformat
+    from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, cell_tags
+
+    cells = nbformat.read(next(NOTEBOOK_DIR.glob("05*.ipynb")), as_version=4).cells
+    uses_model = re.compile(r"(?<![\w.])(model|model_label)\b")
+    tagged = 0
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code":
+            continue
+        if uses_model.search(cell.source):
+            assert NEEDS_GPT2 in cell_tags(cell), f"cell {i} uses the loaded model but is not tagged:\n{cell.source}"
+        if NEEDS_GPT2 in cell_tags(cell):
+            tagged += 1
+            note = next(c for c in cells[i + 1:] if c.cell_type == "markdown")
+            assert "What you will see" in note.source, f"no 'What you will see' note after cell {i}"
+    assert tagged >= 4
