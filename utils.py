@@ -981,6 +981,18 @@ _CONV1D_WEIGHT = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 
 
+def gpt2_checkpoint_name(name: str) -> str:
+    """The name in OpenAI's GPT-2 checkpoint of our parameter `name` (e.g. "trf_blocks.0.att.qkv.weight")."""
+    for ours, theirs in _CHECKPOINT_NAMES:
+        name = name.replace(ours, theirs)
+    return name
+
+
+def is_conv1d_weight(checkpoint_name: str) -> bool:
+    """True if the checkpoint stores this weight as Conv1D does: (in, out), nn.Linear's transpose."""
+    return bool(_CONV1D_WEIGHT.fullmatch(checkpoint_name))
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -1015,10 +1027,8 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
 
     state, missing, wrong_shape = {}, [], []
     for name, param in model.state_dict().items():
-        key = name
-        for ours, theirs in _CHECKPOINT_NAMES:
-            key = key.replace(ours, theirs)
-        transposed = bool(_CONV1D_WEIGHT.fullmatch(key))
+        key = gpt2_checkpoint_name(name)
+        transposed = is_conv1d_weight(key)
         expected = tuple(reversed(param.shape)) if transposed else tuple(param.shape)
         if key not in checkpoint:
             missing.append(f"{key} {expected}")

@@ -597,6 +597,140 @@ def draw_shift(src: Sources) -> Figure:
     return fig
 
 
+# --- 05: GPT-2's architecture, with names, shapes and parameter counts read from GPTModel ---
+
+def _parameter_counts(cfg: dict) -> dict[str, int]:
+    """Parameters of each top-level part of GPTModel(cfg) (first block only), built on the meta device."""
+    import torch
+
+    with torch.device("meta"):  # shapes only: no memory, no random numbers
+        model = utils.GPTModel(cfg)
+    counts = {name: utils.count_parameters(module) for name, module in model.named_children()
+              if name != "trf_blocks"}
+    block = model.trf_blocks[0]
+    counts.update({f"block.{name}": utils.count_parameters(module) for name, module in block.named_children()})
+    counts["block"] = utils.count_parameters(block)
+    counts["total"] = utils.count_parameters(model)
+    return counts
+
+
+def draw_gpt2_architecture(src: Sources) -> Figure:
+    name = "gpt2-small"
+    cfg = utils.GPT_CONFIGS[name]
+    n = _parameter_counts(cfg)
+    d, v, L, heads = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"], cfg["n_heads"]
+    fig, ax = canvas(10.4, 11.2)
+    text(ax, 0.3, 0.35, f"GPT-2 small as GPTModel builds it (GPT_CONFIGS[{name!r}])", size=TITLE, weight="bold")
+    text(ax, 0.3, 0.7, "Left: the data flow, top to bottom, with each module's name in GPTModel.  "
+         "Right: its shapes and parameters.", size=SMALL, color=MUTED)
+
+    x0, bw, bh = 0.9, 4.2, 0.62  # the main column
+    cx = x0 + bw / 2
+    ann = 6.0  # the annotation column
+    data_fill = dict(fill=tint(C["prompt"], 0.3))
+    layer_fill = dict(fill=tint(C["response"], 0.35))
+    norm_fill = dict(fill=tint(C["padding"], 0.35))
+
+    def down(y_from, y_to):
+        arrow(ax, (cx, y_from), (cx, y_to))
+
+    def plus(y):
+        box(ax, cx - 0.22, y, 0.44, 0.44, "+", size=FONT + 4, weight="bold", fill="white", rounded=True)
+        return y + 0.44
+
+    def note(y, lines):
+        text(ax, ann, y, lines, size=SMALL, family=MONO, va="center", linespacing=1.35)
+
+    # input and embeddings
+    y = 1.05
+    box(ax, x0, y, bw, bh, "token IDs  (batch, tokens)", **data_fill)
+    down(y + bh, y + bh + 0.35)
+    y += bh + 0.35
+    half = (bw - 0.2) / 2
+    box(ax, x0, y, half, bh + 0.2, "token embedding\ntok_emb", **layer_fill)
+    box(ax, x0 + half + 0.2, y, half, bh + 0.2, "position embedding\npos_emb", **layer_fill, size=SMALL)
+    note(y + (bh + 0.2) / 2, f"tok_emb: {v:,} \u00d7 {d} = {n['tok_emb']:,}\n"
+                             f"pos_emb: {cfg['context_length']:,} \u00d7 {d} = {n['pos_emb']:,}")
+    arrow(ax, (x0 + half / 2, y + bh + 0.2), (cx - 0.2, y + bh + 0.5))
+    arrow(ax, (x0 + 1.5 * half + 0.2, y + bh + 0.2), (cx + 0.2, y + bh + 0.5))
+    y = plus(y + bh + 0.5)
+    text(ax, cx + 0.35, y - 0.22, "each token's vector + its position's vector", size=SMALL, color=MUTED,
+         style="italic")
+    down(y, y + 0.45)
+
+    # the transformer block, repeated
+    y_block = y + 0.45
+    inner_x, inner_w = x0 + 0.55, bw - 1.1
+    rows = [("LayerNorm  norm1", norm_fill, f"norm1: 2 \u00d7 {d} = {n['block.norm1']:,}"),
+            (f"causal multi-head\nattention  att\n({heads} heads of {d // heads})", layer_fill,
+             f"att.qkv: {d} \u2192 3\u00b7{d} (queries, keys, values)\n"
+             f"att.out_proj: {d} \u2192 {d}\natt total: {n['block.att']:,}"),
+            ("+", None, ""),
+            ("LayerNorm  norm2", norm_fill, f"norm2: {n['block.norm2']:,}"),
+            (f"feed-forward  ff\n{d} \u2192 {4 * d:,} \u2192 {d}, GELU", layer_fill,
+             f"ff: {d}\u00b7{4 * d:,} + {4 * d:,}\u00b7{d} + biases\n    = {n['block.ff']:,}"),
+            ("+", None, "")]
+
+    def row_height(label):
+        return 0.44 if label == "+" else bh + 0.25 * label.count("\n")
+
+    frame_h = 0.45 + sum(row_height(label) + 0.38 for label, *_ in rows) + 0.1
+    frame = FancyBboxPatch((x0, y_block), bw, frame_h, boxstyle="round,pad=0,rounding_size=0.12",
+                           facecolor=tint(C["padding"], 0.12), edgecolor=LINE, lw=1.6, linestyle="--", zorder=0)
+    ax.add_patch(frame)
+    text(ax, ann, y_block + 0.12, f"transformer block, \u00d7 {L}", size=FONT, weight="bold")
+    note(y_block + 0.42, f"trf_blocks[0 \u2026 {L - 1}]")
+    note(y_block + frame_h - 0.3, f"one block: {n['block']:,}\n\u00d7 {L} blocks: {L * n['block']:,}")
+    text(ax, x0 + bw - 0.15, y_block + frame_h - 0.25, f"\u00d7 {L}", size=TITLE + 2, weight="bold", ha="right")
+    y = y_block + 0.45
+    arrow(ax, (cx, y_block), (cx, y))
+    shortcut_from = y_block + 0.22
+    for label, fill, annotation in rows:
+        h = row_height(label)
+        if label == "+":
+            box(ax, cx - 0.22, y, 0.44, 0.44, "+", size=FONT + 4, weight="bold", fill="white")
+            # the shortcut: the part's input goes around it and is added back
+            sx = x0 + 0.25
+            ax.plot([cx, sx, sx], [shortcut_from, shortcut_from, y + 0.22], color=C["accent"], lw=1.8, zorder=1)
+            arrow(ax, (sx, y + 0.22), (cx - 0.22, y + 0.22), color=C["accent"], lw=1.8)
+            shortcut_from = y + h + 0.19
+        else:
+            box(ax, inner_x, y, inner_w, h, label, size=SMALL, **fill)
+            if annotation:
+                note(y + h / 2, annotation)
+        y += h
+        if label != rows[-1][0] or fill is not None:
+            arrow(ax, (cx, y), (cx, y + 0.38))
+        y += 0.38
+    text(ax, x0 + 0.15, y_block + frame_h - 0.25, "shortcut (residual)\nconnections", size=SMALL,
+         color=C["accent"], style="italic")
+    y = y_block + frame_h
+    arrow(ax, (cx, y - 0.48), (cx, y + 0.38))
+
+    # head
+    y += 0.38
+    box(ax, x0, y, bw, bh, "final LayerNorm  final_norm", **norm_fill)
+    note(y + bh / 2, f"final_norm: {n['final_norm']:,}")
+    down(y + bh, y + bh + 0.35)
+    y += bh + 0.35
+    box(ax, x0, y, bw, bh, f"output head  out_head   {d} \u2192 {v:,}", **layer_fill)
+    note(y + bh / 2, f"out_head: {d} \u00d7 {v:,} = {n['out_head']:,}")
+    down(y + bh, y + bh + 0.35)
+    y += bh + 0.35
+    box(ax, x0, y, bw, bh, f"logits  (batch, tokens, {v:,})", **data_fill)
+    text(ax, cx + bw / 2 + 0.1, y + bh / 2, "a score for every\npossible next token", size=SMALL,
+         color=MUTED, style="italic")
+
+    # totals
+    tied = n["total"] - n["out_head"]
+    y += bh + 0.45
+    text(ax, 0.3, y, f"Total: {n['total']:,} parameters with out_head as its own matrix (as GPTModel builds it).",
+         size=FONT)
+    text(ax, 0.3, y + 0.38, f"OpenAI's GPT-2 reuses tok_emb for out_head (weight tying): "
+         f"{n['total']:,} \u2212 {n['out_head']:,} = {tied:,}, the \u201c124M\u201d.", size=FONT)
+    return _crop_height(fig, ax, y + 0.7)
+
+
 # --- LoRA ---
 
 def draw_lora(src: Sources) -> Figure:
@@ -683,6 +817,7 @@ FIGURES = {
     "06.png": draw_shift,
     "07.png": draw_masking,
     "lora.png": draw_lora,
+    "gpt2-architecture.png": draw_gpt2_architecture,
     "pipeline.png": draw_pipeline,
 }
 
