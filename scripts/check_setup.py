@@ -26,11 +26,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MIN_PYTHON = (3, 10)  # as scripts/setup.sh demands
 
 # Memory and disk each GPT-2 size needs for notebook 06 (full finetuning, batch 8, AdamW).
-# RAM: 16 bytes per parameter (fp32 weights, gradients and AdamW's two moments) plus activations
-# and the Python process; gpt2-small's figure was measured: peak resident memory of this script's
-# own timing step was 2.6 GB (`python scripts/check_setup.py`, 2-core Linux, torch 2.13.0 CPU),
-# rounded up with headroom for the notebook's kernel and the browser. gpt2-medium scales the
-# parameter part (355M vs 124M parameters) and the activations (24 layers of 1024 vs 12 of 768).
+# RAM, gpt2-small: measured: the peak resident memory of this script's own timing step (data, tokenizer,
+# model, 4 training steps) was 3.5 GB (`make check`, 2-core Linux, torch 2.13.0 CPU, bf16 autocast);
+# 4 GB leaves a little headroom. gpt2-medium, estimated from that: 16 bytes per parameter (fp32
+# weights, gradients, AdamW's two moments) gives 2.0 GB of small's 3.5 GB and 5.7 GB for medium's
+# 355M parameters; the other 1.5 GB (activations, runtime) scaled by layers x width (24 x 1024 vs
+# 12 x 768, 2.7x) gives 4.0 GB; 9.7 GB in all, rounded to 10 GB.
 # Disk: model.safetensors as published on the Hugging Face Hub (548 MB and 1.52 GB) plus
 # notebook 06's checkpoint: weights and AdamW moments, 12 bytes per parameter.
 NEEDS = {
@@ -297,8 +298,9 @@ def check_training_speed(measure: Callable[[], tuple[int, int, float, float, flo
         return Result("WARN", "training speed", f"not measured ({type(exc).__name__}: {str(exc)[:120]})",
                       "fix the FAIL lines above first")
     minutes = estimate_notebook06_minutes(per_step, per_forward, batches)
+    load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if hasattr(os, "getloadavg") else ""
     detail = (f"{per_step:.2f} s per GPT-2-small step (batch {NOTEBOOK_06['batch_size']}, length {seq_len}, "
-              f"{TIMED_STEPS} steps timed, peak memory {peak_gb:.1f} GB) -> notebook 06 "
+              f"{TIMED_STEPS} steps timed, peak memory {peak_gb:.1f} GB{load}) -> notebook 06 "
               f"({NOTEBOOK_06['epochs']} epochs x {batches} batches, with evaluations): about {minutes:.0f} min")
     if minutes > 60:
         return Result("WARN", "training speed", detail,

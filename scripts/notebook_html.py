@@ -119,7 +119,7 @@ _REMOTE_LOAD = re.compile(
 
 def remote_loads(page: str) -> list[str]:
     """Each place in an HTML page that loads something from the network (links to click are fine)."""
-    return [page[max(0, m.start() - 20):m.end() + 60].replace("\n", " ") for m in _REMOTE_LOAD.finditer(page)]
+    return [m.group(0) + re.match(r"[^\"'\s)>]*", page[m.end():]).group(0) for m in _REMOTE_LOAD.finditer(page)]
 
 
 def check_offline(path: Path) -> None:
