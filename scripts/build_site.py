@@ -29,7 +29,13 @@ SITE_TITLE = "Instruction finetuning GPT-2, from scratch"
 
 
 def notebook_label(path: Path) -> str:
-    """'03-tokenization-and-batching' -> '03 Tokenization and batching'."""
+    """The notebook's title from its first heading ('# 03 · From text to training batches' ->
+    '03 From text to training batches'), else from its file name."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells[:1]:
+        heading = re.match(r"#\s+(.+)", cell.source.strip()) if cell.cell_type == "markdown" else None
+        if heading:
+            return heading.group(1).replace(" · ", " ").strip()
     number, _, rest = path.stem.partition("-")
     return f"{number} {rest.replace('-', ' ').capitalize()}"
 

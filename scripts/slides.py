@@ -165,8 +165,8 @@ def build_slides(notebooks: list[Path], out_dir: Path, assets_cache: Path = note
         shutil.rmtree(local)
     shutil.copytree(assets, local)
     figures = REPO_ROOT / "figures"
-    if figures.is_dir():  # the notebooks link ../figures/*.png; keep that path valid beside out_dir
-        shutil.copytree(figures, out_dir.parent / "figures", dirs_exist_ok=True)
+    if figures.is_dir():  # the notebooks show ../figures/*.png: copied into out_dir, links rewritten below
+        shutil.copytree(figures, out_dir / "figures", dirs_exist_ok=True)
     written = []
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
@@ -178,10 +178,14 @@ def build_slides(notebooks: list[Path], out_dir: Path, assets_cache: Path = note
         try:
             subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "slides", str(staged),
                             "--output-dir", str(out_dir), "--output", path.stem, "--log-level", "WARN",
-                            "--template", "course-slides", *notebook_html.nbconvert_flags("assets")], check=True)
+                            "--template", "course-slides", *notebook_html.nbconvert_flags("assets"),
+                            # the HTML slides look like RISE's live ones
+                            *(f"--SlidesExporter.reveal_{key}={RISE_SETTINGS[key]}"
+                              for key in ("theme", "transition", "width", "height", "scroll"))], check=True)
         finally:
             staged.unlink(missing_ok=True)
         html = out_dir / f"{path.stem}.slides.html"
+        html.write_text(html.read_text(encoding="utf-8").replace('src="../figures/', 'src="figures/'), encoding="utf-8")
         notebook_html.check_offline(html)
         written.append(html)
     return written
