@@ -65,7 +65,8 @@ def _rewrite_links(page: str, page_path: Path, source_dir: Path, site: Path, not
         target = (source_dir / unquote(parts.path)).resolve()
         page_for = notebook_pages.get(target) or (site / "index.html" if target == REPO_ROOT / "README.md" else None)
         if page_for is not None:
-            new = Path(_relative(page_for, page_path.parent)).as_posix() + (f"#{parts.fragment}" if parts.fragment else "")
+            fragment = f"#{parts.fragment}" if parts.fragment else ""
+            new = Path(_relative(page_for, page_path.parent)).as_posix() + fragment
             return f"{attr}={quote}{new}{quote}"
         if target.is_relative_to(REPO_ROOT) and target.exists():
             to_copy.add(target)

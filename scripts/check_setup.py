@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
-import importlib.metadata
 import os
 import platform
 import re
@@ -103,6 +102,8 @@ def check_python(version_info=sys.version_info, executable: str = sys.executable
 
 
 def _installed_version(name: str) -> str | None:
+    import importlib.metadata  # here, not at the top: a Python too old to have it still gets its FAIL line
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -177,7 +178,7 @@ def check_tokenizer(environ=os.environ, import_module: Callable = importlib.impo
                           f"make download (on a network), or set {utils.TOKENIZER_DIR_ENV}=/folder/with/the/files")
         if hashlib.sha256(cached.read_bytes()).hexdigest() != sha256:
             return Result("FAIL", "tokenizer", f"{cached} ({name}) is damaged (sha256 differs)",
-                          f"delete it and run make download")
+                          "delete it and run make download")
     return Result("OK", "tokenizer", f"both vocabulary files in {cache}")
 
 

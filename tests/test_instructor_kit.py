@@ -147,7 +147,8 @@ def test_widgets_become_their_final_text():
     nb = new_notebook(cells=[new_code_cell("train()", outputs=[widget, stream])],
                       metadata={"widgets": {notebook_html.WIDGET_STATE: {"state": state}}})
     assert notebook_html.static_outputs(nb) == 1
-    assert nb.cells[0].outputs[0].data == {"text/plain": "Epoch 1: 100%|██████████|  116/116 [00:42<00:00]"}
+    final = "Epoch 1: 100%|██████████|  116/116 [00:42<00:00]"
+    assert nb.cells[0].outputs[0].data == {"text/plain": final}
     assert nb.cells[0].outputs[1].text == "100%|##| 3/3\n"
     assert "widgets" not in nb.metadata
 
@@ -299,8 +300,8 @@ def test_training_speed_failure_is_a_warning():
 
 
 def test_exit_status_is_nonzero_on_fail(monkeypatch, capsys):
-    monkeypatch.setattr(check_setup, "run_checks", lambda timing: iter([Result("OK", "python", "3.12"),
-                                                                        Result("FAIL", "torch", "missing", "make setup")]))
+    checks = [Result("OK", "python", "3.12"), Result("FAIL", "torch", "missing", "make setup")]
+    monkeypatch.setattr(check_setup, "run_checks", lambda timing: iter(checks))
     assert check_setup.main(["--no-timing"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  torch" in out and "-> fix: make setup" in out
