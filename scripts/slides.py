@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             cells = missing_slide_metadata(nb)
             if cells:
                 missing += 1
-                print(f"{path.name}: no slide metadata on cells {cells}; run scripts/slides.py --apply")
+                which = f"cells {cells}" if len(cells) <= 8 else f"{len(cells)} of {len(nb.cells)} cells"
+                print(f"{path.name}: no slide metadata on {which}; run scripts/slides.py --apply")
     return 1 if missing else 0
 
 
