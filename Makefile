@@ -6,7 +6,7 @@ ifneq ($(wildcard ../shared/gpt2-tokenizer/encoder.json),)
 export GPT2_TOKENIZER_DIR ?= $(abspath ../shared/gpt2-tokenizer)
 endif
 
-.PHONY: help setup setup-test run lab test notebooks figures download bench clean
+.PHONY: help setup setup-test run lab test notebooks figures download bench clean check slides site
 
 help:
 	@echo "make run        set up, then run every notebook headless (copies with outputs in build/notebooks/)"
@@ -15,6 +15,9 @@ help:
 	@echo "make download   fetch the tokenizer and GPT-2 weights ahead of an offline workshop"
 	@echo "make figures    redraw figures/*.png from code"
 	@echo "make notebooks  re-execute notebooks in place (maintainers: refreshes committed outputs)"
+	@echo "make check      check this machine for the course (works before set-up too)"
+	@echo "make slides     reveal.js slides of every notebook in build/slides/ (offline once built)"
+	@echo "make site       the course as a static website in build/site/ (offline once built)"
 
 setup:
 	@scripts/setup.sh
@@ -42,3 +45,13 @@ download: setup
 
 clean:
 	rm -rf build .pytest_cache
+
+# Uses .venv's Python once set-up has made it, the system's python3 before.
+check:
+	@$(if $(wildcard $(PY)),$(PY),python3) scripts/check_setup.py
+
+slides: setup
+	$(PY) scripts/slides.py --build --out build/slides $(NB)
+
+site: setup
+	$(PY) scripts/build_site.py --out build/site $(NB)
