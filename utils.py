@@ -1246,12 +1246,14 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
     - checkpoint_path: a safetensors checkpoint (weights, optimizer, RNG, counters) is written
       atomically at the end of every epoch, at a stop by max_steps and at the end; also every
       `save_every` steps and/or every `save_every_minutes` minutes when given. Never at every
-      evaluation: for GPT-2 small a checkpoint (weights + AdamW state, 3 x 163M floats) is ~2 GB. resume=True continues from it when it exists, with the same data order and RNG state: the run
-      ends with the same weights as one that was never interrupted.
+      evaluation: for GPT-2 small a checkpoint (weights + AdamW state, 3 x 163M floats) is ~2 GB.
+      resume=True continues from it when it exists, with the same data order and RNG state: the
+      run ends with the same weights as one that was never interrupted.
     - max_steps stops after that many optimizer steps in total (counting those before a resume).
     - callback(state) runs after every optimizer step (and after any checkpoint of that step).
-    - on_epoch_end(state) runs after each finished epoch (state.epoch = epochs done), in eval mode and
-      without touching the training RNG: the place to print a sample answer (generate_responses on one entry).
+    - on_epoch_end(state) runs after each finished epoch (state.epoch = epochs done), in eval mode
+      and without touching the training RNG: the place to print a sample answer (generate_responses
+      on one validation entry, as notebook 06 does).
     """
     from tqdm import tqdm
 
