@@ -19,6 +19,7 @@ import re
 import socket
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -1517,7 +1518,9 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
                 grad_accum_steps: int = 1, autocast_dtype: torch.dtype | None = None,
                 checkpoint_path: str | Path | None = None, resume: bool = False, seed: int = 123,
                 save_every: int | None = None, max_steps: int | None = None, max_grad_norm: float | None = None,
-                callback: Callable[[TrainState], None] | None = None, progress: bool = True) -> TrainHistory:
+                callback: Callable[[TrainState], None] | None = None, progress: bool = True,
+                save_every_minutes: float | None = None,
+                on_epoch_end: Callable[[TrainState], None] | None = None) -> TrainHistory:
     """Finetune `model`; returns the loss history.
 
     - One optimizer step per `grad_accum_steps` micro-batches (the loader's batches).
@@ -1528,19 +1531,23 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
     - `seed` seeds torch/random/numpy and fixes each epoch's data order (see _epoch_batches).
     - autocast_dtype=torch.bfloat16 runs the forward pass under torch.autocast (mixed precision;
       see bf16_autocast_recommended). Weights, gradients and optimizer state stay float32.
-    - checkpoint_path: a safetensors checkpoint (weights, optimizer, RNG, counters) is written every
-      `save_every` steps (default: eval_freq), at a stop by max_steps and at the end; atomically.
-      resume=True continues from it when it exists, with the same data order and RNG state: the run
-      ends with the same weights as one that was never interrupted.
+    - checkpoint_path: a safetensors checkpoint (weights, optimizer, RNG, counters) is written
+      atomically at the end of every epoch, at a stop by max_steps and at the end; also every
+      `save_every` steps and/or every `save_every_minutes` minutes when given. Never at every
+      evaluation: for GPT-2 small a checkpoint (weights + AdamW state, 3 x 163M floats) is ~2 GB.
+      resume=True continues from it when it exists, with the same data order and RNG state: the
+      run ends with the same weights as one that was never interrupted.
     - max_steps stops after that many optimizer steps in total (counting those before a resume).
     - callback(state) runs after every optimizer step (and after any checkpoint of that step).
+    - on_epoch_end(state) runs after each finished epoch (state.epoch = epochs done), in eval mode
+      and without touching the training RNG: the place to print a sample answer (generate_responses
+      on one validation entry, as notebook 06 does).
     """
     from tqdm import tqdm
 
     device = torch.device(device)
     if grad_accum_steps < 1 or eval_freq < 1:
         raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
-    save_every = save_every or eval_freq
     seed_everything(seed)
     model.to(device)
     state = TrainState(seed=seed, grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader))
@@ -1569,12 +1576,27 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
         bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
 
     last_saved = state.step if resume and state.step else None  # a resumed checkpoint is already on disk
+    last_saved_at = time.monotonic()
 
     def save() -> None:
-        nonlocal last_saved
+        nonlocal last_saved, last_saved_at
         if checkpoint_path is not None and last_saved != state.step:
             save_checkpoint(checkpoint_path, model, optimizer, state)
-            last_saved = state.step
+            last_saved, last_saved_at = state.step, time.monotonic()
+
+    def save_due(epoch_done: bool) -> bool:
+        minutes = (time.monotonic() - last_saved_at) / 60
+        return (epoch_done or stopped or (save_every is not None and state.step % save_every == 0)
+                or (save_every_minutes is not None and minutes >= save_every_minutes))
+
+    def end_epoch() -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):  # a sample must not shift the training RNG
+                on_epoch_end(state)
+        finally:
+            model.train(was_training)
 
     bar = tqdm(total=total_steps, initial=min(state.step, total_steps), desc="training", unit="step",
                disable=not progress, dynamic_ncols=True)
@@ -1599,10 +1621,13 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
                 stopped = state.step >= total_steps
                 if state.step % eval_freq == 0 or stopped:
                     evaluate()
-                if state.batches_done == len(train_loader):  # epoch done: a resume starts the next one
+                epoch_done = state.batches_done == len(train_loader)
+                if epoch_done:  # a resume starts the next epoch
                     state.epoch, state.batches_done = epoch + 1, 0
-                if state.step % save_every == 0 or stopped:
+                if save_due(epoch_done):
                     save()
+                if epoch_done and on_epoch_end is not None:
+                    end_epoch()
                 if callback is not None:
                     callback(state)
                 if stopped:
