@@ -2000,7 +2000,10 @@ def score_answers(entries: list[dict]) -> dict:
 def sampled_responses(model: GPTModel, entries: Sequence[dict], tokenizer, temperature: float = 0.0,
                       top_k: int | None = None, seed: int | None = 123, style: str | PromptStyle = "alpaca",
                       max_new_tokens: int = 64) -> list[dict]:
-    """Like generate_responses, with a decoding choice: each entry gets a "model_response" (all prompts in one batch)."""
+    """Like generate_responses, with a choice of decoding: each entry gets a "model_response".
+
+    All prompts go in one batch; with `seed`, a rerun draws the same tokens.
+    """
     model.eval()
     prompts = [encode_text(format_prompt(entry, style), tokenizer) for entry in entries]
     new_tokens = generate_batch(model, prompts, max_new_tokens, context_size=model.cfg["context_length"],
