@@ -2063,7 +2063,8 @@ def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dic
                                  eval_iter, max_new_tokens, seed, device, keep_model, progress)
     except Exception as exc:  # noqa: BLE001 - the table reports it; KeyboardInterrupt still stops the run
         print(f"{name}: failed ({type(exc).__name__}: {exc})")
-        return ExperimentResult(name, status=f"failed: {type(exc).__name__}: {exc}", settings=settings)
+        first_line = next(iter(str(exc).splitlines()), "")  # a table row stays one line
+        return ExperimentResult(name, status=f"failed: {type(exc).__name__}: {first_line}", settings=settings)
     result.settings = settings
     return result
 
