@@ -2011,10 +2011,10 @@ def sampled_responses(model: GPTModel, entries: Sequence[dict], tokenizer, tempe
     return [{**entry, "model_response": tokenizer.decode(tokens).strip()} for entry, tokens in zip(entries, new_tokens)]
 
 
-def _run_experiment(name: str, train_data, val_data, test_data, tokenizer, model_name: str, style, mask_prompt: bool,
-                    allowed_max_length: int | None, lora_rank: int, lora_alpha: float | None, lr: float,
-                    batch_size: int, num_epochs: int, eval_freq: int, eval_iter: int, max_new_tokens: int,
-                    seed: int, device, keep_model: bool, progress: bool) -> ExperimentResult:
+def _run_experiment(name: str, train_data, val_data, test_data, tokenizer, *, model_name: str, style,
+                    mask_prompt: bool, allowed_max_length: int | None, lora_rank: int, lora_alpha: float | None,
+                    lr: float, batch_size: int, num_epochs: int, eval_freq: int, eval_iter: int,
+                    max_new_tokens: int, seed: int, device, keep_model: bool, progress: bool) -> ExperimentResult:
     device = get_device(device)
     train_loader, val_loader, _ = create_dataloaders(train_data, val_data, test_data, tokenizer,
                                                      batch_size=batch_size, style=style, mask_prompt=mask_prompt,
@@ -2058,9 +2058,11 @@ def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dic
     settings = {"model_name": model_name, "style": get_prompt_style(style).name, "mask_prompt": mask_prompt,
                 "allowed_max_length": allowed_max_length, "lora_rank": lora_rank, "lr": lr, "seed": seed}
     try:
-        result = _run_experiment(name, train_data, val_data, test_data, tokenizer, model_name, style, mask_prompt,
-                                 allowed_max_length, lora_rank, lora_alpha, lr, batch_size, num_epochs, eval_freq,
-                                 eval_iter, max_new_tokens, seed, device, keep_model, progress)
+        result = _run_experiment(name, train_data, val_data, test_data, tokenizer, model_name=model_name, style=style,
+                                 mask_prompt=mask_prompt, allowed_max_length=allowed_max_length, lora_rank=lora_rank,
+                                 lora_alpha=lora_alpha, lr=lr, batch_size=batch_size, num_epochs=num_epochs,
+                                 eval_freq=eval_freq, eval_iter=eval_iter, max_new_tokens=max_new_tokens, seed=seed,
+                                 device=device, keep_model=keep_model, progress=progress)
     except Exception as exc:  # noqa: BLE001 - the table reports it; KeyboardInterrupt still stops the run
         print(f"{name}: failed ({type(exc).__name__}: {exc})")
         first_line = next(iter(str(exc).splitlines()), "")  # a table row stays one line
