@@ -2293,6 +2293,148 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
     }
 
 
+# --- experiments: one finetuning run, start to end, for comparisons ---
+
+@dataclass
+class ExperimentResult:
+    """One row of a comparison table: what ran, whether it ran, and what it measured."""
+    name: str
+    status: str = "ok"  # "ok", or "skipped: <reason>" / "failed: <reason>"; never dropped from a table
+    model_label: str = ""
+    settings: dict = field(default_factory=dict)
+    history: TrainHistory | None = None
+    scores: dict | None = None  # evaluate_responses() of the test answers, plus rouge_l_stderr
+    responses: list[dict] = field(default_factory=list)
+    trainable_parameters: int = 0
+    train_examples: int = 0
+    train_seconds: float = float("nan")
+    model: nn.Module | None = None  # only with keep_model=True
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def skipped_experiment(name: str, reason: str) -> ExperimentResult:
+    """A row for a run that could not start (no network, no data): it shows in the table as skipped."""
+    return ExperimentResult(name, status=f"skipped: {reason}")
+
+
+def fitting_subset(data: Sequence[dict], tokenizer, n: int, max_tokens: int,
+                   style: str | PromptStyle = "alpaca") -> list[dict]:
+    """The first `n` entries (in order) whose whole training example is at most `max_tokens` tokens long.
+
+    Long entries cost the most time per step on a CPU; leaving them out keeps a subset quick to train.
+    """
+    subset = []
+    for entry in data:
+        if len(subset) == n:
+            break
+        if len(encode_text(format_example(entry, style), tokenizer)) <= max_tokens:
+            subset.append(entry)
+    return subset
+
+
+def score_answers(entries: list[dict]) -> dict:
+    """evaluate_responses() plus the standard error of the mean ROUGE-L: how far apart two runs may land by chance."""
+    scores = evaluate_responses(entries)
+    per_entry = [rouge_l(e["model_response"], e["output"]) for e in entries]
+    n = len(per_entry)
+    variance = sum((x - scores["rouge_l"]) ** 2 for x in per_entry) / (n - 1) if n > 1 else float("nan")
+    return {**scores, "rouge_l_stderr": math.sqrt(variance / n)}
+
+
+def sampled_responses(model: GPTModel, entries: Sequence[dict], tokenizer, temperature: float = 0.0,
+                      top_k: int | None = None, seed: int | None = 123, style: str | PromptStyle = "alpaca",
+                      max_new_tokens: int = 64) -> list[dict]:
+    """Like generate_responses, with a choice of decoding: each entry gets a "model_response".
+
+    All prompts go in one batch; with `seed`, a rerun draws the same tokens.
+    """
+    model.eval()
+    prompts = [encode_text(format_prompt(entry, style), tokenizer) for entry in entries]
+    new_tokens = generate_batch(model, prompts, max_new_tokens, context_size=model.cfg["context_length"],
+                                eos_id=PAD_TOKEN_ID, temperature=temperature, top_k=top_k, seed=seed)
+    return [{**entry, "model_response": tokenizer.decode(tokens).strip()} for entry, tokens in zip(entries, new_tokens)]
+
+
+def _run_experiment(name: str, train_data, val_data, test_data, tokenizer, *, model_name: str, style,
+                    mask_prompt: bool, allowed_max_length: int | None, lora_rank: int, lora_alpha: float | None,
+                    lr: float, batch_size: int, num_epochs: int, eval_freq: int, eval_iter: int,
+                    max_new_tokens: int, seed: int, device, keep_model: bool, progress: bool) -> ExperimentResult:
+    device = get_device(device)
+    train_loader, val_loader, _ = create_dataloaders(train_data, val_data, test_data, tokenizer,
+                                                     batch_size=batch_size, style=style, mask_prompt=mask_prompt,
+                                                     allowed_max_length=allowed_max_length, seed=seed)
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_data)} training examples do not fill one batch of {batch_size}")
+    model, label = load_gpt2_or_standin(model_name)
+    if lora_rank:
+        seed_everything(seed)  # LoRA's A matrices start random
+        apply_lora(model, rank=lora_rank, alpha=lora_alpha if lora_alpha is not None else lora_rank)
+    model.to(device)
+    start = time.perf_counter()
+    with warnings.catch_warnings():  # allowed_max_length cuts are expected here; the caller chose them
+        warnings.filterwarnings("ignore", message=".*longer than allowed_max_length.*")
+        history = train_model(model, train_loader, val_loader, create_optimizer(model, lr=lr), device,
+                              num_epochs=num_epochs, eval_freq=eval_freq, eval_iter=eval_iter, seed=seed,
+                              progress=progress)
+    seconds = time.perf_counter() - start
+    responses = generate_responses(model, test_data, tokenizer, style=style, max_new_tokens=max_new_tokens,
+                                   progress=progress)
+    return ExperimentResult(name, model_label=label, history=history, scores=score_answers(responses),
+                            responses=responses, trainable_parameters=count_parameters(model, trainable_only=True),
+                            train_examples=len(train_data), train_seconds=seconds,
+                            model=model if keep_model else None)
+
+
+def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dict], test_data: Sequence[dict],
+                   tokenizer, model_name: str = "gpt2-small", style: str | PromptStyle = "alpaca",
+                   mask_prompt: bool = False, allowed_max_length: int | None = 1024, lora_rank: int = 0,
+                   lora_alpha: float | None = None, lr: float = 5e-5, batch_size: int = 8, num_epochs: int = 1,
+                   eval_freq: int = 5, eval_iter: int = 5, max_new_tokens: int = 64, seed: int = 123,
+                   device: str | None = None, keep_model: bool = False, progress: bool = True) -> ExperimentResult:
+    """Finetune a fresh `model_name` on `train_data`, answer `test_data` greedily, score the answers.
+
+    - Options: the prompt `style`, `mask_prompt`, `allowed_max_length`, LoRA (`lora_rank` > 0; alpha
+      defaults to the rank), `lr`; everything else stays fixed, so two runs differ in what you changed.
+    - Returns the training history, the scores (with ROUGE-L's standard error) and the answers.
+    - A run that fails returns a row with status "failed: <error>" instead of raising, so a
+      comparison table shows it rather than losing it.
+    """
+    settings = {"model_name": model_name, "style": get_prompt_style(style).name, "mask_prompt": mask_prompt,
+                "allowed_max_length": allowed_max_length, "lora_rank": lora_rank, "lr": lr, "seed": seed}
+    try:
+        result = _run_experiment(name, train_data, val_data, test_data, tokenizer, model_name=model_name, style=style,
+                                 mask_prompt=mask_prompt, allowed_max_length=allowed_max_length, lora_rank=lora_rank,
+                                 lora_alpha=lora_alpha, lr=lr, batch_size=batch_size, num_epochs=num_epochs,
+                                 eval_freq=eval_freq, eval_iter=eval_iter, max_new_tokens=max_new_tokens, seed=seed,
+                                 device=device, keep_model=keep_model, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - the table reports it; KeyboardInterrupt still stops the run
+        print(f"{name}: failed ({type(exc).__name__}: {exc})")
+        first_line = next(iter(str(exc).splitlines()), "")  # a table row stays one line
+        return ExperimentResult(name, status=f"failed: {type(exc).__name__}: {first_line}", settings=settings)
+    result.settings = settings
+    return result
+
+
+def results_table(results: Sequence[ExperimentResult]) -> str:
+    """A plain-text table with one row per experiment, skipped and failed runs included."""
+    header = (f"{'experiment':24} {'examples':>8} {'trainable':>11} {'train s':>8} {'val loss':>9} "
+              f"{'exact match':>11} {'ROUGE-L':>14}")
+    rows = [header, "-" * len(header)]
+    for r in results:
+        if not r.ok:
+            rows.append(f"{r.name:24} {r.status}")
+            continue
+        val = r.history.val_losses if r.history else []
+        losses = f"{val[-1]:.3f}" if val else "-"
+        s = r.scores
+        rows.append(f"{r.name:24} {r.train_examples:8d} {r.trainable_parameters:11,d} {r.train_seconds:8.0f} "
+                    f"{losses:>9} {s['exact_match']:11.1%} {s['rouge_l']:7.3f} ± {s['rouge_l_stderr']:.3f}")
+    return "\n".join(rows)
+
+
 # --- plots: pictures for the notebooks, readable on a projector ---
 
 # Okabe-Ito colours: distinguishable with the common forms of colour blindness.
