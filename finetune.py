@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPT-2 size with OpenAI's weights; 'tiny' is UNTRAINED (random weights, offline)")
     p.add_argument("--weights", type=Path,
                    help="a local model.safetensors instead of downloading (default: download OpenAI's weights)")
-    p.add_argument("--data", default=str(DEFAULT_DATA_PATH), help="instruction data: JSON file path or URL")
+    p.add_argument("--data", default=str(DEFAULT_DATA_PATH),
+                   help=f"instruction data: JSON file path or URL (default: {DEFAULT_DATA_PATH.name} beside this "
+                        "script)")
     p.add_argument("--style", choices=sorted(PROMPT_STYLES), default="alpaca", help="prompt template")
     p.add_argument("--mask-prompt", action="store_true", help="train on the response tokens only")
     p.add_argument("--lora-rank", type=at_least_0, default=0, help="LoRA rank; 0 = full finetuning")

@@ -382,7 +382,8 @@ def test_max_steps_below_one_is_refused(steps):
 
 def test_train_model_refuses_steps_without_real_targets_and_empty_loaders(tmp_path):
     every_target_masked = loader(mask_prompt=True, prompt_length=6, max_length=4)  # cut inside every prompt
-    with pytest.warns(UserWarning, match="were cut"), pytest.raises(TrainingError, match="step 1: its batches hold no real target"):
+    with pytest.warns(UserWarning, match="were cut"), \
+            pytest.raises(TrainingError, match="step 1: its batches hold no real target"):
         train(small_model(), tmp_path / "c.safetensors", train_loader=every_target_masked)
     assert not (tmp_path / "c.safetensors").exists()
     with pytest.raises(TrainingError, match="yields no batches"):
@@ -455,6 +456,31 @@ def test_temporaries_left_by_a_killed_save_are_removed_on_the_next_run(tmp_path)
     args = finetune.parse_args(["--smoke", "--resume", "--out", str(out)])
     finetune.check_out_folder(args)
     assert sorted(p.name for p in out.iterdir()) == [".notes.tmp"]
+
+
+KILLED_SAVER = """
+import sys, torch, utils
+model = torch.nn.Linear(1000, 4000)  # 16 MB a checkpoint
+while True:
+    utils.save_checkpoint(sys.argv[1], model)
+"""
+
+
+def test_sigkill_during_saves_leaves_the_checkpoint_whole_and_temporaries_removable(tmp_path):
+    path = tmp_path / "checkpoint.safetensors"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(path)], cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.3)  # somewhere inside one of the following saves
+    finally:
+        process.kill()
+        process.wait()
+    utils.remove_stale_temporaries(tmp_path, [path.name])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert load_checkpoint(torch.nn.Linear(1000, 4000), path)  # whole: every checksum fits
 
 
 def test_sigterm_stops_with_the_resume_hint_and_leaves_no_temporary_file(tmp_path, dataset):
