@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"finetune.py: {exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and (args.out / CHECKPOINT_NAME).is_file():
+            print(f"  (the last checkpoint is kept: fix that, then rerun with --resume --out {args.out})",
+                  file=sys.stderr)
         if isinstance(exc, WeightsUnavailableError):
             print("  (finetune.py: that is --weights /path/to/model.safetensors, or --model tiny)", file=sys.stderr)
         elif not isinstance(exc, (UsageError, *EXPECTED_ERRORS)):

@@ -69,6 +69,10 @@ def atomic_destination(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # ordinary permissions, not those of a private temporary file
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # "No space left on device" alone names no file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -1461,10 +1465,14 @@ def _is_finite(tensor: torch.Tensor) -> bool:
 
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     # safetensors writes the file itself: no second copy of a checkpoint (gigabytes) in memory.
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     with atomic_destination(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # e.g. "I/O error: No space left on device"
+            raise OSError(f"{path} could not be written ({exc}); its previous content is kept") from None
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,

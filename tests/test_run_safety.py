@@ -279,6 +279,46 @@ def test_a_disk_without_room_for_a_checkpoint_is_refused_before_training(tmp_pat
     assert "1 MB free, but a checkpoint and the final model need about" in err
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(options) -> a folder on a 2 MB tmpfs: a real full or read-only disk (needs root and mount)."""
+    mounted = []
+
+    def mount(options: str = "size=2m") -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the mocked tests above cover this")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_real_full_or_read_only_disk_is_refused_before_training(small_disk, monkeypatch, capsys):
+    monkeypatch.setattr(finetune, "train_model", lambda *a, **k: pytest.fail("training started"))
+    assert finetune.main(["--smoke", "--out", str(small_disk("size=2m"))]) == 1
+    assert "MB free, but a checkpoint and the final model need about" in capsys.readouterr().err
+    assert finetune.main(["--smoke", "--out", str(small_disk("ro,size=2m") / "run")]) == 1
+    assert "cannot hold the results (Read-only file system)" in capsys.readouterr().err
+
+
+def test_a_disk_that_fills_during_a_save_keeps_the_previous_file(small_disk):
+    disk = small_disk("size=2m")
+    path = save_checkpoint(disk / "checkpoint.safetensors", torch.nn.Linear(100, 100))
+    before = path.read_bytes()
+    with pytest.raises(OSError, match=r"checkpoint\.safetensors could not be written .*No space left on device"):
+        save_checkpoint(path, torch.nn.Linear(1000, 1000))  # 4 MB
+    assert path.read_bytes() == before and [p.name for p in disk.iterdir()] == [path.name]
+    with pytest.raises(OSError, match=r"No space left on device: '.*metrics\.json'"):
+        atomic_write_json(disk / "metrics.json", ["x" * 3_000_000])
+    assert [p.name for p in disk.iterdir()] == [path.name]
+
+
 def test_room_estimate_covers_a_real_checkpoint(tmp_path):
     model = GPTModel(utils.GPT_CONFIGS["tiny"])
     optimizer = create_optimizer(model, lr=1e-3)
