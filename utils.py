@@ -1285,7 +1285,8 @@ def _optimizer_step(model: nn.Module, window: Sequence[tuple[torch.Tensor, torch
     return total / max(n_real, 1), n_real, sum(inputs.numel() for inputs, _ in window)
 
 
-def _stop_message(step: int, loss: float, n_real: int, last_saved: int | None, checkpoint_path, lr: float) -> str:
+def _stop_message(step: int, loss: float, n_real: int, last_saved: int | None, checkpoint_path: str | Path | None,
+                  lr: float) -> str:
     if n_real == 0:
         why = (f"step {step}: its batches hold no real target (every target is padding or masked with -100), so "
                "there is no loss to learn from; with mask_prompt, a short allowed_max_length can cut off every "
@@ -1460,7 +1461,12 @@ def _checksum(tensor: torch.Tensor) -> int:
 
 
 def _is_finite(tensor: torch.Tensor) -> bool:
-    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+    """No NaN or infinity in `tensor`. A NaN or infinity anywhere makes the sum NaN or infinite, so a finite
+    sum settles it at once (isfinite over every element is several times slower); only an infinite or NaN
+    sum, possibly an overflow of large finite values, needs the element-wise check."""
+    if not tensor.is_floating_point():
+        return True
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
