@@ -54,14 +54,14 @@ def train(model, path=None, optimizer=None, train_loader=None, **kwargs):
                        checkpoint_path=path, **kwargs)
 
 
-def rewrite_checkpoint(path: Path, change, keep_checksums: bool = False) -> None:
-    """Apply change(tensors, metadata) to a checkpoint; by default the checksums are made to fit again,
-    as if the damage came from a program, so the checks behind the checksum are what is tested."""
+def rewrite_checkpoint(path: Path, change) -> None:
+    """Apply change(tensors, metadata) to a checkpoint; the checksums are made to fit again (as if the
+    damage came from a program), so the checks behind the checksum are what is tested."""
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata())
     tensors = load_file(path)
     change(tensors, metadata)
-    if not keep_checksums:
+    if "checksums" in metadata:
         metadata["checksums"] = json.dumps({name: utils._checksum(t.contiguous()) for name, t in tensors.items()})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
@@ -139,8 +139,10 @@ def drop_metadata(key):
     (drop("rng.torch"), r"rng\.torch .* missing or damaged"),
     (add_train_state_field, r"train_state has unknown fields \['surprise'\]"),
     (drop_metadata("optimizer"), r"holds weights only"),
+    (lambda t, m: (cut_rows("optimizer.1.exp_avg_sq")(t, m), m.pop("checksums")),  # a file without checksums
+     r"optimizer\.1\.exp_avg_sq is torch\.float32 \(3, 32\), its parameter torch\.float32 \(64, 32\)"),
 ], ids=["optimizer-cut", "weight-cut", "weight-nan", "optimizer-nan", "dtype", "optimizer-missing", "rng-missing",
-        "train-state-field", "optimizer-metadata"])
+        "train-state-field", "optimizer-metadata", "no-checksums"])
 def test_damaged_checkpoint_is_refused_before_anything_changes(checkpoint, change, message):
     rewrite_checkpoint(checkpoint, change)
     model = small_model(seed=1)
@@ -414,6 +416,20 @@ def test_train_split_smaller_than_a_batch_is_refused(tmp_path, capsys, dataset):
     assert "make not one batch of --batch-size 64" in capsys.readouterr().err
 
 
+def test_examples_without_a_response_token_are_left_out(tmp_path, monkeypatch, capsys):
+    trained_on = []
+
+    def stop_at_training(model, train_loader, *args, **kwargs):
+        trained_on.append(len(train_loader.dataset))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "train_model", stop_at_training)
+    assert finetune.main(["--smoke", "--mask-prompt", "--max-length", "40", "--out", str(tmp_path / "r")]) == 130
+    out = capsys.readouterr().out
+    dropped = int(out.split(" of 48 training examples keep no response token within --max-length 40")[0].split()[-1])
+    assert 0 < dropped < 48 and trained_on == [48 - dropped]
+
+
 @pytest.mark.parametrize("steps", ["0", "-3"])
 def test_max_steps_below_one_is_refused(steps):
     with pytest.raises(SystemExit):
@@ -444,6 +460,16 @@ def test_errors_are_one_message_and_debug_shows_the_traceback(tmp_path, monkeypa
     monkeypatch.setenv("LLM_DEBUG", "1")
     with pytest.raises(finetune.UsageError):
         finetune.main(["--smoke", "--out", str(tmp_path / "c")])
+
+
+def test_an_unexpected_error_is_one_message_that_points_to_debug(tmp_path, monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(finetune, "load_splits", broken)
+    assert finetune.main(["--smoke", "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "finetune.py: something nobody foresaw" in err and "rerun with --debug" in err and "Traceback" not in err
 
 
 def test_help_shows_a_default_for_every_flag():
