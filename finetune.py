@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES,
+from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES,
                    CheckpointError, DatasetError, GPTModel, OllamaUnavailableError, TokenizerUnavailableError,
                    TrainingError, WeightsUnavailableError, apply_lora, atomic_write_json,
                    bf16_autocast_recommended, build_gpt2, count_parameters, create_dataloaders, create_optimizer,
@@ -222,7 +222,7 @@ def drop_untrainable(train_loader, args) -> None:
         warnings.simplefilter("ignore")  # "sequences were cut": expected here, and counted below
         for start in range(0, len(dataset), 256):
             _, targets = train_loader.collate_fn([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
-            keep += (targets != -100).any(dim=1).tolist()
+            keep += (targets != IGNORE_INDEX).any(dim=1).tolist()
     if all(keep):
         return
     if not any(keep):
