@@ -12,68 +12,134 @@ Everything lands in --out, each file written atomically:
     metrics.json             exact match and ROUGE-L on the test set, plus the training numbers
     model.safetensors        the finetuned weights (LoRA merged in)
     checkpoint.safetensors   weights + optimizer state, for --resume after an interruption
+
+When something goes wrong:
+    - --out is checked before training (a folder, writable, room for a checkpoint); a folder that
+      holds a run is never overwritten without --resume (continue it) or --overwrite (replace it).
+    - Ctrl-C or SIGTERM: the last checkpoint stays; rerun the same command with --resume.
+    - A NaN or infinite loss stops the run; the checkpoint on disk is the last good one.
+    - --resume with other settings than the checkpoint's is refused, listing the differences.
+    - Errors are one message and exit code 1; --debug (or LLM_DEBUG=1) shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
-from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES, DatasetError,
-                   GPTModel, OllamaUnavailableError, TokenizerUnavailableError, WeightsUnavailableError, judge_responses, apply_lora, atomic_write_json, bf16_autocast_recommended, build_gpt2,
-                   count_parameters, create_dataloaders, create_optimizer, evaluate_responses, generate_responses,
-                   get_device, get_tokenizer, length_grouped_loader, load_instruction_data, merge_lora, plot_losses,
-                   save_checkpoint, seed_everything, split_dataset, train_model)
+from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES,
+                   CheckpointError, DatasetError, GPTModel, OllamaUnavailableError, TokenizerUnavailableError,
+                   TrainingError, WeightsUnavailableError, apply_lora, atomic_write_json,
+                   bf16_autocast_recommended, build_gpt2, count_parameters, create_dataloaders, create_optimizer,
+                   evaluate_responses, generate_responses, get_device, get_tokenizer, judge_responses,
+                   length_grouped_loader, load_instruction_data, merge_lora, plot_losses,
+                   remove_stale_temporaries, save_checkpoint, seed_everything, split_dataset, train_model)
 
 # --smoke: the tiny model on a few examples; the whole pipeline offline in seconds.
 SMOKE = {"train": 48, "val": 8, "test": 5, "batch_size": 4, "max_steps": 6, "eval_freq": 2, "eval_iter": 1,
-         "max_new_tokens": 12}
+         "max_new_tokens": 12, "lr": 1e-3}  # a higher learning rate: visible progress in a handful of steps
+DEFAULT_LR = 5e-5
+CHECKPOINT_NAME = "checkpoint.safetensors"
+OUTPUT_NAMES = ("loss.png", "test-responses.json", "metrics.json", "model.safetensors", CHECKPOINT_NAME)
+DEBUG_ENV = "LLM_DEBUG"  # set to 1: errors show their traceback (like --debug)
+# Errors whose message already says what went wrong and how to fix it: shown as they are.
+EXPECTED_ERRORS = (DatasetError, TokenizerUnavailableError, WeightsUnavailableError, CheckpointError, TrainingError,
+                   OllamaUnavailableError, OSError)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class UsageError(Exception):
+    """A problem with the command line or the output folder, found before any training."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (`timeout`, Slurm, `docker stop`): unwinds like Ctrl-C, so no half-written file is left."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default, unless its help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "") or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _number(kind: type, minimum: float, strict: bool = False):
+    """An argparse type: a finite `kind` that is at least (or, if strict, above) `minimum`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {'>' if strict else '>='} {minimum:g}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
+    count, at_least_0 = _number(int, 1), _number(int, 0)
     p.add_argument("--model", choices=sorted(GPT_CONFIGS), default="gpt2-small",
                    help="GPT-2 size with OpenAI's weights; 'tiny' is UNTRAINED (random weights, offline)")
-    p.add_argument("--weights", type=Path, help="a local model.safetensors instead of downloading")
-    p.add_argument("--data", default=str(DEFAULT_DATA_PATH), help="instruction data: JSON file path or URL")
+    p.add_argument("--weights", type=Path,
+                   help="a local model.safetensors instead of downloading (default: download OpenAI's weights)")
+    p.add_argument("--data", default=str(DEFAULT_DATA_PATH),
+                   help=f"instruction data: JSON file path or URL (default: {DEFAULT_DATA_PATH.name} beside this "
+                        "script)")
     p.add_argument("--style", choices=sorted(PROMPT_STYLES), default="alpaca", help="prompt template")
     p.add_argument("--mask-prompt", action="store_true", help="train on the response tokens only")
-    p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank; 0 = full finetuning")
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling numerator (alpha / rank)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (LoRA usually wants ~1e-4 or more)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--max-length", type=int, default=1024, help="cut longer training sequences (tokens)")
+    p.add_argument("--lora-rank", type=at_least_0, default=0, help="LoRA rank; 0 = full finetuning")
+    p.add_argument("--lora-alpha", type=_number(float, 0, strict=True), default=16.0,
+                   help="LoRA scaling numerator (alpha / rank)")
+    p.add_argument("--epochs", type=count, default=2, help="passes over the training split")
+    p.add_argument("--lr", type=_number(float, 0, strict=True),
+                   help=f"AdamW learning rate, a positive number (default: {DEFAULT_LR:g}; {SMOKE['lr']:g} with "
+                        "--smoke; LoRA usually wants ~1e-4 or more)")
+    p.add_argument("--weight-decay", type=_number(float, 0), default=0.1, help="AdamW weight decay")
+    p.add_argument("--batch-size", type=count, default=8, help="examples per micro-batch")
+    p.add_argument("--grad-accum", type=count, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--max-length", type=count,
+                   help="cut longer training sequences to this many tokens (default: the model's context length)")
     p.add_argument("--group-by-length", action="store_true", help="batch examples of similar length (less padding)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="bfloat16 autocast; auto = where the hardware has bf16 (see bf16_autocast_recommended)")
-    p.add_argument("--eval-freq", type=int, default=5, help="evaluate every N optimizer steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
-    p.add_argument("--save-every", type=int, default=50, help="checkpoint every N optimizer steps")
-    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="response length limit at test time")
-    p.add_argument("--gen-batch-size", type=int, default=8, help="test prompts generated at once")
+    p.add_argument("--eval-freq", type=count, default=5, help="evaluate every N optimizer steps")
+    p.add_argument("--eval-iter", type=at_least_0, default=5, help="batches per evaluation (0: no evaluation)")
+    p.add_argument("--save-every", type=count, default=50, help="checkpoint every N optimizer steps")
+    p.add_argument("--max-steps", type=count, help="stop after N optimizer steps (default: no limit)")
+    p.add_argument("--resume", action="store_true", help=f"continue the run in --out from its {CHECKPOINT_NAME}")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are deleted)")
+    p.add_argument("--max-new-tokens", type=count, default=256, help="response length limit at test time")
+    p.add_argument("--gen-batch-size", type=count, default=8, help="test prompts generated at once")
     p.add_argument("--judge", action="store_true", help="also score the responses with an LLM judge served by Ollama")
     p.add_argument("--judge-model", default=OLLAMA_JUDGE_MODEL, help="the Ollama model that judges")
     p.add_argument("--judge-url", default=OLLAMA_CHAT_URL, help="the Ollama server's /api/chat address")
-    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--seed", type=int, default=123, help="seeds the model's start, data order and dropout")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory")
     p.add_argument("--smoke", action="store_true",
                    help="tiny UNTRAINED model, a few examples and steps: checks the pipeline offline")
+    p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_freq", "save_every", "gen_batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.lora_rank < 0:
-        p.error("--lora-rank must be 0 (off) or more")
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out, --overwrite replaces it: choose one")
     if args.smoke:
         if args.model != "tiny":
             print(f"--smoke: using the tiny model instead of {args.model}")
@@ -81,9 +147,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batch_size, args.max_steps = SMOKE["batch_size"], SMOKE["max_steps"]
         args.eval_freq, args.eval_iter = SMOKE["eval_freq"], SMOKE["eval_iter"]
         args.max_new_tokens = min(args.max_new_tokens, SMOKE["max_new_tokens"])
-        args.lr = max(args.lr, 1e-3)  # visible progress in a handful of steps
+    if args.lr is None:  # an --lr the user gave is always honoured, with --smoke too
+        args.lr = SMOKE["lr"] if args.smoke else DEFAULT_LR
     return args
 
+
+# --- the output folder: checked before anything is trained ---
+
+def check_out_folder(args: argparse.Namespace) -> None:
+    """Make sure --out can take this run's files; refuse to replace another run's without --resume/--overwrite."""
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot hold the results ({exc.strerror or exc}): choose another --out")
+    previous = [name for name in OUTPUT_NAMES if (out / name).exists()]
+    if previous and not (args.resume or args.overwrite):
+        raise UsageError(f"--out {out} already holds a run ({', '.join(previous)}): pass --resume to continue it, "
+                         "--overwrite to replace it, or choose another --out")
+    for stale in remove_stale_temporaries(out, OUTPUT_NAMES):
+        print(f"removed {stale}, left by an interrupted save")
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    """The size of the model's weights (a tied tensor counted once)."""
+    unique = {t.data_ptr(): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def check_room(out: Path, model: torch.nn.Module, reclaimable: int = 0) -> None:
+    """A checkpoint (written beside the previous one) and the final model must fit on the disk of --out.
+
+    A checkpoint holds the weights and AdamW's two moments per trainable weight.
+    """
+    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    needed = int(1.05 * (2 * weights_bytes(model) + moments))  # 5% for headers, metadata and the file system
+    free = shutil.disk_usage(out).free + reclaimable
+    if free < needed:
+        raise UsageError(f"--out {out}: {free / 1e6:,.0f} MB free, but a checkpoint and the final model need about "
+                         f"{needed / 1e6:,.0f} MB: free some space or choose another --out")
+
+
+# --- the run ---
 
 def load_splits(args) -> tuple[list[dict], list[dict], list[dict]]:
     # The split has its own fixed seed: runs with different --seed are scored on the same test set.
@@ -95,6 +204,35 @@ def load_splits(args) -> tuple[list[dict], list[dict], list[dict]]:
                            "each split needs at least one (use a larger dataset)")
     print(f"data: {len(train)} train, {len(val)} val, {len(test)} test entries from {args.data}")
     return train, val, test
+
+
+def data_fingerprint(*splits: list[dict]) -> str:
+    """sha256 of the entries this run uses: a resume on other data is refused."""
+    return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()
+
+
+def drop_untrainable(train_loader, args) -> None:
+    """Leave out training examples with no real target left (--mask-prompt and a short --max-length).
+
+    Such an example has no loss: a step made only of them would update the model with nothing learnt.
+    """
+    dataset = train_loader.dataset
+    keep = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sequences were cut": expected here, and counted below
+        for start in range(0, len(dataset), 256):
+            _, targets = train_loader.collate_fn([dataset[i] for i in range(start, min(start + 256, len(dataset)))])
+            keep += (targets != IGNORE_INDEX).any(dim=1).tolist()
+    if all(keep):
+        return
+    if not any(keep):
+        raise UsageError(f"no training example keeps a single response token within --max-length "
+                         f"{args.max_length}{' with --mask-prompt' if args.mask_prompt else ''}: nothing to train "
+                         "on. Raise --max-length.")
+    print(f"{keep.count(False)} of {len(keep)} training examples keep no response token within --max-length "
+          f"{args.max_length}: they are left out of training")
+    dataset.data = [entry for entry, k in zip(dataset.data, keep) if k]
+    dataset.examples = [example for example, k in zip(dataset.examples, keep) if k]
 
 
 def load_model(args) -> GPTModel:
@@ -109,25 +247,46 @@ def load_model(args) -> GPTModel:
     except ImportError as exc:  # huggingface_hub missing
         raise WeightsUnavailableError(f"Could not download {args.model}: {exc}. Install the requirements "
                                       "(make setup) or pass --weights /path/to/model.safetensors.") from None
-    except ValueError as exc:  # a --weights file for another GPT-2 size
+    except ValueError as exc:  # a --weights file for another GPT-2 size, or a damaged one
         raise WeightsUnavailableError(str(exc)) from None
     print(f"model: {args.model} with pretrained weights ({count_parameters(model) / 1e6:.0f}M parameters)")
     return model
 
 
+def run_settings(args: argparse.Namespace, max_length: int, use_bf16: bool, data_sha256: str) -> dict:
+    """Everything besides seed, batches and accumulation (checked anyway) that makes two runs differ."""
+    return {"model": args.model, "weights": str(args.weights) if args.weights else None, "data_sha256": data_sha256,
+            "style": args.style, "mask_prompt": args.mask_prompt, "max_length": max_length,
+            "group_by_length": args.group_by_length, "lr": args.lr, "weight_decay": args.weight_decay,
+            "batch_size": args.batch_size, "lora_rank": args.lora_rank,
+            "lora_alpha": args.lora_alpha if args.lora_rank > 0 else None, "bf16": use_bf16}
+
+
 def run(args: argparse.Namespace) -> dict:
-    seed_everything(args.seed)
     out: Path = args.out
+    check_out_folder(args)
+    try:
+        device = get_device()
+    except RuntimeError as exc:
+        raise UsageError(f"LLM_DEVICE={os.environ.get('LLM_DEVICE')!r} is not a device torch knows ({exc})") from None
+    seed_everything(args.seed)
     train_data, val_data, test_data = load_splits(args)
     tokenizer = get_tokenizer()
 
     context_length = GPT_CONFIGS[args.model]["context_length"]
-    max_length = min(args.max_length, context_length)
-    if max_length < args.max_length:
+    max_length = min(args.max_length or context_length, context_length)
+    if args.max_length is not None and max_length < args.max_length:
         print(f"--max-length {args.max_length} exceeds the model's context: using {max_length}")
+    args.max_length = max_length
+    if len(train_data) < args.batch_size:
+        raise UsageError(f"{len(train_data)} training examples make not one batch of --batch-size {args.batch_size}: "
+                         "use a smaller --batch-size or more data")
     train_loader, val_loader, _ = create_dataloaders(
         train_data, val_data, test_data, tokenizer, batch_size=args.batch_size, style=args.style,
         mask_prompt=args.mask_prompt, allowed_max_length=max_length, seed=args.seed)
+    drop_untrainable(train_loader, args)
+    if len(train_loader) == 0:
+        raise UsageError(f"too few trainable examples left for one batch of --batch-size {args.batch_size}")
     if args.group_by_length:
         train_loader = length_grouped_loader(train_loader, seed=args.seed)
 
@@ -137,17 +296,24 @@ def run(args: argparse.Namespace) -> dict:
     n_trainable = count_parameters(model, trainable_only=True)
     print(f"trainable parameters: {n_trainable:,} of {count_parameters(model):,}"
           + (f" (LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g})" if args.lora_rank > 0 else ""))
+    replaced = [out / name for name in OUTPUT_NAMES if args.overwrite and (out / name).exists()]
+    check_room(out, model, reclaimable=sum(path.stat().st_size for path in replaced))
+    for path in replaced:  # every check passed: only now is the previous run given up
+        path.unlink()
+    if replaced:
+        print(f"--overwrite: removed the previous run's {', '.join(path.name for path in replaced)}")
 
-    device = get_device()
     use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_recommended(device))
-    print(f"device: {device}, {'bfloat16 autocast' if use_bf16 else 'float32'}")
+    print(f"device: {device}, {'bfloat16 autocast' if use_bf16 else 'float32'}, learning rate {args.lr:g}")
     optimizer = create_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     start = time.perf_counter()
     history = train_model(model, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
                           eval_freq=args.eval_freq, eval_iter=args.eval_iter, grad_accum_steps=args.grad_accum,
                           autocast_dtype=torch.bfloat16 if use_bf16 else None,
-                          checkpoint_path=out / "checkpoint.safetensors", resume=args.resume, seed=args.seed,
-                          save_every=args.save_every, max_steps=args.max_steps)
+                          checkpoint_path=out / CHECKPOINT_NAME, resume=args.resume, seed=args.seed,
+                          save_every=args.save_every, max_steps=args.max_steps,
+                          settings=run_settings(args, max_length, use_bf16,
+                                                data_fingerprint(train_data, val_data, test_data)))
     train_seconds = time.perf_counter() - start
     untrained = args.model == "tiny" and args.weights is None
     plot_losses(history, save_path=out / "loss.png",
@@ -165,7 +331,7 @@ def run(args: argparse.Namespace) -> dict:
         "model": args.model, "untrained_start": untrained, "style": args.style, "mask_prompt": args.mask_prompt,
         "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.lora_rank > 0 else None,
         "trainable_parameters": n_trainable, "seed": args.seed, "autocast": "bfloat16" if use_bf16 else None,
-        "train_examples": len(train_data), "test_examples": len(test_data),
+        "lr": args.lr, "train_examples": len(train_loader.dataset), "test_examples": len(test_data),
         "steps": history.steps[-1] if history.steps else 0,
         "tokens_seen": history.tokens_seen[-1] if history.tokens_seen else 0,
         "final_train_loss": history.train_losses[-1] if history.train_losses else None,
@@ -175,39 +341,61 @@ def run(args: argparse.Namespace) -> dict:
     }
     ev = metrics["evaluation"]
     print(f"test set: exact match {ev['exact_match']:.1%}, ROUGE-L {ev['rouge_l']:.3f} over {ev['n']} entries")
+    atomic_write_json(out / "metrics.json", metrics)  # written before the judge: its failure loses nothing
     if args.judge:
         metrics["judge"] = run_judge(entries, args)
-    atomic_write_json(out / "metrics.json", metrics)
-    print(f"wrote {out}/: loss.png, test-responses.json, metrics.json, model.safetensors, checkpoint.safetensors")
+        atomic_write_json(out / "metrics.json", metrics)
+    print(f"wrote {out}/: {', '.join(OUTPUT_NAMES)}")
     return metrics
 
 
 def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
-    """LLM-judge scores; without a reachable Ollama server, the reason (the other results still count)."""
+    """LLM-judge scores; if the judge fails, the reason and whatever scores it gave (the other results still count)."""
     try:
         judged = judge_responses(entries, model=args.judge_model, url=args.judge_url, style=args.style)
-    except OllamaUnavailableError as exc:
+    except (OllamaUnavailableError, OSError, ValueError, TypeError, KeyError) as exc:
         print(f"judge skipped: {exc}", file=sys.stderr)
-        return {"model": args.judge_model, "error": str(exc)}
-    mean = "no parsable score" if judged["mean"] is None else f"{judged['mean']:.1f}"
+        partial = getattr(exc, "partial", None)  # scores received before the failure, where the judge keeps them
+        return {"model": args.judge_model, "error": str(exc), **(partial if isinstance(partial, dict) else {})}
+    mean = "no parsable score" if judged.get("mean") is None else f"{judged['mean']:.1f}"
     print(f"judge {judged['model']}: mean {mean} over {judged['n_scored']} of {judged['n']} responses; "
           f"{judged['unparsed']['count']} replies without a usable score")
-    return {key: judged[key] for key in ("model", "n", "n_scored", "mean", "scores", "unparsed")}
+    if judged.get("error"):
+        print(f"judge stopped early: {judged['error']}", file=sys.stderr)
+    return {key: judged[key] for key in ("model", "n", "n_scored", "mean", "scores", "unparsed", "error")
+            if key in judged}
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         run(args)
-    except (DatasetError, TokenizerUnavailableError, WeightsUnavailableError) as exc:
-        print(exc, file=sys.stderr)  # each message already says what went wrong and how to fix it
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{what}: rerun with --resume --out {args.out} to continue from the last checkpoint",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except Exception as exc:  # noqa: BLE001 - every error ends in one message; --debug shows the traceback
+        if debug:
+            raise
+        print(f"finetune.py: {exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and (args.out / CHECKPOINT_NAME).is_file():
+            print(f"  (the last checkpoint is kept: fix that, then rerun with --resume --out {args.out})",
+                  file=sys.stderr)
         if isinstance(exc, WeightsUnavailableError):
             print("  (finetune.py: that is --weights /path/to/model.safetensors, or --model tiny)", file=sys.stderr)
+        elif not isinstance(exc, (UsageError, *EXPECTED_ERRORS)):
+            print(f"  (an unexpected {type(exc).__name__}: rerun with --debug or {DEBUG_ENV}=1 for the traceback)",
+                  file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: rerun with --resume --out {args.out} to continue from the last checkpoint",
-              file=sys.stderr)
-        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 

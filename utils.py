@@ -7,6 +7,8 @@ Sections follow the order in which the notebooks meet them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import glob
 import hashlib
 import http.client
 import io
@@ -16,6 +18,7 @@ import math
 import os
 import random
 import re
+import shutil
 import socket
 import tempfile
 import threading
@@ -24,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -44,27 +48,52 @@ IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_ent
 
 # --- files: atomic writes, so an interrupted run never leaves half a file ---
 
+_TEMP_SUFFIX = ".tmp"  # atomic_destination's folders are named ".<file name>.<random>.tmp"
+
+
 @contextlib.contextmanager
 def atomic_destination(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path`; when the block completes, the file replaces `path` in one rename.
 
     If the block fails or is interrupted, `path` keeps its old content and the temporary file is removed.
+    The temporary file sits in a private folder (".<name>.<random>.tmp" beside `path`), so whatever a
+    writer adds next to it (safetensors writes its own temporary copy) goes with it; after a SIGKILL,
+    remove_stale_temporaries finds what is left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX))
+    tmp = tmp_dir / path.name
     try:
-        yield Path(tmp_name)
-        with open(tmp_name, "rb") as tmp:
-            os.fsync(tmp.fileno())  # the data is on disk before the name points at it
+        yield tmp
+        with open(tmp, "rb") as file:
+            os.fsync(file.fileno())  # the data is on disk before the name points at it
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's private 0600 would outlive the rename
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        os.chmod(tmp, 0o666 & ~umask)  # ordinary permissions, not those of a private temporary file
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # "No space left on device" alone names no file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Remove what an atomic write of one of `names` in `folder` left when it was killed; returns the paths.
+
+    Only call it when no other process is writing those files.
+    """
+    removed = []
+    for name in names:
+        for stale in Path(folder).glob(f".{glob.escape(name)}.*{_TEMP_SUFFIX}"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -74,10 +103,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def _finite_or_none(obj):
+    """`obj` with every NaN or infinite float replaced by None (JSON's null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(value) for value in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj) -> Path:
-    """Write `obj` as indented UTF-8 JSON, atomically."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write `obj` as indented UTF-8 JSON, atomically.
+
+    Strict JSON that every parser reads: NaN and infinities are written as null.
+    """
+    obj = _finite_or_none(obj)
+    try:
+        data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" has no UTF-8: keep it as a \u escape
+        data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode("ascii")
+    return atomic_write_bytes(path, data)
 
 
 # --- data: load and validate an instruction dataset ---
@@ -1015,7 +1062,8 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
 
     `path` is the file or a folder that holds it. Keys may carry a "transformer." prefix;
     without "lm_head.weight" the head reuses the token embedding (as OpenAI's GPT-2 does).
-    Any missing, left-over or wrongly shaped tensor raises a ValueError naming it.
+    Any missing, left-over or wrongly shaped tensor, one that is not floating point or that holds
+    NaN or infinite values raises a ValueError naming it.
     """
     path = Path(path)
     if path.is_dir():
@@ -1026,7 +1074,7 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
     if "lm_head.weight" not in checkpoint and "wte.weight" in checkpoint:
         checkpoint["lm_head.weight"] = checkpoint["wte.weight"]  # tied head
 
-    state, missing, wrong_shape = {}, [], []
+    state, missing, wrong_shape, bad_values = {}, [], [], []
     for name, param in model.state_dict().items():
         key = gpt2_checkpoint_name(name)
         transposed = is_conv1d_weight(key)
@@ -1038,9 +1086,17 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
         if tuple(tensor.shape) != expected:
             wrong_shape.append(f"{key}: checkpoint has {tuple(tensor.shape)}, the model needs {expected}")
             continue
+        if not tensor.is_floating_point():
+            bad_values.append(f"{key}: dtype {tensor.dtype}, not floating point")
+            continue
+        if not torch.isfinite(tensor).all():
+            bad_values.append(f"{key}: holds NaN or infinite values")
+            continue
         state[name] = tensor.t() if transposed else tensor
     extra = [f"{key} {tuple(tensor.shape)}" for key, tensor in checkpoint.items()]
 
+    if bad_values:
+        raise ValueError(f"{path} is damaged (delete it and download it again): " + "; ".join(bad_values[:5]))
     if missing or wrong_shape or extra:
         lines = [f"{path} does not fit this GPTModel (emb_dim={model.cfg['emb_dim']}, "
                  f"n_layers={model.cfg['n_layers']}, context_length={model.cfg['context_length']}, "
@@ -1459,11 +1515,16 @@ class TrainState:
     seed: int = 123
     grad_accum_steps: int = 1
     batches_per_epoch: int = 0
+    settings: dict = field(default_factory=dict)  # what else shapes the run (lr, data, ...): a resume must match
     history: TrainHistory = field(default_factory=TrainHistory)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
         return cls(**{**d, "history": TrainHistory(**d["history"])})
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a NaN loss, nothing to learn from); the message says why and what was kept."""
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -1513,6 +1574,21 @@ def _optimizer_step(model: nn.Module, window: Sequence[tuple[torch.Tensor, torch
     return total / max(n_real, 1), n_real, sum(inputs.numel() for inputs, _ in window)
 
 
+def _stop_message(step: int, loss: float, n_real: int, last_saved: int | None, checkpoint_path: str | Path | None,
+                  lr: float) -> str:
+    if n_real == 0:
+        why = (f"step {step}: its batches hold no real target (every target is padding or masked with -100), so "
+               "there is no loss to learn from; with mask_prompt, a short allowed_max_length can cut off every "
+               "response.")
+    else:
+        why = f"step {step}: the training loss is {loss}; the run diverged (is the learning rate, {lr:g}, too high?)."
+    if checkpoint_path is None:
+        return why + " Stopped; nothing was saved."
+    if last_saved is None:
+        return why + f" Stopped before this run wrote a checkpoint to {checkpoint_path}."
+    return why + f" Stopped; {checkpoint_path} keeps the last good state, from step {last_saved}."
+
+
 def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable, optimizer: torch.optim.Optimizer,
                 device: str | torch.device, num_epochs: int, eval_freq: int, eval_iter: int,
                 grad_accum_steps: int = 1, autocast_dtype: torch.dtype | None = None,
@@ -1520,7 +1596,8 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
                 save_every: int | None = None, max_steps: int | None = None, max_grad_norm: float | None = None,
                 callback: Callable[[TrainState], None] | None = None, progress: bool = True,
                 save_every_minutes: float | None = None,
-                on_epoch_end: Callable[[TrainState], None] | None = None) -> TrainHistory:
+                on_epoch_end: Callable[[TrainState], None] | None = None,
+                settings: dict | None = None) -> TrainHistory:
     """Finetune `model`; returns the loss history.
 
     - One optimizer step per `grad_accum_steps` micro-batches (the loader's batches).
@@ -1542,15 +1619,25 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
     - on_epoch_end(state) runs after each finished epoch (state.epoch = epochs done), in eval mode
       and without touching the training RNG: the place to print a sample answer (generate_responses
       on one validation entry, as notebook 06 does).
+    - settings: whatever else shapes the run (learning rate, data, prompt style, ...) as a JSON-able
+      dict; it is stored in the checkpoint, and a resume with other settings is refused.
+    - A NaN or infinite loss, or a step without a single real target, stops the run with a
+      TrainingError; the checkpoint on disk is the last good one (never one written after that).
     """
     from tqdm import tqdm
 
     device = torch.device(device)
     if grad_accum_steps < 1 or eval_freq < 1:
         raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1 (or None for every epoch), got {max_steps}")
+    if len(train_loader) == 0:
+        raise TrainingError("the train loader yields no batches: fewer training examples than the batch size "
+                            "(its last, partial batch is dropped)? Use a smaller batch size or more data.")
     seed_everything(seed)
     model.to(device)
-    state = TrainState(seed=seed, grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader))
+    state = TrainState(seed=seed, grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader),
+                       settings=dict(settings or {}))
     with torch.random.fork_rng(devices=[]):
         train_eval_batches = list(itertools.islice(_epoch_batches(train_loader, seed, 0), eval_iter))
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
@@ -1612,6 +1699,9 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
             while window := list(itertools.islice(batches, grad_accum_steps)):
                 loss, n_real, n_positions = _optimizer_step(model, window, optimizer, device, autocast_dtype,
                                                             max_grad_norm)
+                if n_real == 0 or not math.isfinite(loss):  # stop before anything of this step is saved
+                    raise TrainingError(_stop_message(state.step + 1, loss, n_real, last_saved, checkpoint_path,
+                                                      optimizer.param_groups[0]["lr"]))
                 state.step += 1
                 state.batches_done += len(window)
                 state.tokens_seen += n_real
@@ -1644,10 +1734,17 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
 #   - model weights under their state_dict names; a tied weight (out_head sharing tok_emb's
 #     tensor) is stored once and named in the metadata, because safetensors refuses shared tensors;
 #   - optimizer tensors as "optimizer.<param index>.<name>", its settings as JSON metadata;
-#   - torch's RNG state as "rng.torch", and TrainState (counters, history) as JSON metadata.
+#   - torch's RNG state as "rng.torch", and TrainState (counters, history, settings) as JSON metadata;
+#   - a CRC-32 of every tensor, so a file damaged on disk is refused rather than trained on.
 # A checkpoint saved without optimizer and state is a plain weights file.
+# Loading checks everything (names, shapes, dtypes, finite values, checksums) before it touches
+# the model, the optimizer or the RNG: a bad file changes nothing and names the culprit.
 CHECKPOINT_FORMAT = "gpt-instruct-checkpoint/1"
 _OPTIMIZER_PREFIX, _RNG_PREFIX = "optimizer.", "rng."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, or from another model or run. The message names the file."""
 
 
 def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -1670,17 +1767,39 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _checksum(tensor: torch.Tensor) -> int:
+    """CRC-32 of a CPU tensor's bytes (damage on disk can leave values that look plausible)."""
+    flat = tensor.detach().contiguous().view(-1)
+    return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
+
+
+def _is_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity in `tensor`. A NaN or infinity anywhere makes the sum NaN or infinite, so a finite
+    sum settles it at once (isfinite over every element is several times slower); only an infinite or NaN
+    sum, possibly an overflow of large finite values, needs the element-wise check."""
+    if not tensor.is_floating_point():
+        return True
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     # safetensors writes the file itself: no second copy of a checkpoint (gigabytes) in memory.
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     with atomic_destination(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # e.g. "I/O error: No space left on device"
+            raise OSError(f"{path} could not be written ({exc}); its previous content is kept") from None
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     state: TrainState | None = None) -> Path:
-    """Write model weights (and optionally optimizer state and TrainState) to one safetensors file, atomically."""
+    """Write model weights (and optionally optimizer state and TrainState) to one safetensors file, atomically.
+
+    Refuses (CheckpointError) to write NaN or infinite values: the previous file stays as it was.
+    """
     path = Path(path)
     tensors, aliases = _model_tensors(model)
     metadata = {"format": CHECKPOINT_FORMAT, "tied": json.dumps(aliases)}
@@ -1703,11 +1822,31 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         if torch.cuda.is_available():
             for i, rng in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"{_RNG_PREFIX}cuda.{i}"] = rng
+    for name, tensor in tensors.items():
+        if not _is_finite(tensor):
+            raise CheckpointError(f"{path} not written: {name} holds NaN or infinite values (did the training "
+                                  "diverge?); the file keeps its previous content")
+    metadata["checksums"] = json.dumps({name: _checksum(tensor) for name, tensor in tensors.items()})
     _atomic_save_safetensors(tensors, path, metadata)
     return path
 
 
+def _metadata_json(metadata: dict[str, str], key: str, path: Path, kind: type = dict):
+    """One JSON entry of a checkpoint's metadata, checked to be there and of the right kind."""
+    if key not in metadata:
+        raise CheckpointError(f"{path}: its metadata has no {key!r} entry (not written by save_checkpoint, "
+                              "or damaged)")
+    try:
+        value = json.loads(metadata[key])
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: its metadata entry {key!r} is damaged (not a JSON {kind.__name__})")
+    return value
+
+
 def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the metadata of a save_checkpoint file, checked against the file's checksums."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -1715,71 +1854,188 @@ def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
-    except SafetensorError as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+            tensors, metadata = {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if "checksums" in metadata:  # written by save_checkpoint; other weights files have none
+        checksums = _metadata_json(metadata, "checksums", path)
+        for name in sorted(set(checksums) | set(tensors)):
+            if name not in tensors:
+                raise CheckpointError(f"{path}: tensor {name} is missing: the file is damaged")
+            if checksums.get(name) != _checksum(tensors[name]):
+                raise CheckpointError(f"{path}: tensor {name} does not match its checksum: the file is damaged")
+    return tensors, metadata
 
 
-def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                  path: str | Path) -> None:
+def _checked_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                     path: str | Path) -> dict[str, torch.Tensor]:
+    """The model's state_dict from a checkpoint, every tensor checked: present, shape, dtype, finite."""
     weights = {k: v for k, v in tensors.items() if not k.startswith((_OPTIMIZER_PREFIX, _RNG_PREFIX))}
-    for alias, name in json.loads(metadata.get("tied", "{}")).items():
+    tied = _metadata_json(metadata, "tied", path) if "tied" in metadata else {}
+    for alias, name in tied.items():
+        if name not in weights:
+            raise CheckpointError(f"{path}: {alias} is tied to {name}, which the file does not hold")
         weights[alias] = weights[name]
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    for alias, name in ([] if missing else _model_tensors(model)[1].items()):
-        # Loading two different tensors into one shared tensor would silently keep only the last.
-        if not torch.equal(weights[alias], weights[name]):
-            raise ValueError(f"{path} has separate {name} and {alias}, but this model ties them; "
-                             "load it into an untied model")
     if missing or unexpected:
         hint = ""
         if any("lora_" in k for k in unexpected):
             hint = " It holds LoRA weights: call apply_lora(model, rank, alpha) before loading."
         elif any("lora_" in k for k in missing):
             hint = " It holds no LoRA weights: load it before apply_lora, or merge_lora before saving."
-        raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}."
-                         + hint)
-    model.load_state_dict(weights)
+        raise CheckpointError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}."
+                              + hint)
+    for name, target in expected.items():
+        tensor = weights[name]
+        if tensor.shape != target.shape:
+            raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model needs "
+                                  f"{tuple(target.shape)}")
+        if tensor.dtype != target.dtype:
+            raise CheckpointError(f"{path}: {name} is {tensor.dtype}, the model needs {target.dtype}")
+        if not _is_finite(tensor):
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values")
+    for alias, name in _model_tensors(model)[1].items():
+        # Loading two different tensors into one shared tensor would silently keep only the last.
+        if not torch.equal(weights[alias], weights[name]):
+            raise CheckpointError(f"{path} has separate {name} and {alias}, but this model ties them; "
+                                  "load it into an untied model")
+    return weights
+
+
+def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                  path: str | Path) -> None:
+    model.load_state_dict(_checked_weights(model, tensors, metadata, path))
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load the weights of a save_checkpoint file into `model` (same architecture); returns the model.
 
     Re-ties shared weights. A LoRA checkpoint needs apply_lora() on the model first (same rank).
+    A damaged or unfitting file raises CheckpointError (a ValueError) and leaves the model as it was.
     """
     tensors, metadata = _read_checkpoint(path)
     _load_weights(model, tensors, metadata, path)
     return model
 
 
-def _resume_from(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 expected: TrainState) -> TrainState:
-    """Restore weights, optimizer state and RNG from a training checkpoint; returns its TrainState."""
-    tensors, metadata = _read_checkpoint(path)
-    if "train_state" not in metadata or "optimizer" not in metadata:
-        raise ValueError(f"{path} holds weights only, not a training run to resume")
-    state = TrainState.from_dict(json.loads(metadata["train_state"]))
-    for name in ("seed", "grad_accum_steps", "batches_per_epoch"):
-        if getattr(state, name) != getattr(expected, name):
-            raise ValueError(f"{path} was written with {name}={getattr(state, name)}, this run has "
-                             f"{getattr(expected, name)}: resuming would replay different batches. "
-                             f"Use the same settings, or start afresh without resume.")
-    _load_weights(model, tensors, metadata, path)
-    saved = json.loads(metadata["optimizer"])
-    param_state: dict[int, dict] = {}
-    for key, tensor in tensors.items():
-        if key.startswith(_OPTIMIZER_PREFIX):
-            index, name = key[len(_OPTIMIZER_PREFIX):].split(".", 1)
-            param_state.setdefault(int(index), {})[name] = tensor
-    for key, value in saved["scalars"].items():
-        index, name = key.split(".", 1)
-        param_state.setdefault(int(index), {})[name] = value
-    for group in saved["param_groups"]:
+def _checked_train_state(metadata: dict[str, str], path: Path) -> TrainState:
+    saved = _metadata_json(metadata, "train_state", path)
+    names = {f.name for f in dataclasses.fields(TrainState)}
+    unknown, missing = sorted(set(saved) - names), sorted(names - set(saved) - {"settings"})
+    if unknown or missing:
+        raise CheckpointError(f"{path}: its train_state has unknown fields {unknown} and lacks {missing} "
+                              "(written by another version of utils.py, or damaged)")
+    try:
+        state = TrainState.from_dict(saved)
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: its train_state history is damaged ({exc})") from None
+    counters = ("step", "epoch", "batches_done", "tokens_seen", "positions_seen", "grad_accum_steps",
+                "batches_per_epoch")
+    bad = [name for name in counters if type(getattr(state, name)) is not int or getattr(state, name) < 0]
+    if bad or type(state.seed) is not int or not isinstance(state.settings, dict):
+        raise CheckpointError(f"{path}: its train_state is damaged ({', '.join(bad) or 'seed or settings'})")
+    return state
+
+
+def _setting_differences(saved: TrainState, current: TrainState) -> list[str]:
+    """'name: checkpoint X, this run Y' for every setting that differs between a checkpoint and this run."""
+    pairs = {name: (getattr(saved, name), getattr(current, name))
+             for name in ("seed", "grad_accum_steps", "batches_per_epoch")}
+    for key in sorted(set(saved.settings) | set(current.settings)):
+        pairs[key] = (saved.settings.get(key, "(not recorded)"), current.settings.get(key, "(not recorded)"))
+    return [f"{name}: checkpoint {old!r}, this run {new!r}" for name, (old, new) in pairs.items() if old != new]
+
+
+def _checked_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                             metadata: dict[str, str], path: Path) -> dict:
+    """The optimizer's state_dict from a checkpoint, checked against this optimizer's parameters.
+
+    A state tensor of the wrong shape must never reach the optimizer: the fused AdamW kernel
+    would read and write past its end.
+    """
+    saved = _metadata_json(metadata, "optimizer", path)
+    groups, scalars = saved.get("param_groups"), saved.get("scalars", {})
+    current = optimizer.state_dict()["param_groups"]
+    if (not isinstance(groups, list) or len(groups) != len(current) or not isinstance(scalars, dict)
+            or any(not isinstance(g, dict) or g.get("params") != c["params"] for g, c in zip(groups, current))):
+        raise CheckpointError(f"{path}: its optimizer has other parameter groups than this run's "
+                              "(another model, or other LoRA settings?)")
+    for group in groups:
+        numbers = [group.get(key) for key in ("lr", "weight_decay", "eps") if key in group]
+        numbers += list(group.get("betas", []))
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
+            raise CheckpointError(f"{path}: its optimizer settings are damaged ({group.get('lr')=})")
         if "betas" in group:
             group["betas"] = tuple(group["betas"])  # JSON made the tuple a list
-    optimizer.load_state_dict({"state": param_state, "param_groups": saved["param_groups"]})
-    torch.set_rng_state(tensors[f"{_RNG_PREFIX}torch"])
+    params = {index: param for c, group in zip(current, optimizer.param_groups)
+              for index, param in zip(c["params"], group["params"])}
+
+    param_state: dict[int, dict] = {}
+    entries = [(key[len(_OPTIMIZER_PREFIX):], tensor) for key, tensor in tensors.items()
+               if key.startswith(_OPTIMIZER_PREFIX)] + list(scalars.items())
+    for key, value in entries:
+        index, _, name = key.partition(".")
+        if not index.isdigit() or int(index) not in params or not name:
+            raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} belongs to no parameter of this optimizer")
+        param = params[int(index)]
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            if value.shape != param.shape or value.dtype != param.dtype:
+                raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} is {value.dtype} {tuple(value.shape)}, "
+                                      f"its parameter {param.dtype} {tuple(param.shape)}")
+        elif isinstance(value, torch.Tensor):
+            value_ok = value.is_floating_point() or value.dtype == torch.int64
+            if not value_ok or not _is_finite(value) or value.item() < 0:
+                raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} is damaged ({value})")
+        if isinstance(value, torch.Tensor) and not _is_finite(value):
+            raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} holds NaN or infinite values")
+        param_state.setdefault(int(index), {})[name] = value
+
+    # Every parameter needs the same complete state (or none, before the first step).
+    required = set().union(*(state.keys() for state in param_state.values())) if param_state else set()
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and param_state:
+        required |= {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if current[0].get("amsgrad") else set())
+    for index in (params if param_state else []):
+        lacking = sorted(required - param_state.get(index, {}).keys())
+        if lacking:
+            raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{index}.{lacking[0]} is missing (the optimizer "
+                                  "state is incomplete)")
+    return {"state": param_state, "param_groups": groups}
+
+
+def _checked_rng_state(tensors: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    rng = tensors.get(f"{_RNG_PREFIX}torch")
+    expected = torch.get_rng_state()
+    if rng is None or rng.dtype != expected.dtype or rng.shape != expected.shape:
+        raise CheckpointError(f"{path}: {_RNG_PREFIX}torch (the random number generator's state) is missing or "
+                              "damaged")
+    return rng
+
+
+def _resume_from(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 expected: TrainState) -> TrainState:
+    """Restore weights, optimizer state and RNG from a training checkpoint; returns its TrainState.
+
+    Everything is checked first (CheckpointError names the file and what is wrong); the model,
+    the optimizer and the RNG are only touched once the whole checkpoint has passed.
+    """
+    path = Path(path)
+    tensors, metadata = _read_checkpoint(path)
+    if "train_state" not in metadata or "optimizer" not in metadata:
+        raise CheckpointError(f"{path} holds weights only, not a training run to resume")
+    state = _checked_train_state(metadata, path)
+    differences = _setting_differences(state, expected)
+    if differences:
+        raise CheckpointError(f"{path} was written with other settings ({'; '.join(differences)}): resuming "
+                              "would not continue the same run. Use the checkpoint's settings, or start afresh "
+                              "without resume.")
+    weights = _checked_weights(model, tensors, metadata, path)
+    optimizer_state = _checked_optimizer_state(optimizer, tensors, metadata, path)
+    rng = _checked_rng_state(tensors, path)
+
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(rng)
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith(f"{_RNG_PREFIX}cuda.")]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
