@@ -116,9 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by-length", action="store_true", help="batch examples of similar length (less padding)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="bfloat16 autocast; auto = where the hardware has bf16 (see bf16_autocast_recommended)")
-    p.add_argument("--eval-freq", type=count, default=5, help="evaluate every N optimizer steps")
+    p.add_argument("--eval-freq", type=count, default=20,
+                   help="evaluate every N optimizer steps (each evaluation costs about 2 x eval-iter x 0.26 steps)")
     p.add_argument("--eval-iter", type=at_least_0, default=5, help="batches per evaluation (0: no evaluation)")
-    p.add_argument("--save-every", type=count, default=50, help="checkpoint every N optimizer steps")
+    p.add_argument("--save-every", type=count,
+                   help="also checkpoint every N optimizer steps (default: at the end of each epoch only; "
+                        "a GPT-2 small checkpoint is about 2 GB)")
+    p.add_argument("--save-every-minutes", type=_number(float, 0, strict=True),
+                   help="also checkpoint when this many minutes have passed since the last one")
     p.add_argument("--max-steps", type=count, help="stop after N optimizer steps (default: no limit)")
     p.add_argument("--resume", action="store_true", help=f"continue the run in --out from its {CHECKPOINT_NAME}")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are deleted)")
@@ -311,7 +316,8 @@ def run(args: argparse.Namespace) -> dict:
                           eval_freq=args.eval_freq, eval_iter=args.eval_iter, grad_accum_steps=args.grad_accum,
                           autocast_dtype=torch.bfloat16 if use_bf16 else None,
                           checkpoint_path=out / CHECKPOINT_NAME, resume=args.resume, seed=args.seed,
-                          save_every=args.save_every, max_steps=args.max_steps,
+                          save_every=args.save_every, save_every_minutes=args.save_every_minutes,
+                          max_steps=args.max_steps,
                           settings=run_settings(args, max_length, use_bf16,
                                                 data_fingerprint(train_data, val_data, test_data)))
     train_seconds = time.perf_counter() - start
