@@ -217,6 +217,7 @@ PLURALS = {
     "baby": "babies", "phenomenon": "phenomena", "criterion": "criteria", "ox": "oxen", "key": "keys",
     "church": "churches", "person": "people", "louse": "lice", "wolf": "wolves", "half": "halves",
     "radius": "radii", "fungus": "fungi", "thesis": "theses", "dish": "dishes", "glass": "glasses",
+    "calf": "calves", "thief": "thieves", "loaf": "loaves", "cherry": "cherries", "moose": "moose",
 }
 PAST_TENSES = {
     "swim": "swam", "go": "went", "eat": "ate", "walk": "walked", "buy": "bought", "teach": "taught",
@@ -228,6 +229,7 @@ PAST_TENSES = {
     "know": "knew", "grow": "grew", "throw": "threw", "draw": "drew", "sit": "sat", "stand": "stood",
     "win": "won", "lose": "lost", "find": "found", "tell": "told", "sell": "sold", "read": "read",
     "plan": "planned", "study": "studied", "climb": "climbed", "smile": "smiled", "cook": "cooked", "open": "opened",
+    "weave": "wove", "forgive": "forgave", "bend": "bent", "shake": "shook", "lend": "lent", "hide": "hid",
 }
 
 
