@@ -1,6 +1,7 @@
 """instruction-data.json: shape, mix, length, uniqueness, and every answer that a program can check."""
 import json
 import math
+import random
 import re
 import statistics
 from collections import Counter
@@ -89,6 +90,56 @@ def test_near_duplicate_finder_finds_them():
             {"instruction": "What is the capital of Frances?", "input": ""},
             {"instruction": "Sort these numbers.", "input": "3, 1, 2"}]
     assert [(i, j) for i, j, _ in utils.find_near_duplicates(data)] == [(0, 1)]
+
+
+def brute_force_near_duplicates(data, other, threshold, n=3):
+    """The whole similarity matrix at once: the reference the blocked finder must agree with."""
+    import numpy as np
+
+    texts = [" ".join(f"{e['instruction']} {e['input']}".lower().split()) for e in [*data, *other]]
+    vocabulary = {}
+    counts = [Counter(t[k:k + n] for k in range(max(len(t) - n + 1, 1))) for t in texts]
+    for c in counts:
+        for gram in c:
+            vocabulary.setdefault(gram, len(vocabulary))
+    matrix = np.zeros((len(texts), len(vocabulary)))
+    for row, c in enumerate(counts):
+        for gram, k in c.items():
+            matrix[row, vocabulary[gram]] = k
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    similarity = matrix[:len(data)] @ matrix[len(data):].T
+    return {(int(i), int(j)): float(similarity[i, j]) for i, j in zip(*np.nonzero(similarity >= threshold - 1e-6))}
+
+
+def synthetic_entries(count, seed):
+    rng = random.Random(seed)
+    words = [f"{rng.choice('bcdfghklmnprst')}{rng.choice('aeiou')}{rng.choice('lmnrst')}" for _ in range(60)]
+    entries = [{"instruction": " ".join(rng.choices(words, k=rng.randint(2, 9))), "input": "", "output": "x"}
+               for _ in range(count)]
+    for _ in range(count // 20):  # plant near-duplicates: a copy with one letter changed
+        source = rng.choice(entries)["instruction"]
+        k = rng.randrange(len(source))
+        entries[rng.randrange(count)] = {"instruction": source[:k] + "z" + source[k + 1:], "input": "", "output": "x"}
+    return entries
+
+
+def test_blocked_near_duplicates_match_the_whole_matrix():
+    data = synthetic_entries(3000, seed=1)
+    expected = {(i, j): s for (i, j), s in brute_force_near_duplicates(data, data, 0.8).items() if i < j}
+    found = utils.find_near_duplicates(data, threshold=0.8, block_size=97)  # blocks that do not divide 3000
+    assert len(found) > 100
+    assert {(i, j) for i, j, _ in found} == set(expected)
+    assert all(math.isclose(s, expected[i, j], abs_tol=1e-5) for i, j, s in found)
+    assert [s for _, _, s in found] == sorted((s for _, _, s in found), reverse=True)
+
+
+def test_near_duplicates_between_two_datasets():
+    data, other = synthetic_entries(400, seed=2), synthetic_entries(700, seed=3)
+    other[5] = dict(data[7])  # one exact copy across the two
+    expected = brute_force_near_duplicates(data, other, 0.7)
+    found = utils.find_near_duplicates(data, threshold=0.7, other=other, block_size=64)
+    assert (7, 5) in expected and {(i, j) for i, j, _ in found} == set(expected)
+    assert all(math.isclose(s, expected[i, j], abs_tol=1e-5) for i, j, s in found)
 
 
 # --- answers that a program can check ---
