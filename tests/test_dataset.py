@@ -74,6 +74,45 @@ def test_lengths_keep_cpu_finetuning_cheap(data, tokenizer):
     assert max(lengths) <= 120, data[lengths.index(max(lengths))]
 
 
+LIST_LINE = re.compile(r"(\d+)\. \S")  # a numbered step: "1. Stop at the curb."
+
+
+def test_list_answers_survive_formatting_and_tokenization(data, tokenizer):
+    listed = [entry for entry in data if "\n" in entry["output"]]
+    assert 40 <= len(listed) <= 60, len(listed)
+    for entry in listed:
+        output = entry["output"]
+        lines = output.split("\n")
+        assert 2 <= len(lines) <= 9 and all(line == line.strip() and line for line in lines), output
+        numbers = [int(m.group(1)) for m in map(LIST_LINE.match, lines) if m]
+        assert numbers == list(range(1, len(numbers) + 1)), output  # numbered steps count 1, 2, 3, ...
+        for style in utils.PROMPT_STYLES:
+            text = utils.format_example(entry, style)
+            assert utils.extract_response(text, style) == output
+            assert tokenizer.decode(utils.encode_text(text, tokenizer)) == text
+        example = utils.InstructionDataset([entry], tokenizer)[0]
+        assert tokenizer.decode(example.token_ids[example.prompt_length:]) == output
+
+
+BRITISH = re.compile(r"\b(colour|favourite|centre|metre|litre|grey|neighbour|theatre|travelled|programme|trousers|"
+                     r"jewellery|tyre|aeroplane|organise|realise|honour|flavour|behaviour|mum)s?\b", re.IGNORECASE)
+
+
+def test_card_conventions(data):
+    """DATASET.md promises US spelling and complete questions: no blank left for the reader to fill."""
+    for index, entry in enumerate(data):
+        text = " ".join(entry.values())
+        assert not BRITISH.search(text), (index, BRITISH.search(text).group())
+        for question in (entry["instruction"], entry["input"]):
+            if "___" in question:  # the answer restates the sentence with the blank filled in
+                after_blank = question.split("___", 1)[1].strip(" .!?").split(".")[0]
+                assert after_blank in entry["output"] and "___" not in entry["output"], index
+        # a quoted abbreviation keeps its case at the start of a sentence: not 'A.m.' for 'a.m.'
+        opening = re.match(r"'[A-Z][a-z]*\.'", entry["output"])
+        assert not (opening and opening.group() not in entry["instruction"]
+                    and opening.group().lower() in entry["instruction"]), index
+
+
 def test_no_duplicate_questions(data):
     keys = Counter((entry["instruction"], entry["input"]) for entry in data)
     assert [key for key, n in keys.items() if n > 1] == []
