@@ -485,3 +485,27 @@ def test_every_checkable_answer_is_right(data, tasks, task):
 def test_checkers_catch_wrong_answers(checker, entry):
     with pytest.raises(AssertionError):
         checker(entry)
+
+
+# --- the report behind DATASET.md's numbers ---
+
+def test_dataset_report_prints_the_statistics(tmp_path, capsys):
+    import dataset_report
+
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps([{"instruction": "Name a color.", "input": "", "output": "- Blue\n- Red"},
+                                {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}]),
+                    encoding="utf-8")
+    dataset_report.main([str(path), "--reference", str(tmp_path / "absent.json")])
+    printed = capsys.readouterr().out
+    assert "entries: 2\nempty input: 1 (50.0%)" in printed
+    assert "list-style or multi-line outputs: 1" in printed and "against the book" not in printed
+
+
+def test_dataset_report_on_an_empty_file_says_so(tmp_path):
+    import dataset_report
+
+    path = tmp_path / "empty.json"
+    path.write_text("[]", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"empty\.json has no entries"):
+        dataset_report.main([str(path)])

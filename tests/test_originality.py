@@ -3,20 +3,13 @@
 The book's file is in ../shared/reference/ (see its README): it is used for checks only. Entries 50 and 999
 are the two that the course's specification takes from it on purpose.
 """
-import re
 import statistics
-from collections import Counter
 
 import pytest
 import torch
 
 import utils
-from utils import REPO_ROOT
-
-BOOK_PATH = REPO_ROOT.parent / "shared" / "reference" / "book-ch07-instruction-data.json"
-SHARED_WITH_THE_BOOK = {50, 999}  # required by the specification, identical in both datasets
-SAME_WORDING = 0.6  # character-3-gram cosine of instruction + input from which two questions read alike
-NEAR_COPY = 0.9  # ... and from which they are near copies, whatever their content
+from dataset_report import BOOK_PATH, SHARED_WITH_THE_BOOK, content_signature, same_questions
 
 pytestmark = pytest.mark.skipif(not BOOK_PATH.exists(), reason=f"the book's dataset is not at {BOOK_PATH}")
 
@@ -29,41 +22,6 @@ def ours():
 @pytest.fixture(scope="module")
 def book():
     return utils.load_instruction_data(BOOK_PATH)
-
-
-QUOTED = re.compile(r"""['"‘’“”]([^'"‘’“”]+)['"‘’“”]""")
-NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-# a capitalised word that does not start the text or a sentence: a name, a place, a symbol (Fe, CO2)
-NAME = re.compile(r"(?<![.?!:]\s)(?<!^)\b[A-Z][\w-]*")
-
-
-WORD = re.compile(r"[a-z][a-z-]{2,}")
-
-
-def content_signature(entry: dict, common_words: frozenset[str] = frozenset()) -> frozenset[str]:
-    """What a question is about: its numbers, quoted words, capitalised names, and its input text.
-
-    Two questions with the same template ("What is the plural of ...?") but other content differ here.
-    A question with none of these ("What is the atomic number of neon?") is about its uncommon words:
-    those not in `common_words`, the words that many questions share.
-    """
-    question = entry["instruction"]
-    quoted = {q.strip(" .,!?").lower() for q in QUOTED.findall(question)}
-    numbers = set(NUMBER.findall(question))
-    names = {name.lower().removesuffix("'s") for name in NAME.findall(QUOTED.sub(" ", question))} - {"i"}
-    text = " ".join(entry["input"].lower().split())
-    signature = {*(f"quoted:{q}" for q in quoted), *(f"number:{n}" for n in numbers),
-                 *(f"name:{n}" for n in names), *([f"input:{text}"] if text else [])}
-    if not signature:
-        signature = {f"word:{w}" for w in WORD.findall(question.lower()) if w not in common_words}
-    return frozenset(signature)
-
-
-def common_words(*datasets: list[dict], share: float = 0.01) -> frozenset[str]:
-    """Words found in at least `share` of all the questions: the templates' words, not their content."""
-    questions = [set(WORD.findall(e["instruction"].lower())) for data in datasets for e in data]
-    counts = Counter(word for words in questions for word in words)
-    return frozenset(word for word, n in counts.items() if n >= share * len(questions))
 
 
 def test_content_signature_tells_content_from_template():
@@ -82,28 +40,20 @@ def test_content_signature_tells_content_from_template():
     assert neon == {"word:neon"}
 
 
-def same_questions(ours: list[dict], book: list[dict]) -> list[str]:
-    common = common_words(ours, book)
-    found = []
-    for i, j, similarity in utils.find_near_duplicates(ours, threshold=SAME_WORDING, other=book):
-        if i in SHARED_WITH_THE_BOOK:
-            continue
-        if similarity >= NEAR_COPY or content_signature(ours[i], common) == content_signature(book[j], common):
-            found.append(f"entry {i} ~ book {j} ({similarity:.2f}): {ours[i]['instruction']!r} {ours[i]['input']!r} / "
-                         f"{book[j]['instruction']!r} {book[j]['input']!r}")
-    return found
+def described(pairs: list[tuple[int, int, float]], ours: list[dict], book: list[dict]) -> list[str]:
+    return [f"entry {i} ~ book {j} ({s:.2f}): {ours[i]['instruction']!r} {ours[i]['input']!r} / "
+            f"{book[j]['instruction']!r} {book[j]['input']!r}" for i, j, s in pairs]
 
 
 def test_no_entry_asks_a_book_question(ours, book):
-    assert same_questions(ours, book) == []
+    assert described(same_questions(ours, book), ours, book) == []
 
 
 def test_the_check_finds_a_book_question_in_other_words(ours, book):
     index = next(j for j, entry in enumerate(book) if entry["instruction"] == "What is the capital of Japan?")
     planted = [*ours, {"instruction": "Tell me the capital of Japan.", "input": "", "output": "Tokyo."},
                {"instruction": "Tell me the capital of Peru.", "input": "", "output": "Lima."}]
-    found = same_questions(planted, book)
-    assert len(found) == 1 and found[0].startswith(f"entry {len(ours)} ~ book {index} ")
+    assert [(i, j) for i, j, _ in same_questions(planted, book)] == [(len(ours), index)]
 
 
 def test_no_output_is_copied_from_the_book(ours, book):
