@@ -1,6 +1,7 @@
 """instruction-data.json: shape, mix, length, uniqueness, and every answer that a program can check."""
 import json
 import math
+import random
 import re
 import statistics
 from collections import Counter
@@ -73,6 +74,45 @@ def test_lengths_keep_cpu_finetuning_cheap(data, tokenizer):
     assert max(lengths) <= 120, data[lengths.index(max(lengths))]
 
 
+LIST_LINE = re.compile(r"(\d+)\. \S")  # a numbered step: "1. Stop at the curb."
+
+
+def test_list_answers_survive_formatting_and_tokenization(data, tokenizer):
+    listed = [entry for entry in data if "\n" in entry["output"]]
+    assert 40 <= len(listed) <= 60, len(listed)
+    for entry in listed:
+        output = entry["output"]
+        lines = output.split("\n")
+        assert 2 <= len(lines) <= 9 and all(line == line.strip() and line for line in lines), output
+        numbers = [int(m.group(1)) for m in map(LIST_LINE.match, lines) if m]
+        assert numbers == list(range(1, len(numbers) + 1)), output  # numbered steps count 1, 2, 3, ...
+        for style in utils.PROMPT_STYLES:
+            text = utils.format_example(entry, style)
+            assert utils.extract_response(text, style) == output
+            assert tokenizer.decode(utils.encode_text(text, tokenizer)) == text
+        example = utils.InstructionDataset([entry], tokenizer)[0]
+        assert tokenizer.decode(example.token_ids[example.prompt_length:]) == output
+
+
+BRITISH = re.compile(r"\b(colour|favourite|centre|metre|litre|grey|neighbour|theatre|travelled|programme|trousers|"
+                     r"jewellery|tyre|aeroplane|organise|realise|honour|flavour|behaviour|mum)s?\b", re.IGNORECASE)
+
+
+def test_card_conventions(data):
+    """DATASET.md promises US spelling and complete questions: no blank left for the reader to fill."""
+    for index, entry in enumerate(data):
+        text = " ".join(entry.values())
+        assert not BRITISH.search(text), (index, BRITISH.search(text).group())
+        for question in (entry["instruction"], entry["input"]):
+            if "___" in question:  # the answer restates the sentence with the blank filled in
+                after_blank = question.split("___", 1)[1].strip(" .!?").split(".")[0]
+                assert after_blank in entry["output"] and "___" not in entry["output"], index
+        # a quoted abbreviation keeps its case at the start of a sentence: not 'A.m.' for 'a.m.'
+        opening = re.match(r"'[A-Z][a-z]*\.'", entry["output"])
+        assert not (opening and opening.group() not in entry["instruction"]
+                    and opening.group().lower() in entry["instruction"]), index
+
+
 def test_no_duplicate_questions(data):
     keys = Counter((entry["instruction"], entry["input"]) for entry in data)
     assert [key for key, n in keys.items() if n > 1] == []
@@ -89,6 +129,56 @@ def test_near_duplicate_finder_finds_them():
             {"instruction": "What is the capital of Frances?", "input": ""},
             {"instruction": "Sort these numbers.", "input": "3, 1, 2"}]
     assert [(i, j) for i, j, _ in utils.find_near_duplicates(data)] == [(0, 1)]
+
+
+def brute_force_near_duplicates(data, other, threshold, n=3):
+    """The whole similarity matrix at once: the reference the blocked finder must agree with."""
+    import numpy as np
+
+    texts = [" ".join(f"{e['instruction']} {e['input']}".lower().split()) for e in [*data, *other]]
+    vocabulary = {}
+    counts = [Counter(t[k:k + n] for k in range(max(len(t) - n + 1, 1))) for t in texts]
+    for c in counts:
+        for gram in c:
+            vocabulary.setdefault(gram, len(vocabulary))
+    matrix = np.zeros((len(texts), len(vocabulary)))
+    for row, c in enumerate(counts):
+        for gram, k in c.items():
+            matrix[row, vocabulary[gram]] = k
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    similarity = matrix[:len(data)] @ matrix[len(data):].T
+    return {(int(i), int(j)): float(similarity[i, j]) for i, j in zip(*np.nonzero(similarity >= threshold - 1e-6))}
+
+
+def synthetic_entries(count, seed):
+    rng = random.Random(seed)
+    words = [f"{rng.choice('bcdfghklmnprst')}{rng.choice('aeiou')}{rng.choice('lmnrst')}" for _ in range(60)]
+    entries = [{"instruction": " ".join(rng.choices(words, k=rng.randint(2, 9))), "input": "", "output": "x"}
+               for _ in range(count)]
+    for _ in range(count // 20):  # plant near-duplicates: a copy with one letter changed
+        source = rng.choice(entries)["instruction"]
+        k = rng.randrange(len(source))
+        entries[rng.randrange(count)] = {"instruction": source[:k] + "z" + source[k + 1:], "input": "", "output": "x"}
+    return entries
+
+
+def test_blocked_near_duplicates_match_the_whole_matrix():
+    data = synthetic_entries(3000, seed=1)
+    expected = {(i, j): s for (i, j), s in brute_force_near_duplicates(data, data, 0.8).items() if i < j}
+    found = utils.find_near_duplicates(data, threshold=0.8, block_size=97)  # blocks that do not divide 3000
+    assert len(found) > 100
+    assert {(i, j) for i, j, _ in found} == set(expected)
+    assert all(math.isclose(s, expected[i, j], abs_tol=1e-5) for i, j, s in found)
+    assert [s for _, _, s in found] == sorted((s for _, _, s in found), reverse=True)
+
+
+def test_near_duplicates_between_two_datasets():
+    data, other = synthetic_entries(400, seed=2), synthetic_entries(700, seed=3)
+    other[5] = dict(data[7])  # one exact copy across the two
+    expected = brute_force_near_duplicates(data, other, 0.7)
+    found = utils.find_near_duplicates(data, threshold=0.7, other=other, block_size=64)
+    assert (7, 5) in expected and {(i, j) for i, j, _ in found} == set(expected)
+    assert all(math.isclose(s, expected[i, j], abs_tol=1e-5) for i, j, s in found)
 
 
 # --- answers that a program can check ---
@@ -217,6 +307,7 @@ PLURALS = {
     "baby": "babies", "phenomenon": "phenomena", "criterion": "criteria", "ox": "oxen", "key": "keys",
     "church": "churches", "person": "people", "louse": "lice", "wolf": "wolves", "half": "halves",
     "radius": "radii", "fungus": "fungi", "thesis": "theses", "dish": "dishes", "glass": "glasses",
+    "calf": "calves", "thief": "thieves", "loaf": "loaves", "cherry": "cherries", "moose": "moose",
 }
 PAST_TENSES = {
     "swim": "swam", "go": "went", "eat": "ate", "walk": "walked", "buy": "bought", "teach": "taught",
@@ -228,6 +319,7 @@ PAST_TENSES = {
     "know": "knew", "grow": "grew", "throw": "threw", "draw": "drew", "sit": "sat", "stand": "stood",
     "win": "won", "lose": "lost", "find": "found", "tell": "told", "sell": "sold", "read": "read",
     "plan": "planned", "study": "studied", "climb": "climbed", "smile": "smiled", "cook": "cooked", "open": "opened",
+    "weave": "wove", "forgive": "forgave", "bend": "bent", "shake": "shook", "lend": "lent", "hide": "hid",
 }
 
 
@@ -393,3 +485,27 @@ def test_every_checkable_answer_is_right(data, tasks, task):
 def test_checkers_catch_wrong_answers(checker, entry):
     with pytest.raises(AssertionError):
         checker(entry)
+
+
+# --- the report behind DATASET.md's numbers ---
+
+def test_dataset_report_prints_the_statistics(tmp_path, capsys):
+    import dataset_report
+
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps([{"instruction": "Name a color.", "input": "", "output": "- Blue\n- Red"},
+                                {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}]),
+                    encoding="utf-8")
+    dataset_report.main([str(path), "--reference", str(tmp_path / "absent.json")])
+    printed = capsys.readouterr().out
+    assert "entries: 2\nempty input: 1 (50.0%)" in printed
+    assert "list-style or multi-line outputs: 1" in printed and "against the book" not in printed
+
+
+def test_dataset_report_on_an_empty_file_says_so(tmp_path):
+    import dataset_report
+
+    path = tmp_path / "empty.json"
+    path.write_text("[]", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"empty\.json has no entries"):
+        dataset_report.main([str(path)])
