@@ -757,7 +757,8 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
         target[first_padding_target:] = [ignore_index] * (len(target) - first_padding_target)
         if mask_prompt:
             # target j predicts token j+1: the prompt's tokens 1..p-1 are targets 0..p-2
-            n_masked = max(ex.prompt_length - 1, 0)
+            # (capped at the row: a prompt_length beyond the sequence must not grow the target list)
+            n_masked = min(max(ex.prompt_length - 1, 0), len(target))
             target[:n_masked] = [ignore_index] * n_masked
         inputs.append(sequence[:-1])
         targets.append(target)

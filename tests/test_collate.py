@@ -121,3 +121,13 @@ def test_truncation_on_random_batches(batch, allowed):
     for row, ids in enumerate(batch):
         if len(ids) > allowed:
             assert targets[row, -1] == ids[allowed]  # the real next token, not a made-up stop
+
+
+def test_prompt_length_beyond_the_sequence_masks_the_whole_row():
+    # A prompt_length larger than the sequence (e.g. a prompt cut by truncation) masks every target of
+    # that row and leaves the batch rectangular.
+    batch = [TokenizedExample([1, 2, 3], prompt_length=10), TokenizedExample([4, 5, 6, 7, 8], prompt_length=2)]
+    inputs, targets = custom_collate_fn(batch, mask_prompt=True)
+    assert inputs.shape == targets.shape == (2, 5)
+    assert targets[0].tolist() == [-100] * 5
+    assert targets[1].tolist() == [-100, 6, 7, 8, 50256]
