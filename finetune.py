@@ -356,19 +356,22 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
-    """LLM-judge scores; if the judge fails, the reason and whatever scores it gave (the other results still count)."""
+    """LLM-judge scores; if the judge fails, the reason and whatever scores it gave (the other results still count).
+
+    judge_responses raises only before it sends anything (no server, model not pulled); a failure later on
+    comes back as a partial result with its "error".
+    """
     try:
         judged = judge_responses(entries, model=args.judge_model, url=args.judge_url, style=args.style)
-    except (OllamaUnavailableError, OSError, ValueError, TypeError, KeyError) as exc:
+    except (OllamaUnavailableError, OSError, ValueError) as exc:
         print(f"judge skipped: {exc}", file=sys.stderr)
-        partial = getattr(exc, "partial", None)  # scores received before the failure, where the judge keeps them
-        return {"model": args.judge_model, "error": str(exc), **(partial if isinstance(partial, dict) else {})}
+        return {"model": args.judge_model, "error": str(exc)}
     mean = "no parsable score" if judged.get("mean") is None else f"{judged['mean']:.1f}"
-    print(f"judge {judged['model']}: mean {mean} over {judged['n_scored']} of {judged['n']} responses; "
-          f"{judged['unparsed']['count']} replies without a usable score")
+    print(f"judge {judged['model']}: judged {judged['n_judged']} of {judged['n']} responses, mean {mean} over the "
+          f"{judged['n_scored']} with a score; {judged['unparsed']['count']} replies without a usable score")
     if judged.get("error"):
-        print(f"judge stopped early: {judged['error']}", file=sys.stderr)
-    return {key: judged[key] for key in ("model", "n", "n_scored", "mean", "scores", "unparsed", "error")
+        print(f"judge stopped early, the scores above are partial: {judged['error']}", file=sys.stderr)
+    return {key: judged[key] for key in ("model", "n", "n_judged", "n_scored", "mean", "scores", "unparsed", "error")
             if key in judged}
 
 

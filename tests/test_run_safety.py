@@ -573,16 +573,24 @@ def test_sigterm_stops_with_the_resume_hint_and_leaves_no_temporary_file(tmp_pat
 
 
 def test_responses_and_metrics_survive_a_failing_judge(tmp_path, monkeypatch, capsys):
-    def judge_fails_midway(entries, **kwargs):
+    # The real judge_responses, with a judge that scores two answers and then fails (an HTTP 500, say).
+    replies = iter(["Score: 80", "75"])
+
+    def chat(prompt, model, url, seed, timeout):
         assert (tmp_path / "run" / "test-responses.json").exists()  # written before the judge runs
         assert (tmp_path / "run" / "metrics.json").exists()
-        error = ValueError("reply 3: content is not a string")
-        error.partial = {"scores": [80, 75, None], "n_scored": 2}
-        raise error
+        reply = next(replies, None)
+        if reply is None:
+            raise utils.OllamaUnavailableError("HTTP Error 500: Internal Server Error")
+        return reply
 
-    monkeypatch.setattr(finetune, "judge_responses", judge_fails_midway)
-    assert finetune.main(["--smoke", "--judge", "--out", str(tmp_path / "run")]) == 0
+    monkeypatch.setattr(utils, "_require_judge", lambda *args: None)
+    monkeypatch.setattr(utils, "_chat_content", chat)
+    with pytest.warns(UserWarning, match="Judging stopped at entry 2"):
+        assert finetune.main(["--smoke", "--judge", "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["judge"]["error"] == "reply 3: content is not a string"
-    assert metrics["judge"]["scores"] == [80, 75, None]
+    assert metrics["judge"]["error"] == "entry 2: HTTP Error 500: Internal Server Error"
+    assert metrics["judge"]["n_judged"] == 2
+    assert metrics["judge"]["scores"] == [80, 75, None, None, None]
+    assert "the scores above are partial" in capsys.readouterr().err
     assert metrics["evaluation"]["n"] == 5
