@@ -16,8 +16,8 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import nbformat
@@ -30,9 +30,6 @@ CELL_TIMEOUT = 1800        # seconds one cell may take
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-# The kernel listens on 127.0.0.1 only; jupyter_client's warning about unencrypted TCP says
-# nothing useful here and would repeat once per notebook.
-warnings.filterwarnings("ignore", message=".*without encryption.*")
 
 
 def cell_tags(cell) -> list[str]:
@@ -51,13 +48,20 @@ def strip_needs_gpt2_outputs(nb: nbformat.NotebookNode) -> int:
 
 def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT,
                      nb: nbformat.NotebookNode | None = None) -> nbformat.NotebookNode:
-    """Execute a notebook top to bottom in a fresh kernel, working directory = its folder."""
+    """Execute a notebook top to bottom in a fresh kernel, working directory = its folder.
+
+    The kernel talks over Unix sockets in a private temporary folder (IPC), not over
+    unencrypted TCP; that also keeps ipykernel from warning about TCP once per notebook.
+    """
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     nb = nb if nb is not None else nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
+    with tempfile.TemporaryDirectory(prefix="nbkernel-") as sockets:
+        config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=config,
+                                resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
     return nb
 
 
@@ -118,7 +122,7 @@ def run_one(path: Path, target: Path | None, inplace: bool, have_weights: bool) 
         return f"could not read the notebook: {describe_failure(exc)}"
     failure = None
     try:
-        execute_notebook(path, nb=nb)
+        execute_notebook(path, timeout=CELL_TIMEOUT, nb=nb)
     except Exception as exc:  # a cell error, a timeout, a dead kernel: report it and go on
         failure = describe_failure(exc)
     if inplace and failure:
@@ -149,7 +153,6 @@ def main(argv=None) -> int:
         return 2
     # Outputs that need OpenAI's weights are committed only when they came from those weights.
     have_weights = utils.cached_gpt2_weights("gpt2-small") is not None and not utils.smoke_mode()
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:jupyter_client.connect")
     failed = []
     for path in paths:
         start = time.perf_counter()

@@ -54,8 +54,13 @@ if [ "$mode" = --wheelhouse ]; then
   exit 0
 fi
 
+has_file() {  # has_file FOLDER PATTERN: a file matching PATTERN exists in FOLDER (any folder name works)
+  local f
+  for f in "$1"/$2; do [ -e "$f" ] && return 0; done
+  return 1
+}
 pip_install() {  # from the wheelhouse alone when there is one, else from the configured index
-  if compgen -G "$WHEELHOUSE/*.whl" >/dev/null; then
+  if has_file "$WHEELHOUSE" "*.whl"; then
     "$PY" -m pip install --quiet --no-index --find-links "$WHEELHOUSE" "$@"
   else
     "$PY" -m pip install --quiet "$@"
@@ -64,9 +69,9 @@ pip_install() {  # from the wheelhouse alone when there is one, else from the co
 
 files="requirements.txt"
 [ "$mode" = --test ] && files="$files requirements-test.txt"
-compgen -G "$WHEELHOUSE/*.whl" >/dev/null && echo "setup: installing from $WHEELHOUSE (no index needed)"
+has_file "$WHEELHOUSE" "*.whl" && echo "setup: installing from $WHEELHOUSE (no index needed)"
 if ! "$PY" -c 'import torch' 2>/dev/null; then
-  if compgen -G "$WHEELHOUSE/torch-*.whl" >/dev/null; then
+  if has_file "$WHEELHOUSE" "torch-*.whl"; then
     echo "setup: installing PyTorch $TORCH_VERSION from $WHEELHOUSE"
     pip_install "torch==$TORCH_VERSION"
   elif wants_cpu_build && cpu_index_reachable; then
