@@ -70,7 +70,9 @@ pip_install() {  # from the wheelhouse alone when there is one, else from the co
 files="requirements.txt"
 [ "$mode" = --test ] && files="$files requirements-test.txt"
 has_file "$WHEELHOUSE" "*.whl" && echo "setup: installing from $WHEELHOUSE (no index needed)"
-if ! "$PY" -c 'import torch' 2>/dev/null; then
+# (importlib.metadata answers in a blink; importing torch takes seconds, so set-up avoids it.)
+has_torch() { "$PY" -c 'import importlib.metadata as m; m.version("torch")' 2>/dev/null; }
+if ! has_torch; then
   if has_file "$WHEELHOUSE" "torch-*.whl"; then
     echo "setup: installing PyTorch $TORCH_VERSION from $WHEELHOUSE"
     pip_install "torch==$TORCH_VERSION"
@@ -104,8 +106,10 @@ done
 
 # A local copy of GPT-2's vocabulary (this repo's CI and prepared workshop machines) seeds
 # tiktoken's cache, so the tokenizer never needs the network.
-if [ -n "${GPT2_TOKENIZER_DIR:-}" ] && [ -f "$GPT2_TOKENIZER_DIR/encoder.json" ]; then
+# Skipped once the cache holds both files (get_tokenizer checks their hashes on every load).
+if [ -n "${GPT2_TOKENIZER_DIR:-}" ] && [ -f "$GPT2_TOKENIZER_DIR/encoder.json" ] \
+   && [ "$(ls .cache/tiktoken 2>/dev/null | wc -l)" -lt 2 ]; then
   "$PY" -c 'import sys, utils; utils.install_tokenizer_files(sys.argv[1], utils.DEFAULT_CACHE_DIR / "tiktoken")' \
     "$GPT2_TOKENIZER_DIR"
 fi
-echo "setup: ready ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
+echo "setup: ready ($("$PY" -c 'import importlib.metadata as m; print("torch", m.version("torch"))'))"
