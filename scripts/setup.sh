@@ -83,11 +83,7 @@ if ! has_torch; then
     echo "setup: installing PyTorch $TORCH_VERSION from the configured index"
     "$PY" -m pip install --quiet "torch==$TORCH_VERSION"
   fi
-  if wants_cpu_build && [ "$("$PY" -c 'import torch; print(torch.version.cuda or "")')" != "" ]; then
-    # Honest about what happened: it works, but it is the large CUDA build on a machine without a GPU.
-    echo "setup: note: this is PyTorch's CUDA build (several GB), because $CPU_INDEX was out of reach." >&2
-    echo "       For the ~200 MB CPU build: $PY -m pip install --force-reinstall torch==$TORCH_VERSION --index-url $CPU_INDEX" >&2
-  fi
+  torch_installed_now=1
 fi
 for f in $files; do
   # One stamp per requirement file and its content: `make run` and `make test` keep each other's.
@@ -99,6 +95,13 @@ for f in $files; do
     touch "$stamp"
   fi
 done
+
+if [ -n "${torch_installed_now:-}" ] && wants_cpu_build \
+   && [ "$("$PY" -c 'import torch; print(torch.version.cuda or "")')" != "" ]; then
+  # Honest about what happened: it works, but it is the large CUDA build on a machine without a GPU.
+  echo "setup: note: this is PyTorch's CUDA build (several GB), because $CPU_INDEX was out of reach." >&2
+  echo "       For the ~200 MB CPU build: $PY -m pip install --force-reinstall torch==$TORCH_VERSION --index-url $CPU_INDEX" >&2
+fi
 
 # Lets `import utils` work from notebooks/ and scripts/ inside this venv. The path goes through
 # argv, never into the Python source, so any folder name works.
