@@ -114,25 +114,28 @@ def check_prerequisites() -> tuple[bool, list[str]]:
     return ready, lines
 
 
-def run_one(path: Path, target: Path | None, inplace: bool, have_weights: bool) -> str | None:
-    """Execute one notebook and save it; returns None when it ran, else the reason it failed."""
+def run_one(path: Path, target: Path, inplace: bool, have_weights: bool) -> tuple[str | None, bool]:
+    """Execute one notebook and save it; returns (None or the reason it failed, whether `target` was written)."""
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as exc:  # not JSON, not a notebook, unreadable: report it and go on
-        return f"could not read the notebook: {describe_failure(exc)}"
+        return f"could not read the notebook: {describe_failure(exc)}", False
     failure = None
     try:
         execute_notebook(path, timeout=CELL_TIMEOUT, nb=nb)
     except Exception as exc:  # a cell error, a timeout, a dead kernel: report it and go on
         failure = describe_failure(exc)
     if inplace and failure:
-        return failure  # keep the committed version rather than half an execution
+        return failure, False  # keep the committed version rather than half an execution
     if inplace and not have_weights:
         stripped = strip_needs_gpt2_outputs(nb)
         if stripped:
             print(f"  no GPT-2 weights: outputs of {stripped} {NEEDS_GPT2} cells left empty")
-    write_notebook(nb, target)  # with --out, a failed run's copy shows where it stopped
-    return failure
+    try:
+        write_notebook(nb, target)  # with --out, a failed run's copy shows where it stopped
+    except OSError as exc:  # a full or read-only disk: the old file stays as it was
+        return (failure + "\n" if failure else "") + f"could not save {target}: {exc}", False
+    return failure, True
 
 
 def main(argv=None) -> int:
@@ -158,10 +161,10 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         print(f"running {path.name} ...", flush=True)
         target = path if args.inplace else args.out / path.name
-        failure = run_one(path, target, args.inplace, have_weights)
+        failure, written = run_one(path, target, args.inplace, have_weights)
         if failure:
             failed.append(f"{path.name}:\n    " + failure.replace("\n", "\n    "))
-        wrote = "" if failure and args.inplace else f" -> {target}"
+        wrote = f" -> {target}" if written else ""
         print(f"  {'FAILED' if failure else 'ok'} in {time.perf_counter() - start:.0f} s{wrote}", flush=True)
     if failed:
         print(f"\n{len(failed)} of {len(paths)} notebooks stopped with an error:\n  " + "\n  ".join(failed))

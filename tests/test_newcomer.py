@@ -225,6 +225,25 @@ def test_writing_a_notebook_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.ipynb"]
 
 
+def test_a_failed_save_is_reported_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_notebooks, "check_prerequisites", lambda: (True, []))
+    monkeypatch.setattr(run_notebooks, "execute_notebook", lambda path, timeout, nb: nb)  # no kernel needed
+    saved = []
+
+    def disk_full_for_the_first(nb, path):
+        if not saved:
+            saved.append(None)
+            raise OSError(28, "No space left on device")
+        saved.append(path)
+
+    monkeypatch.setattr(run_notebooks, "write_notebook", disk_full_for_the_first)
+    paths = [notebook(tmp_path / f"{name}.ipynb", "1") for name in ("e", "f")]
+    assert run_notebooks.main(["--out", str(tmp_path / "out"), *map(str, paths)]) == 1
+    text = capsys.readouterr().out
+    assert "could not save" in text.split("stopped with an error:")[1] and "No space left" in text
+    assert saved[1] == tmp_path / "out" / "f.ipynb"
+
+
 def test_kernels_talk_over_ipc_so_no_tcp_warning(tmp_path, capfd):
     nb = run_notebooks.execute_notebook(notebook(tmp_path / "d.ipynb", "print('hi')"))
     assert nb.cells[0].outputs[0]["text"] == "hi\n"
