@@ -38,19 +38,21 @@ cpu_index_reachable() {
 }
 
 if [ "$mode" = --wheelhouse ]; then
+  # `pip wheel` rather than `pip download`: a package published only as source (rouge-score) is
+  # built into a wheel here, so attendees' machines need no build tools and no index.
   mkdir -p "$WHEELHOUSE"
   if wants_cpu_build && cpu_index_reachable; then
-    echo "setup: downloading torch==$TORCH_VERSION (CPU build) into $WHEELHOUSE"
-    "$PY" -m pip download --quiet --dest "$WHEELHOUSE" "torch==$TORCH_VERSION" --index-url "$CPU_INDEX" \
+    echo "setup: collecting torch==$TORCH_VERSION (CPU build) into $WHEELHOUSE"
+    "$PY" -m pip wheel --quiet --wheel-dir "$WHEELHOUSE" "torch==$TORCH_VERSION" --index-url "$CPU_INDEX" \
       --extra-index-url https://pypi.org/simple
   else
-    echo "setup: downloading torch==$TORCH_VERSION from the configured index into $WHEELHOUSE"
-    "$PY" -m pip download --quiet --dest "$WHEELHOUSE" "torch==$TORCH_VERSION"
+    echo "setup: collecting torch==$TORCH_VERSION from the configured index into $WHEELHOUSE"
+    "$PY" -m pip wheel --quiet --wheel-dir "$WHEELHOUSE" "torch==$TORCH_VERSION"
   fi
-  echo "setup: downloading requirements.txt and requirements-test.txt into $WHEELHOUSE"
-  "$PY" -m pip download --quiet --dest "$WHEELHOUSE" "torch==$TORCH_VERSION" \
+  echo "setup: collecting requirements.txt and requirements-test.txt into $WHEELHOUSE"
+  "$PY" -m pip wheel --quiet --wheel-dir "$WHEELHOUSE" "torch==$TORCH_VERSION" \
     -r requirements.txt -r requirements-test.txt
-  echo "setup: $(ls "$WHEELHOUSE" | wc -l) files in $WHEELHOUSE, for $("$PY" -c 'import sys, sysconfig; print(f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sysconfig.get_platform()}")')"
+  echo "setup: $(ls "$WHEELHOUSE" | wc -l) wheels in $WHEELHOUSE, for $("$PY" -c 'import sys, sysconfig; print(f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sysconfig.get_platform()}")')"
   exit 0
 fi
 
