@@ -66,9 +66,19 @@ def pytest_report_header(config):
 
 
 def _needs_missing_tokenizer(exc: BaseException | None) -> bool:
-    # Notebooks run in their own kernel: their error arrives as text, not as the exception class.
+    # Notebooks and finetune.py run in other processes: their error arrives as text, not as the class.
     return exc is not None and not tokenizer_available() and (
-        isinstance(exc, utils.TokenizerUnavailableError) or "TokenizerUnavailableError" in str(exc))
+        isinstance(exc, utils.TokenizerUnavailableError)
+        or any(sign in str(exc) for sign in ("TokenizerUnavailableError", "Could not load GPT-2's tokenizer")))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every skip for the missing tokenizer is reported from one place, so the summary shows it once."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2].endswith(NO_TOKENIZER):
+        report.longrepr = (__file__, 0, f"Skipped: {NO_TOKENIZER}")
+    return report
 
 
 @pytest.hookimpl(wrapper=True)
