@@ -56,15 +56,6 @@ def make_dry_run(folder: Path, *args: str) -> str:
     return result.stdout
 
 
-def vocab_folder() -> Path | None:
-    """GPT-2's two vocabulary files, wherever this machine keeps them (None: nowhere)."""
-    candidates = [os.environ.get("GPT2_TOKENIZER_DIR"), REPO_ROOT.parent / "shared" / "gpt2-tokenizer"]
-    for folder in candidates:
-        if folder and (Path(folder) / "encoder.json").is_file() and (Path(folder) / "vocab.bpe").is_file():
-            return Path(folder)
-    return None
-
-
 # --- 1, 2: make lab serves the repository root (figures load) and starts as root ---
 
 def free_port() -> int:
@@ -354,10 +345,8 @@ def run_pytest_in(folder: Path, *args: str, env_extra: dict | None = None) -> su
 SUBSET = ["tests/test_data.py", "tests/test_collate.py", "-k", "tokeniz or collate or offline"]
 
 
-def test_suite_passes_with_only_the_tiktoken_cache(clone):
-    source = vocab_folder()
-    if source is None:
-        pytest.skip("no local copy of GPT-2's vocabulary to build the cache from")
+def test_suite_passes_with_only_the_tiktoken_cache(clone, gpt2_vocab_dir):
+    source = gpt2_vocab_dir
     cache = clone / ".cache" / "tiktoken"
     shutil.rmtree(cache, ignore_errors=True)
     utils.install_tokenizer_files(source, cache)  # exactly what `make download` leaves
@@ -430,11 +419,9 @@ def test_setup_installs_from_the_wheelhouse_without_an_index(setup_sandbox):
     assert "--no-index" in install and f"--find-links {root / 'wheelhouse'}" in install
 
 
-def test_setup_passes_paths_as_data_not_code(setup_sandbox, tmp_path):
+def test_setup_passes_paths_as_data_not_code(setup_sandbox, tmp_path, gpt2_vocab_dir):
     root, log = setup_sandbox
-    source = vocab_folder()
-    if source is None:
-        pytest.skip("no local copy of GPT-2's vocabulary")
+    source = gpt2_vocab_dir
     odd = tmp_path / "vocab 'quoted' \"twice\""
     shutil.copytree(source, odd)
     result = run_setup(root, env_extra={"GPT2_TOKENIZER_DIR": str(odd)})
