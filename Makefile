@@ -6,13 +6,19 @@ ifneq ($(wildcard ../shared/gpt2-tokenizer/encoder.json),)
 export GPT2_TOKENIZER_DIR ?= $(abspath ../shared/gpt2-tokenizer)
 endif
 
-.PHONY: help setup setup-test run lab test notebooks figures download bench clean check slides site
+# Jupyter refuses to start as root unless told; Docker images and cloud notebooks run as root.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+# Where `make wheelhouse` puts every wheel set-up needs; set-up installs from it when it exists.
+export WHEELHOUSE ?= $(CURDIR)/wheelhouse
+
+.PHONY: help setup setup-test run lab test notebooks figures download wheelhouse clean check slides site
 
 help:
 	@echo "make run        set up, then run every notebook headless (copies with outputs in build/notebooks/)"
-	@echo "make lab        set up, then open the notebooks in JupyterLab"
+	@echo "make lab        set up, then open the notebooks in JupyterLab (LAB_ARGS=... passes options)"
 	@echo "make test       set up (with test packages), then run the whole test suite"
 	@echo "make download   fetch the tokenizer and GPT-2 weights ahead of an offline workshop"
+	@echo "make wheelhouse download every package set-up needs into wheelhouse/ (for offline machines)"
 	@echo "make figures    redraw figures/*.png from code"
 	@echo "make notebooks  re-execute notebooks in place (maintainers: refreshes committed outputs)"
 	@echo "make check      check this machine for the course (works before set-up too)"
@@ -28,8 +34,9 @@ setup-test:
 run: setup
 	$(PY) scripts/run_notebooks.py --out build/notebooks
 
+# Served from the repository root, so the notebooks' ../figures/ links resolve; opens in notebooks/.
 lab: setup
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
 
 test: setup-test
 	$(PY) -m pytest
@@ -42,6 +49,9 @@ figures: setup
 
 download: setup
 	$(PY) scripts/download.py
+
+wheelhouse:
+	@scripts/setup.sh --wheelhouse
 
 clean:
 	rm -rf build .pytest_cache

@@ -991,46 +991,115 @@ class GPTModel(nn.Module):
 # --- weights: OpenAI's pretrained GPT-2 from the Hugging Face Hub ---
 
 class WeightsUnavailableError(RuntimeError):
-    """Pretrained GPT-2 weights could be neither downloaded nor read; the message says how to fix it."""
+    """Pretrained GPT-2 weights could be neither downloaded nor read; the message says how to fix it.
+
+    `reason` is the cause alone (no advice), for callers that give their own advice.
+    """
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+HUB_PROBE_TIMEOUT = 2.0  # seconds to wait for the Hub before calling it unreachable
+HUB_FAILURE_MEMORY = 600  # seconds a failed probe is remembered, so the next notebooks do not wait again
+HUB_FAILURE_FILE = DEFAULT_CACHE_DIR / "hub-unreachable.json"
+
+
+def _probe(url: str) -> str | None:
+    """None if the server at `url` answers at all (any HTTP status), else why not."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_PROBE_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except Exception as exc:  # DNS failure, refused, timed out, TLS: all mean "not reachable from here"
+        return str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+    return None
+
+
+def hub_unreachable_reason() -> str | None:
+    """None when the Hugging Face Hub can be reached, else the reason, within about HUB_PROBE_TIMEOUT s.
+
+    A failure is remembered in .cache/ for HUB_FAILURE_MEMORY seconds, so that notebooks in new
+    kernels learn it at once instead of probing again.
+    """
+    try:
+        memo = json.loads(HUB_FAILURE_FILE.read_text(encoding="utf-8"))
+        age = time.time() - float(memo["time"])
+        if 0 <= age < HUB_FAILURE_MEMORY:
+            return f"{memo['reason']} (found {age:.0f} s ago; delete {HUB_FAILURE_FILE} to check again now)"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no memo, or a damaged one: probe
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    result: list[str | None] = []
+    # A thread bounds the whole probe, DNS lookup included (urlopen's timeout does not cover DNS).
+    probe = threading.Thread(target=lambda: result.append(_probe(endpoint)), daemon=True)
+    probe.start()
+    probe.join(HUB_PROBE_TIMEOUT + 0.5)
+    reason = result[0] if result else f"no answer within {HUB_PROBE_TIMEOUT:.0f} s"
+    if reason is None:
+        HUB_FAILURE_FILE.unlink(missing_ok=True)
+        return None
+    reason = f"{endpoint} cannot be reached: {reason}"
+    try:
+        atomic_write_json(HUB_FAILURE_FILE, {"time": time.time(), "reason": reason})
+    except OSError:
+        pass  # a read-only checkout: the next kernel probes again, no harm
+    return reason
+
+
+def _weights_fix(model_name: str, repo: str, cache_dir: str | Path | None) -> str:
+    cache_arg = f", cache_dir={str(cache_dir)!r}" if cache_dir is not None else ""
+    return (
+        "Fix, either:\n"
+        "  - run `make download` once on a machine with network (it fills the Hugging Face cache,\n"
+        "    ~/.cache/huggingface or $HF_HOME; copy that folder here if this machine has no network), or in Python:\n"
+        f"        utils.download_gpt2_weights('{model_name}'{cache_arg})\n"
+        f"    or: hf download {repo} model.safetensors   (older huggingface_hub: huggingface-cli download)\n"
+        "  - pass the path of a model.safetensors you already have:\n"
+        f"        utils.build_gpt2('{model_name}', weights_path='/path/to/model.safetensors')\n"
+        "  - or try the code on the UNTRAINED demo model (its output is gibberish): utils.build_gpt2('tiny')"
+    )
 
 
 def download_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None,
                           force_download: bool = False) -> Path:
     """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once.
 
-    huggingface_hub does the caching (default ~/.cache/huggingface, or $HF_HOME), resuming and
-    progress bar. With HF_HUB_OFFLINE=1 only the cache is used; without it and without network,
-    huggingface_hub retries for about 20 s first. Any failure raises WeightsUnavailableError,
-    which says how to fix it.
+    A cached copy is returned without touching the network. Otherwise one short probe (or a failure
+    remembered from the last few minutes) tells within about 2 s whether the Hub can be reached;
+    huggingface_hub then downloads with its cache (~/.cache/huggingface, or $HF_HOME), resuming and
+    progress bar. With HF_HUB_OFFLINE=1 only the cache is used. Any failure raises
+    WeightsUnavailableError, which says how to fix it.
     """
     if model_name not in HF_REPOS:
         hint = " ('tiny' is an untrained demo model: use build_gpt2('tiny'))" if model_name == "tiny" else ""
         raise ValueError(f"no pretrained weights for {model_name!r}{hint}; choose one of {sorted(HF_REPOS)}")
-    from huggingface_hub import hf_hub_download
-
     repo = HF_REPOS[model_name]
+    if not force_download and (cached := cached_gpt2_weights(model_name, cache_dir)) is not None:
+        return cached
     # huggingface_hub reads HF_HUB_OFFLINE when it is imported; read it again so that setting it
     # later (e.g. in a notebook) works too.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        reason = "HF_HUB_OFFLINE is set and they are not in the local cache"
+        raise WeightsUnavailableError(
+            f"Could not get the {model_name} weights ({repo}, model.safetensors): {reason}. "
+            f"Unset HF_HUB_OFFLINE to download.\n{_weights_fix(model_name, repo, cache_dir)}", reason)
+    unreachable = hub_unreachable_reason()
+    if unreachable:
+        raise WeightsUnavailableError(
+            f"{model_name} weights: not in the Hugging Face cache, and {unreachable}. "
+            "Fix: run `make download` on a machine with network (or copy its ~/.cache/huggingface here).",
+            unreachable)
+    from huggingface_hub import hf_hub_download
+
     try:
-        return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir,
-                                    force_download=force_download, local_files_only=offline))
-    except Exception as exc:  # no network, offline mode, HTTP errors, a full disk: all end up here
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        cache_arg = f", cache_dir={str(cache_dir)!r}" if cache_dir is not None else ""
-        offline_note = "HF_HUB_OFFLINE is set: only the local cache was searched. Unset it to download.\n"
+        return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir, force_download=force_download))
+    except Exception as exc:  # HTTP errors, a full disk, a network that drops mid-way: all end up here
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
         raise WeightsUnavailableError(
             f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub "
-            f"({type(exc).__name__}: {reason}).\n{offline_note if offline else ''}"
-            "Fix, either:\n"
-            "  - run this once on a machine with network (it fills the Hugging Face cache, ~/.cache/huggingface\n"
-            "    or $HF_HOME; copy that folder over if this machine has none):\n"
-            f"        python -c \"import utils; utils.download_gpt2_weights('{model_name}'{cache_arg})\"\n"
-            f"    or: hf download {repo} model.safetensors   (older huggingface_hub: huggingface-cli download)\n"
-            "  - pass the path of a model.safetensors you already have:\n"
-            f"        utils.build_gpt2('{model_name}', weights_path='/path/to/model.safetensors')\n"
-            "  - or try the code on the UNTRAINED demo model (its output is gibberish): utils.build_gpt2('tiny')"
-        ) from None
+            f"({reason}).\n{_weights_fix(model_name, repo, cache_dir)}", reason) from None
 
 
 def cached_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None) -> Path | None:
@@ -1180,8 +1249,8 @@ def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]
         try:
             return build_gpt2(model_name), f"{model_name} (OpenAI's pretrained weights)"
         except WeightsUnavailableError as err:
-            _WEIGHTS_FAILED.add(model_name)  # one wait for the network per session is enough
-            print(f"{err}\n\nContinuing with the UNTRAINED stand-in model instead.\n")
+            _WEIGHTS_FAILED.add(model_name)  # one look for the weights per session is enough
+            print(f"{err}\n-> Continuing with the UNTRAINED stand-in model instead.")
     elif model_name in _WEIGHTS_FAILED:
         print(f"{model_name}: weights unavailable (see above); using the UNTRAINED stand-in model.")
     label = "UNTRAINED stand-in ('tiny' config, random weights): its text is gibberish, not GPT-2's"
@@ -2073,7 +2142,7 @@ def _resume_from(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
     return state
 
 
-# Okabe-Ito colours (colour-blind safe), the palette of utils.COLORS.
+# Okabe-Ito colours (colour-blind safe): the first two of COLOR_CYCLE.
 LOSS_COLORS = {"train": "#0072B2", "val": "#E69F00"}
 
 
@@ -2108,23 +2177,23 @@ def plot_losses(history: TrainHistory | dict, save_path: str | Path | None = Non
             label="training loss")
     ax.plot(h.steps, h.val_losses, color=LOSS_COLORS["val"], linewidth=3, linestyle="--", marker="s", markersize=5,
             label="validation loss")
-    ax.set_xlabel("optimizer step", fontsize=18)
-    ax.set_ylabel("cross-entropy loss", fontsize=18)
-    ax.tick_params(labelsize=15)
+    ax.set_xlabel("optimizer step", fontsize=PLOT_FONT_SIZES["label"])
+    ax.set_ylabel("cross-entropy loss", fontsize=PLOT_FONT_SIZES["label"])
+    ax.tick_params(labelsize=PLOT_FONT_SIZES["tick"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=16, frameon=False)
+    ax.legend(fontsize=PLOT_FONT_SIZES["legend"], frameon=False)
     # steps <-> tokens through the measured points, (0, 0) included; both rise strictly.
     points = sorted({(0, 0), *zip(h.steps, h.tokens_seen)})
     if len(points) >= 2 and all(b[0] > a[0] and b[1] > a[1] for a, b in zip(points, points[1:])):
         steps, tokens = zip(*points)
         top = ax.secondary_xaxis("top", functions=(_extrapolating_interp(steps, tokens),
                                                    _extrapolating_interp(tokens, steps)))
-        top.set_xlabel("tokens seen (real targets)", fontsize=18)
+        top.set_xlabel("tokens seen (real targets)", fontsize=PLOT_FONT_SIZES["label"])
         top.xaxis.set_major_formatter(EngFormatter(sep=""))
-        top.tick_params(labelsize=15)
+        top.tick_params(labelsize=PLOT_FONT_SIZES["tick"])
     if title:
-        ax.set_title(title, fontsize=20, pad=14)
+        ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"], pad=14)
     fig.patch.set_facecolor("white")
     ax.set_facecolor("white")
     fig.tight_layout()
@@ -2727,6 +2796,33 @@ def results_table(results: Sequence[ExperimentResult]) -> str:
 # Okabe-Ito colours: distinguishable with the common forms of colour blindness.
 COLORS = {"prompt": "#56B4E9", "response": "#E69F00", "end": "#009E73", "padding": "#BBBBBB",
           "masked": "#FFFFFF", "accent": "#D55E00", "text": "#222222"}
+# The order in which a plot's lines and bars take their colours (Okabe-Ito, strongest first).
+COLOR_CYCLE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000"]
+# Font sizes in points for every plot: on a figure 8-10 inches wide, 15 pt ticks and 18 pt labels
+# still read from the back of a room when projected, and stay comfortable on a laptop.
+PLOT_FONT_SIZES = {"tick": 15, "label": 18, "legend": 16, "title": 20}
+
+
+def plot_style() -> dict:
+    """matplotlib settings for plots readable on a projector: big fonts, Okabe-Ito colours, white background."""
+    from cycler import cycler
+
+    sizes = PLOT_FONT_SIZES
+    return {
+        "font.size": sizes["label"], "axes.labelsize": sizes["label"], "axes.titlesize": sizes["title"],
+        "xtick.labelsize": sizes["tick"], "ytick.labelsize": sizes["tick"], "legend.fontsize": sizes["legend"],
+        "legend.frameon": False, "axes.prop_cycle": cycler(color=COLOR_CYCLE), "lines.linewidth": 3,
+        "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+        "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
+        "figure.autolayout": True,  # labels this big need the room tight_layout makes
+    }
+
+
+def use_plot_style() -> None:
+    """Apply plot_style() to every plot drawn after this call (a notebook calls it once)."""
+    import matplotlib
+
+    matplotlib.rcParams.update(plot_style())
 
 
 def _token_label(token_id: int, tokenizer, width: int = 7) -> str:
@@ -2766,7 +2862,7 @@ def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_le
     y = 0
     for row in range(n_rows):
         for label, tensor, is_target in (("input", inputs, False), ("target", targets, True)):
-            ax.text(-0.15, y + 0.5, f"{label} {row}", ha="right", va="center", fontsize=11, color=COLORS["text"])
+            ax.text(-0.15, y + 0.5, f"{label} {row}", ha="right", va="center", fontsize=PLOT_FONT_SIZES["tick"], color=COLORS["text"])
             for x, pos in enumerate(columns):
                 token = int(tensor[row, pos])
                 kind = category(row, pos, token, is_target)
@@ -2786,9 +2882,10 @@ def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_le
     legend = [Patch(facecolor=COLORS[k], edgecolor="#666666", hatch="//" if k == "masked" else None, label=label)
               for k, label in (("prompt", "prompt"), ("response", "response"), ("end", "end-of-text (learned)"),
                                ("padding", "padding"), ("masked", "masked target (-100)"))]
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False, fontsize=10)
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False,
+              fontsize=PLOT_FONT_SIZES["tick"])
     if title:
-        ax.set_title(title, fontsize=13)
+        ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"])
     fig.patch.set_facecolor("white")  # readable on GitHub's dark theme too
     fig.tight_layout()
     return fig

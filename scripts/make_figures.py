@@ -21,7 +21,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 
 import matplotlib
@@ -774,13 +774,14 @@ def draw_lora(src: Sources) -> Figure:
 
 # --- pipeline of the series ---
 
-def draw_pipeline(src: Sources) -> Figure:
+def draw_pipeline(src: Sources, highlight: tuple[str, ...] = (), title: str | None = None) -> Figure:
+    """The series as a pipeline; boxes named in `highlight` stand out, the others fade (the here-strips)."""
     nb = PIPELINE_NOTEBOOKS
     bw, bh, step = 1.45, 1.05, 1.72
     x = [0.3 + k * step for k in range(6)]
     fig, ax = canvas(x[5] + bw + 0.3, 4.15)
     y_data, y_model = 1.0, 2.75
-    text(ax, 0.3, 0.35, "The series at a glance (black tags: notebook numbers)", size=TITLE, weight="bold")
+    text(ax, 0.3, 0.35, title or "The series at a glance (black tags: notebook numbers)", size=TITLE, weight="bold")
     data_fill, model_fill = dict(fill=tint(C["prompt"], 0.35)), dict(fill=tint(C["response"], 0.45))
     boxes = {  # key -> (column, row y, label, style)
         "dataset": (0, y_data, "instruction\ndataset", data_fill),
@@ -793,6 +794,10 @@ def draw_pipeline(src: Sources) -> Figure:
         "evaluate": (5, y_model, "evaluate:\nmetrics,\nLLM judge", model_fill),
     }
     for key, (col, y, label, style) in boxes.items():
+        if highlight and key in highlight:
+            style = dict(style, edge=C["accent"], lw=4.5, weight="bold")
+        elif highlight:
+            style = dict(fill="#F2F2F2", edge="#BBBBBB", color=MUTED)
         box(ax, x[col], y, bw, bh, label, size=FONT, **style)
         box(ax, x[col] - 0.1, y - 0.17, 0.78, 0.32, nb[key], fill=TEXT, edge=TEXT, color="white",
             weight="bold", size=SMALL, zorder=4)
@@ -808,6 +813,26 @@ def draw_pipeline(src: Sources) -> Figure:
     return fig
 
 
+# --- "you are here" strips: the pipeline with one notebook's steps highlighted ---
+
+HERE = {  # notebook number -> (title, highlighted pipeline boxes)
+    "01": ("The instruction dataset", ("dataset",)),
+    "02": ("Prompt formatting", ("format",)),
+    "03": ("Tokenization and batching", ("tokenize", "batches")),
+    "04": ("DataLoaders", ("batches",)),
+    "05": ("The GPT-2 model", ("model",)),
+    "06": ("Finetuning", ("finetune",)),
+    "07": ("Generation and evaluation", ("generate", "evaluate")),
+    "08": ("Exercises on the highlighted steps", ("format", "batches", "finetune", "generate")),
+    "09": ("Solutions to the exercises", ("format", "batches", "finetune", "generate")),
+}
+
+
+def draw_here(number: str, src: Sources) -> Figure:
+    title, steps = HERE[number]
+    return draw_pipeline(src, highlight=steps, title=f"You are here: {number} \u00b7 {title}")
+
+
 FIGURES = {
     "01.png": draw_stages,
     "02.png": draw_continue_vs_answer,
@@ -819,6 +844,7 @@ FIGURES = {
     "lora.png": draw_lora,
     "gpt2-architecture.png": draw_gpt2_architecture,
     "pipeline.png": draw_pipeline,
+    **{f"here-{number}.png": partial(draw_here, number) for number in HERE},
 }
 
 

@@ -186,19 +186,19 @@ def test_tokenizer_folder_with_a_missing_file(tmp_path):
         utils.get_tokenizer(tmp_path)
 
 
-def test_tokenizer_folder_with_a_wrong_file(tmp_path):
-    source = Path(utils.os.environ["GPT2_TOKENIZER_DIR"])
+def test_tokenizer_folder_with_a_wrong_file(tmp_path, gpt2_vocab_dir):
+    source = gpt2_vocab_dir
     (tmp_path / "encoder.json").write_bytes((source / "encoder.json").read_bytes())
     (tmp_path / "vocab.bpe").write_text("#version: 0.2\n")
     with pytest.raises(utils.TokenizerUnavailableError, match="vocab.bpe: not GPT-2's original file"):
         utils.get_tokenizer(tmp_path)
 
 
-def test_seeded_tiktoken_cache_works_offline(tmp_path, monkeypatch):
+def test_seeded_tiktoken_cache_works_offline(tmp_path, monkeypatch, gpt2_vocab_dir):
     import tiktoken
     import tiktoken.registry
-    utils.install_tokenizer_files(utils.os.environ["GPT2_TOKENIZER_DIR"], tmp_path)
-    monkeypatch.delenv("GPT2_TOKENIZER_DIR")
+    utils.install_tokenizer_files(gpt2_vocab_dir, tmp_path)
+    monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget encodings loaded earlier
     assert utils.get_tokenizer().encode("Hello, world.") == [15496, 11, 995, 13]
@@ -206,7 +206,7 @@ def test_seeded_tiktoken_cache_works_offline(tmp_path, monkeypatch):
 
 def test_no_network_and_no_files_gives_one_clear_message(tmp_path, monkeypatch):
     import tiktoken.registry
-    monkeypatch.delenv("GPT2_TOKENIZER_DIR")
+    monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty cache
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
 
