@@ -133,134 +133,6 @@ class DatasetError(ValueError):
     """An instruction dataset that cannot be used as it is; the message names file, entry and field."""
 
 
-# Downloads and judge requests get an overall deadline. A socket timeout only bounds each single
-# wait, so a server that sends one byte every few seconds would otherwise never time out.
-
-class _DeadlineExceeded(TimeoutError):
-    """The whole exchange took longer than its deadline."""
-
-
-class _ConnectionDropped(ConnectionError):
-    """The server closed or reset the connection before its answer was complete."""
-
-
-# How a connection that was open ends early (RemoteDisconnected is a ConnectionResetError).
-_DROPPED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
-
-
-class _Deadline:
-    """Shuts down the sockets of one request when its time is up, which wakes a blocked read."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.expired, self._finished = seconds, False, False
-        self._sockets: list = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def watch(self, sock):
-        with self._lock:
-            self._sockets.append(sock)
-            if self.expired:
-                self._shutdown(sock)
-        return sock
-
-    def _expire(self) -> None:
-        with self._lock:
-            if not self._finished:
-                self.expired = True
-                for sock in self._sockets:
-                    self._shutdown(sock)
-
-    @staticmethod
-    def _shutdown(sock) -> None:
-        try:  # the plain socket's shutdown, also for TLS: it only has to wake the reader
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:  # already closed
-            pass
-
-    def __enter__(self) -> "_Deadline":
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        with self._lock:
-            self._finished = True
-        self._timer.cancel()
-
-
-def _watched_connection(connection_class, deadline: _Deadline, host, **kwargs):
-    """An http.client connection whose socket `deadline` can shut down."""
-    connection = connection_class(host, **kwargs)
-    # The plain socket, as soon as it exists (a proxy's CONNECT answer is read on it), and after
-    # connect() the socket that carries the request, which for https is a new TLS socket.
-    connection._create_connection = lambda *args, **kw: deadline.watch(socket.create_connection(*args, **kw))
-    connect = connection.connect
-
-    def connect_and_watch():
-        connect()
-        deadline.watch(connection.sock)
-
-    connection.connect = connect_and_watch
-    return connection
-
-
-class _WatchConnections:
-    deadline: _Deadline
-
-    def do_open(self, http_class, request, **kwargs):
-        return super().do_open(partial(_watched_connection, http_class, self.deadline), request, **kwargs)
-
-
-class _WatchedHTTPHandler(_WatchConnections, urllib.request.HTTPHandler):
-    pass
-
-
-class _WatchedHTTPSHandler(_WatchConnections, urllib.request.HTTPSHandler):
-    pass
-
-
-def _fetch(request: str | urllib.request.Request, timeout: float, deadline: float,
-           proxies: dict | None = None) -> bytes:
-    """The whole body of `request`: `timeout` bounds each wait for the server, `deadline` the whole exchange.
-
-    Raises _DeadlineExceeded, _ConnectionDropped, or urllib's own errors. An HTTPError for an error
-    status carries the body the server sent with it as `error_body` (read within the deadline too).
-    """
-    clock = _Deadline(deadline)
-    handlers = [urllib.request.ProxyHandler(proxies), _WatchedHTTPHandler(), _WatchedHTTPSHandler()]
-    for handler in handlers[1:]:
-        handler.deadline = clock
-    opener = urllib.request.build_opener(*handlers)
-    try:
-        with clock:
-            try:
-                with opener.open(request, timeout=min(timeout, deadline)) as response:
-                    body = response.read()
-            except urllib.error.HTTPError as exc:
-                try:
-                    exc.error_body = exc.read()
-                except (OSError, http.client.HTTPException):
-                    exc.error_body = b""
-                raise
-    except (OSError, http.client.HTTPException) as exc:
-        if clock.expired:
-            raise _DeadlineExceeded(f"no complete answer within {deadline:g} s") from None
-        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, _DROPPED):
-            exc = exc.reason  # reset while the request was being sent
-        if isinstance(exc, http.client.IncompleteRead):
-            expected = f" of {len(exc.partial) + exc.expected}" if exc.expected is not None else ""
-            raise _ConnectionDropped(f"the server closed the connection after {len(exc.partial)}"
-                                     f"{expected} bytes of its answer") from None
-        if isinstance(exc, _DROPPED):
-            raise _ConnectionDropped(f"the server closed the connection before answering completely "
-                                     f"({type(exc).__name__}: {exc})") from None
-        raise
-    if clock.expired:  # the cut can look like a normal end of a body sent without a length
-        raise _DeadlineExceeded(f"no complete answer within {deadline:g} s")
-    return body
-
-
 def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: float = 30.0,
                   deadline: float = 600.0,
                   check: Callable[[bytes, str], object] | None = None) -> Path:
@@ -2889,3 +2761,133 @@ def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_le
     fig.patch.set_facecolor("white")  # readable on GitHub's dark theme too
     fig.tight_layout()
     return fig
+
+
+# --- plumbing: overall deadlines for network reads (downloads, the judge); not part of the course ---
+
+# Downloads and judge requests get an overall deadline. A socket timeout only bounds each single
+# wait, so a server that sends one byte every few seconds would otherwise never time out.
+
+class _DeadlineExceeded(TimeoutError):
+    """The whole exchange took longer than its deadline."""
+
+
+class _ConnectionDropped(ConnectionError):
+    """The server closed or reset the connection before its answer was complete."""
+
+
+# How a connection that was open ends early (RemoteDisconnected is a ConnectionResetError).
+_DROPPED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+
+
+class _Deadline:
+    """Shuts down the sockets of one request when its time is up, which wakes a blocked read."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired, self._finished = seconds, False, False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def watch(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                self._shutdown(sock)
+        return sock
+
+    def _expire(self) -> None:
+        with self._lock:
+            if not self._finished:
+                self.expired = True
+                for sock in self._sockets:
+                    self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock) -> None:
+        try:  # the plain socket's shutdown, also for TLS: it only has to wake the reader
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self._finished = True
+        self._timer.cancel()
+
+
+def _watched_connection(connection_class, deadline: _Deadline, host, **kwargs):
+    """An http.client connection whose socket `deadline` can shut down."""
+    connection = connection_class(host, **kwargs)
+    # The plain socket, as soon as it exists (a proxy's CONNECT answer is read on it), and after
+    # connect() the socket that carries the request, which for https is a new TLS socket.
+    connection._create_connection = lambda *args, **kw: deadline.watch(socket.create_connection(*args, **kw))
+    connect = connection.connect
+
+    def connect_and_watch():
+        connect()
+        deadline.watch(connection.sock)
+
+    connection.connect = connect_and_watch
+    return connection
+
+
+class _WatchConnections:
+    deadline: _Deadline
+
+    def do_open(self, http_class, request, **kwargs):
+        return super().do_open(partial(_watched_connection, http_class, self.deadline), request, **kwargs)
+
+
+class _WatchedHTTPHandler(_WatchConnections, urllib.request.HTTPHandler):
+    pass
+
+
+class _WatchedHTTPSHandler(_WatchConnections, urllib.request.HTTPSHandler):
+    pass
+
+
+def _fetch(request: str | urllib.request.Request, timeout: float, deadline: float,
+           proxies: dict | None = None) -> bytes:
+    """The whole body of `request`: `timeout` bounds each wait for the server, `deadline` the whole exchange.
+
+    Raises _DeadlineExceeded, _ConnectionDropped, or urllib's own errors. An HTTPError for an error
+    status carries the body the server sent with it as `error_body` (read within the deadline too).
+    """
+    clock = _Deadline(deadline)
+    handlers = [urllib.request.ProxyHandler(proxies), _WatchedHTTPHandler(), _WatchedHTTPSHandler()]
+    for handler in handlers[1:]:
+        handler.deadline = clock
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with clock:
+            try:
+                with opener.open(request, timeout=min(timeout, deadline)) as response:
+                    body = response.read()
+            except urllib.error.HTTPError as exc:
+                try:
+                    exc.error_body = exc.read()
+                except (OSError, http.client.HTTPException):
+                    exc.error_body = b""
+                raise
+    except (OSError, http.client.HTTPException) as exc:
+        if clock.expired:
+            raise _DeadlineExceeded(f"no complete answer within {deadline:g} s") from None
+        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, _DROPPED):
+            exc = exc.reason  # reset while the request was being sent
+        if isinstance(exc, http.client.IncompleteRead):
+            expected = f" of {len(exc.partial) + exc.expected}" if exc.expected is not None else ""
+            raise _ConnectionDropped(f"the server closed the connection after {len(exc.partial)}"
+                                     f"{expected} bytes of its answer") from None
+        if isinstance(exc, _DROPPED):
+            raise _ConnectionDropped(f"the server closed the connection before answering completely "
+                                     f"({type(exc).__name__}: {exc})") from None
+        raise
+    if clock.expired:  # the cut can look like a normal end of a body sent without a length
+        raise _DeadlineExceeded(f"no complete answer within {deadline:g} s")
+    return body
