@@ -1,0 +1,184 @@
+"""finetune.py under torchrun: DistributedDataParallel with 2 CPU processes (gloo, 127.0.0.1), the tiny model.
+
+Every job runs `python -m torch.distributed.run` (torchrun) in a session of its own, killed whole on a timeout.
+The DDP jobs go through a small launcher (written to tmp_path) that records every file each rank opens for
+writing, and can stop a run with KeyboardInterrupt in the middle of an optimizer step, as Ctrl-C does.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 240  # seconds per job; each takes a few seconds on an idle machine
+
+# The same run in every job; only the batch size, step count and output folder change.
+COMMON = ["--model", "tiny", "--bf16", "off", "--grad-accum", "2", "--epochs", "2", "--eval-freq", "2",
+          "--eval-iter", "1", "--save-every", "2", "--lr", "1e-3", "--max-length", "256", "--max-new-tokens", "2"]
+
+LAUNCHER = '''
+import builtins, contextlib, os, sys
+sys.path.insert(0, os.environ["REPO_ROOT"])
+import finetune, utils
+
+log = open(f"{os.environ['WRITE_LOG']}.rank{os.environ.get('RANK', '0')}", "w")
+real_destination, real_open, real_step = utils.atomic_destination, builtins.open, utils._optimizer_step
+
+@contextlib.contextmanager
+def logged_destination(path):
+    print(os.path.abspath(path), file=log, flush=True)
+    with real_destination(path) as tmp:
+        yield tmp
+
+def logged_open(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+"):
+        print(os.path.abspath(file), file=log, flush=True)
+    return real_open(file, mode, *args, **kwargs)
+
+steps = 0
+def step_or_interrupt(*args, **kwargs):
+    global steps
+    steps += 1
+    if steps == int(os.environ.get("INTERRUPT_AT_STEP", 0)):
+        raise KeyboardInterrupt  # inside the step: its work is lost, as with Ctrl-C
+    return real_step(*args, **kwargs)
+
+utils.atomic_destination, builtins.open, utils._optimizer_step = logged_destination, logged_open, step_or_interrupt
+sys.exit(finetune.main(sys.argv[1:]))
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_job(args: list[str], nproc: int | None, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=nproc ARGS` (or plain `python ARGS` when nproc is None), offline, on CPU."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+           "REPO_ROOT": str(REPO_ROOT), **(extra_env or {})}
+    launch = [sys.executable]
+    if nproc is not None:
+        launch += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+                   "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
+    proc = subprocess.Popen(launch + args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers: nothing is left running
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """60 entries: 51 train (12 global batches of 4 per epoch), 3 val (an uneven last batch), 6 test."""
+    data = json.loads((REPO_ROOT / "instruction-data.json").read_text(encoding="utf-8"))[:60]
+    path = tmp_path_factory.mktemp("data") / "small.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("launcher") / "launch.py"
+    path.write_text(LAUNCHER, encoding="utf-8")
+    return path
+
+
+def ddp_run(launcher, data, out: Path, *args: str, interrupt_at: int | None = None) -> subprocess.CompletedProcess:
+    extra = {"WRITE_LOG": str(out.parent / f"{out.name}-writes")}
+    if interrupt_at is not None:
+        extra["INTERRUPT_AT_STEP"] = str(interrupt_at)
+    return run_job([str(launcher), *COMMON, "--data", str(data), "--batch-size", "2", "--out", str(out), *args],
+                   nproc=2, extra_env=extra)
+
+
+def written(out: Path, rank: int) -> set[str]:
+    log = out.parent / f"{out.name}-writes.rank{rank}"
+    return set(log.read_text(encoding="utf-8").split()) if log.exists() else set()
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory, launcher, small_data) -> Path:
+    """8 optimizer steps (into the second epoch) with DDP: 2 processes x batch 2 x 2 accumulated."""
+    out = tmp_path_factory.mktemp("ddp") / "full"
+    result = ddp_run(launcher, small_data, out, "--max-steps", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst <= atol, f"largest weight difference {worst:.3g} > {atol:g}"
+
+
+def test_ddp_with_batch_b_per_process_equals_one_process_with_batch_2b(tmp_path, ddp_reference, small_data):
+    single = tmp_path / "single"
+    result = run_job(["finetune.py", *COMMON, "--data", str(small_data), "--batch-size", "4", "--max-steps", "8",
+                      "--out", str(single)], nproc=None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Not bitwise: the gradients are summed in another order (per rank, then across ranks). In float32
+    # after 8 AdamW steps at lr 1e-3 that leaves differences around 1e-7; 1e-5 is 1% of one step's size.
+    assert_same_weights(ddp_reference / "model.safetensors", single / "model.safetensors", atol=1e-5)
+    ddp, one = (json.loads((d / "metrics.json").read_text(encoding="utf-8")) for d in (ddp_reference, single))
+    assert ddp["processes"] == 2 and "processes" not in one
+    assert ddp["steps"] == one["steps"] == 8
+    assert ddp["tokens_seen"] == one["tokens_seen"]  # counted over all ranks
+    # validation loss: summed over the ranks' shares of the same batches, so it matches one process
+    assert ddp["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=1e-5)
+    assert ddp["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-5)
+
+
+def test_ddp_interrupted_and_resumed_ends_like_the_uninterrupted_run(tmp_path, ddp_reference, launcher, small_data):
+    out = tmp_path / "resumed"
+    # Ctrl-C during step 5 on every rank: the checkpoint of step 4 (mid-epoch) survives, step 5 is lost.
+    result = ddp_run(launcher, small_data, out, "--max-steps", "8", interrupt_at=5)
+    assert result.returncode != 0
+    assert "--resume" in result.stderr
+    assert json.loads(load_file_metadata(out / "checkpoint.safetensors")["train_state"])["step"] == 4
+    assert not (out / "model.safetensors").exists()
+    result = ddp_run(launcher, small_data, out, "--max-steps", "8", "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stdout and "at step 4" in result.stdout
+    # the same processes, data order and arithmetic: the same weights, bit for bit
+    assert_same_weights(ddp_reference / "model.safetensors", out / "model.safetensors", atol=0.0)
+
+
+def load_file_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def test_only_rank_0_writes_files(ddp_reference):
+    expected = {"loss.png", "test-responses.json", "metrics.json", "model.safetensors", "checkpoint.safetensors"}
+    assert {p.name for p in ddp_reference.iterdir()} == expected  # no stray temporary files either
+    rank0, rank1 = written(ddp_reference, 0), written(ddp_reference, 1)
+    assert {str(ddp_reference / name) for name in expected} <= rank0
+    assert rank1 <= {os.devnull}, f"rank 1 wrote {sorted(rank1 - {os.devnull})}"
+
+
+def test_torchrun_smoke_runs_end_to_end(tmp_path):
+    """The acceptance command: torchrun --nproc_per_node=2 finetune.py --smoke."""
+    result = run_job(["finetune.py", "--smoke", "--out", str(tmp_path)], nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stdout.count("UNTRAINED") == 1  # printed by rank 0 only
+    assert "2 processes (gloo)" in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["processes"] == 2 and metrics["steps"] == 6 and metrics["evaluation"]["n"] == 5
+    assert torch.isfinite(torch.tensor(metrics["final_val_loss"]))
