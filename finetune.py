@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import sys
 import time
@@ -130,10 +131,12 @@ class DistributedRun:
         from torch.nn.parallel import DistributedDataParallel
 
         model.to(self.device)
-        # broadcast_buffers=False: the only buffers are constant causal masks; broadcasting them at
-        # every forward pass would also make evaluation a collective operation.
+        # The only buffers are constant causal masks: syncing them at every forward pass would waste
+        # time and make evaluation a collective operation. torch >= 2.13 renamed the switch.
+        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                          inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
         return DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+                                       **no_buffer_sync)
 
     def check_resume(self, checkpoint: Path) -> None:
         """Every rank must find the checkpoint (a filesystem shared by all nodes), or none."""
@@ -330,10 +333,10 @@ def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     ddp = DistributedRun.from_environment()  # None unless torchrun started more than one process
     if ddp is not None:
         ddp.quiet_unless_main()
+    args = parse_args(argv)
     try:
         run(args, ddp)
     except (DatasetError, TokenizerUnavailableError, WeightsUnavailableError) as exc:
