@@ -1,10 +1,11 @@
 """Training throughput: one process against DistributedDataParallel with 2 processes (gloo), on this machine's CPUs.
 
-Both run finetune.py on the same global batch (8 sequences per optimizer step: 8 in one process, or
-4 in each of 2 processes) with the same total number of threads (2 in one process, 1 in each of 2).
+All run finetune.py on the same global batch (8 sequences per optimizer step: 8 in one process, or
+4 in each of 2 processes). Three ways: one process with 2 threads and DDP with 2 processes of 1
+thread each (the same 2 cores), and one process with 1 thread (to tell DDP's effect from threading's).
 The model is the tiny one (UNTRAINED, 6.5M parameters): it keeps the benchmark short; speed does not
-depend on the weights. The two take turns, --rounds times each, so a load spike on a shared machine
-hits both. tokens/s = real target tokens trained on / seconds in train_model (rank 0's clock), from
+depend on the weights. The ways take turns, --rounds times each, so a load spike on a shared machine
+hits all. tokens/s = real target tokens trained on / seconds in train_model (rank 0's clock), from
 each run's metrics.json.
 
 On a machine with 2 cores, expect no speed-up: both ways have the same 2 cores, and DDP adds an
@@ -36,8 +37,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(processes: int, steps: int, out: Path, threads: int) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "OMP_NUM_THREADS": str(threads // processes)}
+WAYS = [(1, 2), (2, 1), (1, 1)]  # (processes, threads per process)
+
+
+def run(processes: int, threads: int, steps: int, out: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "OMP_NUM_THREADS": str(threads)}
     if "GPT2_TOKENIZER_DIR" not in env and (SHARED_TOKENIZER / "encoder.json").exists():
         env["GPT2_TOKENIZER_DIR"] = str(SHARED_TOKENIZER)
     args = ["finetune.py", "--model", "tiny", "--bf16", "off", "--batch-size", str(8 // processes),
@@ -56,20 +60,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     p.add_argument("--rounds", type=int, default=2, help="runs of each way, taking turns")
-    p.add_argument("--threads", type=int, default=2, help="threads in all, split over the processes")
     args = p.parse_args()
-    results: dict[int, list[float]] = {1: [], 2: []}
+    results: dict[tuple[int, int], list[float]] = {way: [] for way in WAYS}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
-            for processes in (1, 2):
-                r = run(processes, args.steps, Path(tmp) / f"{processes}-{round_}", args.threads)
-                results[processes].append(r["tokens"] / r["seconds"])
-                print(f"round {round_ + 1}: {processes} process(es): {r['tokens']} tokens in {r['seconds']} s "
-                      f"= {results[processes][-1]:.0f} tokens/s", flush=True)
-    one, two = statistics.median(results[1]), statistics.median(results[2])
-    print(f"\n| way | tokens/s (median of {args.rounds}) |\n|---|---|\n| 1 process, {args.threads} threads | "
-          f"{one:.0f} |\n| DDP, 2 processes x {args.threads // 2} thread(s), gloo | {two:.0f} |\n"
-          f"| ratio DDP / 1 process | {two / one:.2f}x |")
+            for processes, threads in WAYS:
+                r = run(processes, threads, args.steps, Path(tmp) / f"{processes}x{threads}-{round_}")
+                results[processes, threads].append(r["tokens"] / r["seconds"])
+                print(f"round {round_ + 1}: {processes} process(es) x {threads} thread(s): {r['tokens']} tokens "
+                      f"in {r['seconds']} s = {results[processes, threads][-1]:.0f} tokens/s", flush=True)
+    base = statistics.median(results[WAYS[0]])
+    print(f"\n| way | tokens/s (median of {args.rounds}) | vs 1 process x 2 threads |\n|---|---|---|")
+    for (processes, threads), values in results.items():
+        name = f"DDP (gloo), {processes} processes" if processes > 1 else "1 process"
+        print(f"| {name} x {threads} thread(s) | {statistics.median(values):.0f} | "
+              f"{statistics.median(values) / base:.2f}x |")
 
 
 if __name__ == "__main__":
