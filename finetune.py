@@ -112,12 +112,22 @@ class DistributedRun:
 
     @contextlib.contextmanager
     def local_main_first(self):
-        """Local rank 0 runs the block first (downloads, caches), the node's other ranks after it."""
-        if self.local_rank != 0:
-            self.barrier()
-        yield
+        """Local rank 0 runs the block first (a download happens once per node), the node's other ranks after.
+
+        If it fails on some node, the other processes stop quietly: the failing one reports why.
+        """
         if self.local_rank == 0:
-            self.barrier()
+            try:
+                yield
+            except BaseException:
+                self.sum([1.0])  # the others wait in this all-reduce: tell them to stop
+                raise
+            if self.sum([0.0])[0]:
+                raise SystemExit(1)
+        else:
+            if self.sum([0.0])[0]:
+                raise SystemExit(1)
+            yield
 
     def shard(self, loader: DataLoader) -> DataLoader:
         """`loader` (built with the global batch size) cut down to this rank's share of each batch."""

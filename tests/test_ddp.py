@@ -268,3 +268,13 @@ def test_ddp_gradient_is_the_gradient_of_one_big_batch(tmp_path):
     grads = load_file(out)
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_torchrun_bad_data_gives_one_clear_message(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "Say hi.", "input": ""}]), encoding="utf-8")
+    result = run_job(["finetune.py", "--smoke", "--data", str(bad), "--out", str(tmp_path / "out")], nproc=2)
+    assert result.returncode != 0
+    # rank 0 reads the file first and says what is wrong; rank 1 stops without a traceback of its own
+    assert result.stderr.count("entry 0: missing field 'output'") == 1
+    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
