@@ -84,8 +84,8 @@ class DistributedRun:
         elif device.type == "cpu":
             self.device, backend = device, "gloo"
         else:
-            raise RuntimeError(f"DistributedDataParallel runs on CUDA GPUs or CPUs, not {device.type}: "
-                               "set LLM_DEVICE=cpu")
+            raise SystemExit(f"DistributedDataParallel runs on CUDA GPUs or CPUs, not {device.type}: "
+                             "set LLM_DEVICE=cpu")
         dist.init_process_group(backend=backend)  # MASTER_ADDR, MASTER_PORT etc. come from torchrun
         self.backend = backend
         self._dist = dist
@@ -106,9 +106,6 @@ class DistributedRun:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         self._dist.all_reduce(tensor)
         return tensor.tolist()
-
-    def barrier(self) -> None:
-        self._dist.barrier()
 
     @contextlib.contextmanager
     def local_main_first(self):
@@ -152,8 +149,8 @@ class DistributedRun:
         """Every rank must find the checkpoint (a filesystem shared by all nodes), or none."""
         found = int(self.sum([checkpoint.exists()])[0])
         if 0 < found < self.world_size:
-            raise RuntimeError(f"{checkpoint} exists for {found} of {self.world_size} processes: with more than "
-                               "one node, --out must be on a filesystem that all nodes share")
+            raise SystemExit(f"{checkpoint} exists for {found} of {self.world_size} processes: with more than "
+                             "one node, --out must be on a filesystem that all nodes share")
 
     def quiet_unless_main(self) -> None:
         """Only rank 0 prints progress and warnings; errors still reach every rank's stderr."""
@@ -283,11 +280,13 @@ def run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_recommended(device))
     print(f"device: {device}, {'bfloat16 autocast' if use_bf16 else 'float32'}")
     optimizer = create_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
-    if ddp is not None and args.resume:
-        ddp.check_resume(out / "checkpoint.safetensors")
+    trained = model
+    if ddp is not None:
+        if args.resume:
+            ddp.check_resume(out / "checkpoint.safetensors")
+        trained = ddp.wrap(model)  # `model` stays the plain GPTModel: rank 0 merges, saves and generates with it
     start = time.perf_counter()
-    history = train_model(model if ddp is None else ddp.wrap(model), train_loader, val_loader, optimizer, device,
-                          num_epochs=args.epochs,
+    history = train_model(trained, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
                           eval_freq=args.eval_freq, eval_iter=args.eval_iter, grad_accum_steps=args.grad_accum,
                           autocast_dtype=torch.bfloat16 if use_bf16 else None,
                           checkpoint_path=out / "checkpoint.safetensors", resume=args.resume, seed=args.seed,
