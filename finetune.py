@@ -41,8 +41,8 @@ SMOKE = {"train": 48, "val": 8, "test": 5, "batch_size": 4, "max_steps": 6, "eva
 
 
 # --- more than one process: torchrun + DistributedDataParallel --------------------------------
-# Plumbing only: a plain `python finetune.py` never creates a DistributedRun and never imports
-# torch.distributed. Under torchrun every process runs this script; each trains on its share of
+# Plumbing only: a plain `python finetune.py` never creates a DistributedRun and never starts a
+# process group. Under torchrun every process runs this script; each trains on its share of
 # every batch, DDP adds up the gradients, and rank 0 alone writes files and generates.
 
 class ShardedBatchSampler(Sampler[list[int]]):
