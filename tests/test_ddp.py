@@ -278,3 +278,34 @@ def test_torchrun_bad_data_gives_one_clear_message(tmp_path):
     # rank 0 reads the file first and says what is wrong; rank 1 stops without a traceback of its own
     assert result.stderr.count("entry 0: missing field 'output'") == 1
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
+
+
+# --- the sharding sampler, without processes ---
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_shards_are_disjoint_and_make_up_the_one_process_batches(grouped):
+    import types
+
+    import finetune
+    import utils
+
+    lengths = [(7 * i) % 23 + 1 for i in range(40)]
+    # prompt_length holds each item's index: the collate function below returns the indices of a batch
+    dataset = [utils.TokenizedExample(list(range(n)), i) for i, n in enumerate(lengths)]
+
+    def loader():
+        plain = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, drop_last=True,
+                                            collate_fn=lambda batch: [x.prompt_length for x in batch],
+                                            generator=torch.Generator().manual_seed(5))
+        return utils.length_grouped_loader(plain, seed=5, chunk_batches=2) if grouped else plain
+
+    one_process = loader()
+    shards = [finetune.DistributedRun.shard(types.SimpleNamespace(rank=r, world_size=3), loader()) for r in range(3)]
+    for epoch in (0, 1):
+        batches = list(utils._epoch_batches(one_process, seed=5, epoch=epoch))
+        shares = [list(utils._epoch_batches(s, seed=5, epoch=epoch)) for s in shards]
+        assert all(len(s) == len(batches) == len(one_process) == 5 for s in shares)
+        for i, batch in enumerate(batches):
+            assert sorted(sum((s[i] for s in shares), [])) == sorted(batch)  # disjoint, and all of it
+            assert [len(s[i]) for s in shares] == [3, 3, 2]
+    assert batches != list(utils._epoch_batches(one_process, seed=5, epoch=0))  # epochs differ
