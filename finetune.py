@@ -5,6 +5,7 @@ data -> split -> loaders -> model -> finetuning -> loss plot -> test-set respons
     python finetune.py --smoke --out runs/smoke          # offline, UNTRAINED tiny model, well under a minute
     python finetune.py --model gpt2-medium --epochs 2 --out runs/medium
     python finetune.py --model gpt2-small --lora-rank 16 --lora-alpha 16 --mask-prompt --out runs/lora
+    torchrun --nproc_per_node=2 finetune.py --smoke --out runs/ddp   # DistributedDataParallel, one process per GPU/CPU
 
 Everything lands in --out, each file written atomically:
     loss.png                 training and validation loss
@@ -25,7 +26,9 @@ When something goes wrong:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -38,6 +41,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Sampler
 
 from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES,
                    CheckpointError, DatasetError, GPTModel, OllamaUnavailableError, TokenizerUnavailableError,
@@ -157,6 +161,129 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# --- more than one process: torchrun + DistributedDataParallel --------------------------------
+# Plumbing only: a plain `python finetune.py` never creates a DistributedRun and never starts a
+# process group. Under torchrun every process runs this script; each trains on its share of
+# every batch, DDP adds up the gradients, and rank 0 alone writes files and generates.
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """This rank's share of every batch of `batch_sampler`, which makes the GLOBAL batches.
+
+    The global batches keep their seeded order (and length grouping); rank r takes the items
+    r, r + world_size, ... of each, so the ranks' shares are disjoint and cover the batch. A share
+    that would be empty (a last batch smaller than world_size) is skipped; train loaders drop
+    their last partial batch, so every rank trains on the same number of batches.
+    """
+
+    def __init__(self, batch_sampler: Sampler[list[int]], rank: int, world_size: int):
+        self.batch_sampler, self.rank, self.world_size = batch_sampler, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):  # LengthGroupedBatchSampler
+            self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.batch_sampler:
+            if share := list(batch)[self.rank::self.world_size]:
+                yield share
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # global batches: what train_model counts steps and epochs in
+
+
+class DistributedRun:
+    """This process's place in a torchrun job, and the few collective operations training needs."""
+
+    def __init__(self, rank: int, local_rank: int, world_size: int):
+        import torch.distributed as dist
+
+        self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
+        device = get_device()
+        if device.type == "cuda":
+            self.device, backend = torch.device("cuda", local_rank), "nccl"
+            torch.cuda.set_device(self.device)
+        elif device.type == "cpu":
+            self.device, backend = device, "gloo"
+        else:
+            raise SystemExit(f"DistributedDataParallel runs on CUDA GPUs or CPUs, not {device.type}: "
+                             "set LLM_DEVICE=cpu")
+        dist.init_process_group(backend=backend)  # MASTER_ADDR, MASTER_PORT etc. come from torchrun
+        self.backend = backend
+        self._dist = dist
+
+    @classmethod
+    def from_environment(cls) -> DistributedRun | None:
+        """A DistributedRun when torchrun started more than one process, else None (plain python)."""
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            return None
+        return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over all processes (float64: token counts stay exact)."""
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        self._dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    @contextlib.contextmanager
+    def local_main_first(self):
+        """Local rank 0 runs the block first (a download happens once per node), the node's other ranks after.
+
+        If it fails on some node, the other processes stop quietly: the failing one reports why.
+        """
+        if self.local_rank == 0:
+            try:
+                yield
+            except BaseException:
+                self.sum([1.0])  # the others wait in this all-reduce: tell them to stop
+                raise
+            if self.sum([0.0])[0]:
+                raise SystemExit(1)
+        else:
+            if self.sum([0.0])[0]:
+                raise SystemExit(1)
+            yield
+
+    def shard(self, loader: DataLoader) -> DataLoader:
+        """`loader` (built with the global batch size) cut down to this rank's share of each batch."""
+        # The same generator object: train_model re-seeds it each epoch and the shuffle draws from it
+        # exactly as it would in one process, so the global batches are the one-process batches.
+        return DataLoader(loader.dataset, batch_sampler=ShardedBatchSampler(loader.batch_sampler, self.rank,
+                                                                            self.world_size),
+                          collate_fn=loader.collate_fn, num_workers=loader.num_workers, generator=loader.generator)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model.to(self.device)
+        # The only buffers are constant causal masks: syncing them at every forward pass would waste
+        # time and make evaluation a collective operation. torch >= 2.13 renamed the switch.
+        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                          inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
+        return DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                                       **no_buffer_sync)
+
+    def check_resume(self, checkpoint: Path) -> None:
+        """Every rank must find the checkpoint (a filesystem shared by all nodes), or none."""
+        found = int(self.sum([checkpoint.exists()])[0])
+        if 0 < found < self.world_size:
+            raise SystemExit(f"{checkpoint} exists for {found} of {self.world_size} processes: with more than "
+                             "one node, --out must be on a filesystem that all nodes share")
+
+    def quiet_unless_main(self) -> None:
+        """Only rank 0 prints progress and warnings; errors still reach every rank's stderr."""
+        if not self.is_main:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+            warnings.simplefilter("ignore")
+
+    def close(self) -> None:
+        if self._dist.is_initialized():
+            self._dist.destroy_process_group()
+
+
 # --- the output folder: checked before anything is trained ---
 
 def check_out_folder(args: argparse.Namespace) -> None:
@@ -267,35 +394,44 @@ def run_settings(args: argparse.Namespace, max_length: int, use_bf16: bool, data
             "lora_alpha": args.lora_alpha if args.lora_rank > 0 else None, "bf16": use_bf16}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
+    """The whole pipeline; returns the metrics. Under torchrun (ddp), only rank 0 goes past training."""
     out: Path = args.out
+    world_size = 1 if ddp is None else ddp.world_size
     check_out_folder(args)
     try:
-        device = get_device()
+        device = get_device() if ddp is None else ddp.device
     except RuntimeError as exc:
         raise UsageError(f"LLM_DEVICE={os.environ.get('LLM_DEVICE')!r} is not a device torch knows ({exc})") from None
     seed_everything(args.seed)
-    train_data, val_data, test_data = load_splits(args)
-    tokenizer = get_tokenizer()
+    with ddp.local_main_first() if ddp else contextlib.nullcontext():  # a download happens once per node
+        train_data, val_data, test_data = load_splits(args)
+        tokenizer = get_tokenizer()
 
     context_length = GPT_CONFIGS[args.model]["context_length"]
     max_length = min(args.max_length or context_length, context_length)
     if args.max_length is not None and max_length < args.max_length:
         print(f"--max-length {args.max_length} exceeds the model's context: using {max_length}")
     args.max_length = max_length
-    if len(train_data) < args.batch_size:
-        raise UsageError(f"{len(train_data)} training examples make not one batch of --batch-size {args.batch_size}: "
-                         "use a smaller --batch-size or more data")
+    if len(train_data) < args.batch_size * world_size:
+        raise UsageError(f"{len(train_data)} training examples make not one batch of --batch-size {args.batch_size}"
+                         f"{f' x {world_size} processes' if ddp else ''}: use a smaller --batch-size or more data")
     train_loader, val_loader, _ = create_dataloaders(
-        train_data, val_data, test_data, tokenizer, batch_size=args.batch_size, style=args.style,
+        train_data, val_data, test_data, tokenizer, batch_size=args.batch_size * world_size, style=args.style,
         mask_prompt=args.mask_prompt, allowed_max_length=max_length, seed=args.seed)
     drop_untrainable(train_loader, args)
     if len(train_loader) == 0:
         raise UsageError(f"too few trainable examples left for one batch of --batch-size {args.batch_size}")
     if args.group_by_length:
         train_loader = length_grouped_loader(train_loader, seed=args.seed)
+    if ddp is not None:  # --batch-size is per process
+        train_loader, val_loader = ddp.shard(train_loader), ddp.shard(val_loader)
+        print(f"DistributedDataParallel: {world_size} processes ({ddp.backend}); each optimizer step sees "
+              f"{args.batch_size} x {world_size} processes x {args.grad_accum} accumulated = "
+              f"{args.batch_size * world_size * args.grad_accum} sequences")
 
-    model = load_model(args)
+    with ddp.local_main_first() if ddp else contextlib.nullcontext():
+        model = load_model(args)
     if args.lora_rank > 0:
         apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
     n_trainable = count_parameters(model, trainable_only=True)
@@ -304,23 +440,31 @@ def run(args: argparse.Namespace) -> dict:
     replaced = [out / name for name in OUTPUT_NAMES if args.overwrite and (out / name).exists()]
     check_room(out, model, reclaimable=sum(path.stat().st_size for path in replaced))
     for path in replaced:  # every check passed: only now is the previous run given up
-        path.unlink()
+        path.unlink(missing_ok=True)  # (under torchrun every process gets here)
     if replaced:
         print(f"--overwrite: removed the previous run's {', '.join(path.name for path in replaced)}")
 
     use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_recommended(device))
     print(f"device: {device}, {'bfloat16 autocast' if use_bf16 else 'float32'}, learning rate {args.lr:g}")
     optimizer = create_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
+    trained = model
+    if ddp is not None:
+        if args.resume:
+            ddp.check_resume(out / CHECKPOINT_NAME)
+        trained = ddp.wrap(model)  # `model` stays the plain GPTModel: rank 0 merges, saves and generates with it
     start = time.perf_counter()
-    history = train_model(model, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
+    history = train_model(trained, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
                           eval_freq=args.eval_freq, eval_iter=args.eval_iter, grad_accum_steps=args.grad_accum,
                           autocast_dtype=torch.bfloat16 if use_bf16 else None,
                           checkpoint_path=out / CHECKPOINT_NAME, resume=args.resume, seed=args.seed,
                           save_every=args.save_every, save_every_minutes=args.save_every_minutes,
                           max_steps=args.max_steps,
                           settings=run_settings(args, max_length, use_bf16,
-                                                data_fingerprint(train_data, val_data, test_data)))
+                                                data_fingerprint(train_data, val_data, test_data)),
+                          dist=ddp)
     train_seconds = time.perf_counter() - start
+    if ddp is not None and not ddp.is_main:
+        return {}  # generation, evaluation and files: rank 0 alone (its model holds the same weights)
     untrained = args.model == "tiny" and args.weights is None
     plot_losses(history, save_path=out / "loss.png",
                 title=f"{args.model}{' (UNTRAINED start)' if untrained else ''}, {args.style}"
@@ -343,6 +487,7 @@ def run(args: argparse.Namespace) -> dict:
         "final_train_loss": history.train_losses[-1] if history.train_losses else None,
         "final_val_loss": history.val_losses[-1] if history.val_losses else None,
         "train_seconds": round(train_seconds, 1),
+        **({"processes": world_size} if ddp is not None else {}),  # --batch-size is per process
         "evaluation": evaluate_responses(entries),  # exact match, ROUGE-L
     }
     ev = metrics["evaluation"]
@@ -380,11 +525,14 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    ddp = DistributedRun.from_environment()  # None unless torchrun started more than one process
+    if ddp is not None:
+        ddp.quiet_unless_main()
     args = parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
-        run(args)
+        run(args, ddp)
     except (KeyboardInterrupt, Terminated) as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         print(f"\n{what}: rerun with --resume --out {args.out} to continue from the last checkpoint",
@@ -405,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        if ddp is not None:
+            ddp.close()
     return 0
 
 

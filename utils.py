@@ -1396,6 +1396,15 @@ def calc_loss_batch(inputs: torch.Tensor, targets: torch.Tensor, model: nn.Modul
 
 
 @torch.no_grad()
+def _loss_totals(loader: Iterable, model: nn.Module, device: str | torch.device, num_batches: int | None,
+                 autocast_dtype: torch.dtype | None) -> tuple[float, int]:
+    total, n_real = 0.0, 0
+    for inputs, targets in itertools.islice(loader, num_batches):
+        loss, n = _loss_sum(inputs, targets, model, device, autocast_dtype)
+        total, n_real = total + loss.item(), n_real + n
+    return total, n_real
+
+
 def calc_loss_loader(loader: Iterable, model: nn.Module, device: str | torch.device,
                      num_batches: int | None = None, autocast_dtype: torch.dtype | None = None) -> float:
     """Mean cross-entropy over every real target in the first `num_batches` batches (default: all).
@@ -1403,24 +1412,27 @@ def calc_loss_loader(loader: Iterable, model: nn.Module, device: str | torch.dev
     Weighted by tokens, not by batches: a batch with twice the real targets counts twice.
     Returns nan for an empty loader. Does not switch the model to eval mode (evaluate_model does).
     """
-    total, n_real = 0.0, 0
-    for inputs, targets in itertools.islice(loader, num_batches):
-        loss, n = _loss_sum(inputs, targets, model, device, autocast_dtype)
-        total, n_real = total + loss.item(), n_real + n
+    total, n_real = _loss_totals(loader, model, device, num_batches, autocast_dtype)
     return total / n_real if n_real else float("nan")
 
 
 def evaluate_model(model: nn.Module, train_batches: Iterable, val_loader: Iterable, device: str | torch.device,
-                   eval_iter: int, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (no dropout)."""
+                   eval_iter: int, autocast_dtype: torch.dtype | None = None, dist=None) -> tuple[float, float]:
+    """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (no dropout).
+
+    With `dist` (see train_model) each process holds its share of those batches: the sums of all are added up.
+    """
     was_training = model.training
     model.eval()
     try:
-        train_loss = calc_loss_loader(train_batches, model, device, eval_iter, autocast_dtype)
-        val_loss = calc_loss_loader(val_loader, model, device, eval_iter, autocast_dtype)
+        totals = [*_loss_totals(train_batches, model, device, eval_iter, autocast_dtype),
+                  *_loss_totals(val_loader, model, device, eval_iter, autocast_dtype)]
     finally:
         model.train(was_training)
-    return train_loss, val_loss
+    if dist is not None:
+        totals = dist.sum(totals)
+    train_total, train_n, val_total, val_n = totals
+    return (train_total / train_n if train_n else float("nan"), val_total / val_n if val_n else float("nan"))
 
 
 def create_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
@@ -1526,24 +1538,38 @@ def _epoch_batches(loader: Iterable, seed: int, epoch: int) -> Iterator:
 
 def _optimizer_step(model: nn.Module, window: Sequence[tuple[torch.Tensor, torch.Tensor]],
                     optimizer: torch.optim.Optimizer, device: torch.device,
-                    autocast_dtype: torch.dtype | None, max_grad_norm: float | None) -> tuple[float, int, int]:
+                    autocast_dtype: torch.dtype | None, max_grad_norm: float | None,
+                    dist=None) -> tuple[float, int, int]:
     """One update from a window of micro-batches; returns (mean loss, real targets, input positions).
 
     Each micro-batch's summed loss is divided by the real targets of the whole window, so k
     micro-batches give exactly the gradient of one batch k times as large, however the real
-    targets are spread over them.
+    targets are spread over them. With `dist` (see train_model) the window is this process's share
+    and the counts are those of all processes.
     """
     n_real = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in window)
+    n_positions = sum(inputs.numel() for inputs, _ in window)
+    scale = 1
+    if dist is not None:
+        # Divide by the real targets of ALL processes; DDP averages the gradients over the
+        # processes, so `scale` undoes its division: the sum is the gradient of one big batch.
+        n_real, n_positions = (int(n) for n in dist.sum([n_real, n_positions]))
+        scale = dist.world_size
     total = 0.0
     optimizer.zero_grad(set_to_none=True)
-    for inputs, targets in window:
-        loss, _ = _loss_sum(inputs, targets, model, device, autocast_dtype)
-        (loss / max(n_real, 1)).backward()
+    for i, (inputs, targets) in enumerate(window):
+        # DDP exchanges gradients after the last micro-batch only
+        in_sync = dist is None or i == len(window) - 1
+        with contextlib.nullcontext() if in_sync else model.no_sync():
+            loss, _ = _loss_sum(inputs, targets, model, device, autocast_dtype)
+            (loss / max(n_real, 1) * scale).backward()
         total += loss.item()
+    if dist is not None:
+        total = dist.sum([total])[0]
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
-    return total / max(n_real, 1), n_real, sum(inputs.numel() for inputs, _ in window)
+    return total / max(n_real, 1), n_real, n_positions
 
 
 def _stop_message(step: int, loss: float, n_real: int, last_saved: int | None, checkpoint_path: str | Path | None,
@@ -1569,7 +1595,7 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
                 callback: Callable[[TrainState], None] | None = None, progress: bool = True,
                 save_every_minutes: float | None = None,
                 on_epoch_end: Callable[[TrainState], None] | None = None,
-                settings: dict | None = None) -> TrainHistory:
+                settings: dict | None = None, dist=None) -> TrainHistory:
     """Finetune `model`; returns the loss history.
 
     - One optimizer step per `grad_accum_steps` micro-batches (the loader's batches).
@@ -1588,13 +1614,16 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
       run ends with the same weights as one that was never interrupted.
     - max_steps stops after that many optimizer steps in total (counting those before a resume).
     - callback(state) runs after every optimizer step (and after any checkpoint of that step).
-    - on_epoch_end(state) runs after each finished epoch (state.epoch = epochs done), in eval mode
+    - on_epoch_end(state) runs after each finished epoch (state.epoch = epochs done; main process only), in eval mode
       and without touching the training RNG: the place to print a sample answer (generate_responses
       on one validation entry, as notebook 06 does).
     - settings: whatever else shapes the run (learning rate, data, prompt style, ...) as a JSON-able
       dict; it is stored in the checkpoint, and a resume with other settings is refused.
     - A NaN or infinite loss, or a step without a single real target, stops the run with a
       TrainingError; the checkpoint on disk is the last good one (never one written after that).
+    - dist: None (one process) or, under torchrun, finetune.py's DistributedRun (`world_size`,
+      `is_main`, `sum(values)` over all processes), with `model` wrapped in DistributedDataParallel
+      and each loader yielding this process's share of every batch. Only the main process saves.
     """
     from tqdm import tqdm
 
@@ -1608,12 +1637,14 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
                             "(its last, partial batch is dropped)? Use a smaller batch size or more data.")
     seed_everything(seed)
     model.to(device)
+    module = model if dist is None else model.module  # the model inside DDP: checkpoints and evaluation
+    is_main = dist is None or dist.is_main
     state = TrainState(seed=seed, grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader),
                        settings=dict(settings or {}))
     with torch.random.fork_rng(devices=[]):
         train_eval_batches = list(itertools.islice(_epoch_batches(train_loader, seed, 0), eval_iter))
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = _resume_from(checkpoint_path, model, optimizer, expected=state)
+        state = _resume_from(checkpoint_path, module, optimizer, expected=state)
         print(f"Resuming from {checkpoint_path} at step {state.step} (epoch {state.epoch + 1}).")
     elif resume:
         print(f"No checkpoint at {checkpoint_path}: starting from scratch.")
@@ -1626,8 +1657,8 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
         if history.steps and history.steps[-1] == state.step:
             return
         with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG
-            train_loss, val_loss = evaluate_model(model, train_eval_batches, val_loader, device, eval_iter,
-                                                  autocast_dtype)
+            train_loss, val_loss = evaluate_model(module, train_eval_batches, val_loader, device, eval_iter,
+                                                  autocast_dtype, dist)
         history.steps.append(state.step)
         history.train_losses.append(train_loss)
         history.val_losses.append(val_loss)
@@ -1640,7 +1671,8 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
     def save() -> None:
         nonlocal last_saved, last_saved_at
         if checkpoint_path is not None and last_saved != state.step:
-            save_checkpoint(checkpoint_path, model, optimizer, state)
+            if is_main:
+                save_checkpoint(checkpoint_path, module, optimizer, state)
             last_saved, last_saved_at = state.step, time.monotonic()
 
     def save_due(epoch_done: bool) -> bool:
@@ -1649,16 +1681,16 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
                 or (save_every_minutes is not None and minutes >= save_every_minutes))
 
     def end_epoch() -> None:
-        was_training = model.training
-        model.eval()
+        was_training = module.training
+        module.eval()
         try:
             with torch.random.fork_rng(devices=[]):  # a sample must not shift the training RNG
                 on_epoch_end(state)
         finally:
-            model.train(was_training)
+            module.train(was_training)
 
     bar = tqdm(total=total_steps, initial=min(state.step, total_steps), desc="training", unit="step",
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and is_main), dynamic_ncols=True)
     model.train()
     stopped = state.step >= total_steps
     try:
@@ -1670,7 +1702,7 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
             state.epoch, state.batches_done = epoch, skip
             while window := list(itertools.islice(batches, grad_accum_steps)):
                 loss, n_real, n_positions = _optimizer_step(model, window, optimizer, device, autocast_dtype,
-                                                            max_grad_norm)
+                                                            max_grad_norm, dist)
                 if n_real == 0 or not math.isfinite(loss):  # stop before anything of this step is saved
                     raise TrainingError(_stop_message(state.step + 1, loss, n_real, last_saved, checkpoint_path,
                                                       optimizer.param_groups[0]["lr"]))
@@ -1688,7 +1720,7 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
                     state.epoch, state.batches_done = epoch + 1, 0
                 if save_due(epoch_done):
                     save()
-                if epoch_done and on_epoch_end is not None:
+                if epoch_done and on_epoch_end is not None and is_main:
                     end_epoch()
                 if callback is not None:
                     callback(state)
