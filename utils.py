@@ -1340,10 +1340,14 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
 
 
 def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca",
-                       max_new_tokens: int = 256, batch_size: int = 32, progress: bool = True) -> list[dict]:
-    """Each entry with the model's answer added as "model_response" (greedy, batched, KV cache).
+                       max_new_tokens: int = 256, batch_size: int = 32, progress: bool = True,
+                       temperature: float = 0.0, top_k: int | None = None, seed: int | None = None) -> list[dict]:
+    """Each entry with the model's answer added as "model_response" (batched, KV cache).
 
-    The prompt is format_prompt(entry, style): the very text the model was trained to continue.
+    - The prompt is format_prompt(entry, style): the very text the model was trained to continue.
+    - Greedy by default; temperature > 0 samples (optionally from the `top_k` most likely tokens).
+      With `seed`, every prompt draws from its own generator, so a rerun gives the same answers
+      whatever the batch_size.
     """
     from tqdm import tqdm
 
@@ -1354,7 +1358,8 @@ def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, styl
     for start in tqdm(range(0, len(order), batch_size), desc="responses", unit="batch", disable=not progress):
         chunk = order[start:start + batch_size]
         new_tokens = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens,
-                                    context_size=model.cfg["context_length"], eos_id=PAD_TOKEN_ID)
+                                    context_size=model.cfg["context_length"], eos_id=PAD_TOKEN_ID,
+                                    temperature=temperature, top_k=top_k, seed=seed)
         for i, tokens in zip(chunk, new_tokens):
             responses[i] = tokenizer.decode(tokens).strip()
     return [{**entry, "model_response": response} for entry, response in zip(entries, responses)]
@@ -2602,20 +2607,6 @@ def score_answers(entries: list[dict]) -> dict:
     n = len(per_entry)
     variance = sum((x - scores["rouge_l"]) ** 2 for x in per_entry) / (n - 1) if n > 1 else float("nan")
     return {**scores, "rouge_l_stderr": math.sqrt(variance / n)}
-
-
-def sampled_responses(model: GPTModel, entries: Sequence[dict], tokenizer, temperature: float = 0.0,
-                      top_k: int | None = None, seed: int | None = 123, style: str | PromptStyle = "alpaca",
-                      max_new_tokens: int = 64) -> list[dict]:
-    """Like generate_responses, with a choice of decoding: each entry gets a "model_response".
-
-    All prompts go in one batch; with `seed`, a rerun draws the same tokens.
-    """
-    model.eval()
-    prompts = [encode_text(format_prompt(entry, style), tokenizer) for entry in entries]
-    new_tokens = generate_batch(model, prompts, max_new_tokens, context_size=model.cfg["context_length"],
-                                eos_id=PAD_TOKEN_ID, temperature=temperature, top_k=top_k, seed=seed)
-    return [{**entry, "model_response": tokenizer.decode(tokens).strip()} for entry, tokens in zip(entries, new_tokens)]
 
 
 def _run_experiment(name: str, train_data, val_data, test_data, tokenizer, *, model_name: str, style,

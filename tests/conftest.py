@@ -2,8 +2,10 @@
 
 The tokenizer is found, in this order, in $GPT2_TOKENIZER_DIR, in ../shared/gpt2-tokenizer (CI), or
 in the tiktoken cache that `make download` fills (.cache/tiktoken). Without any of them, tests that
-need it are skipped with a single reason and its fix, instead of failing one by one.
+need it are skipped with a single reason and its fix, instead of failing one by one. Each notebook is executed at most once per test session, whichever
+test files ask for it (the `executed` fixture).
 """
+import copy
 import hashlib
 import os
 import shutil
@@ -126,3 +128,34 @@ def gpt2_vocab_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dataset():
     return utils.load_instruction_data()
+
+
+@pytest.fixture(scope="session")
+def executed():
+    """`executed(path)`: the notebook, run top to bottom in a fresh kernel in the smoke configuration.
+
+    Each notebook runs once per session (on a copy; the committed file is untouched), then every test
+    that asks gets the same executed copy; a notebook that failed raises the same error again.
+    """
+    import nbformat
+    from run_notebooks import execute_notebook
+
+    cache: dict[Path, object] = {}
+
+    def run(path):
+        key = Path(path).resolve()
+        if key not in cache:
+            saved = os.environ.get("LLM_SMOKE")
+            os.environ.setdefault("LLM_SMOKE", "1")  # the kernel inherits it; tests run the quick configuration
+            try:
+                cache[key] = execute_notebook(key, timeout=900, nb=copy.deepcopy(nbformat.read(key, as_version=4)))
+            except Exception as exc:  # noqa: BLE001 - kept, so a broken notebook is not run a second time
+                cache[key] = exc
+            finally:
+                if saved is None:
+                    os.environ.pop("LLM_SMOKE", None)
+        if isinstance(cache[key], Exception):
+            raise cache[key]
+        return cache[key]
+
+    return run

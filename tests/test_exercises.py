@@ -2,14 +2,13 @@
 
 Also the experiment helpers in utils.py: a run returns its history, and a table never drops a row.
 """
-import copy
-import os
 import re
 
 import nbformat
 import pytest
+import torch
 import utils
-from run_notebooks import NOTEBOOK_DIR, execute_notebook
+from run_notebooks import NOTEBOOK_DIR
 
 EXERCISES = NOTEBOOK_DIR / "08-exercises.ipynb"
 SOLUTIONS = NOTEBOOK_DIR / "09-solutions.ipynb"
@@ -28,20 +27,6 @@ def check_cells(nb) -> dict[int, nbformat.NotebookNode]:
 
 def printed(cell) -> str:
     return "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
-
-
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """Each notebook executed once (smoke configuration, on a copy; the committed file is untouched)."""
-    cache = {}
-    os.environ.setdefault("LLM_SMOKE", "1")
-
-    def run(path):
-        if path not in cache:
-            cache[path] = execute_notebook(path, timeout=600, nb=copy.deepcopy(nbformat.read(path, as_version=4)))
-        return cache[path]
-
-    return run
 
 
 def test_both_notebooks_have_the_same_six_checks():
@@ -210,3 +195,21 @@ def test_score_answers_standard_error():
     scores = utils.score_answers(entries)
     assert scores["rouge_l"] == pytest.approx(0.5)
     assert scores["rouge_l_stderr"] == pytest.approx(0.5)  # sample sd 0.707 / sqrt(2)
+
+
+def test_generate_responses_samples_reproducibly_whatever_the_batch_size(tokenizer, dataset):
+    torch.manual_seed(0)
+    model = utils.GPTModel(utils.GPT_CONFIGS["tiny"]).eval()
+    entries = dataset[:5]
+
+    def answers(**options):
+        return [r["model_response"] for r in utils.generate_responses(model, entries, tokenizer, max_new_tokens=8,
+                                                                      progress=False, **options)]
+
+    greedy = answers()
+    assert answers(temperature=0.0, seed=7) == greedy  # temperature 0 ignores the seed
+    sampled = answers(temperature=1.5, seed=7, batch_size=5)
+    assert answers(temperature=1.5, seed=7, batch_size=2) == sampled  # every prompt has its own generator
+    assert sampled != greedy
+    assert answers(temperature=1.5, seed=8, batch_size=5) != sampled
+    assert answers(temperature=1.5, top_k=1, seed=7) == greedy  # top-1 sampling is greedy

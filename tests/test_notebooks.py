@@ -2,10 +2,9 @@
 
 The tests run in the smoke configuration (LLM_SMOKE=1: the small untrained model, a few steps), which is
 what a machine without GPT-2's weights runs too. Cells tagged `needs-gpt2` (their output depends on
-OpenAI's weights) and `varies` (timings, machine facts) are not compared.
+OpenAI's weights) and `varies` (timings, machine facts) are not compared. The `executed` fixture
+(tests/conftest.py) runs each notebook once per session, shared with tests/test_exercises.py.
 """
-import copy
-import os
 import random
 
 import nbformat
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 import utils
-from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, VARIES, cell_tags, execute_notebook
+from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, VARIES, cell_tags
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
 
@@ -34,21 +33,6 @@ def comparable_outputs(cell) -> list:
         else:
             rest.append(output.output_type)
     return sorted(streams.items()) + rest
-
-
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """Executes each notebook at most once per test session (on a copy; the committed file is untouched)."""
-    cache = {}
-    os.environ.setdefault("LLM_SMOKE", "1")
-
-    def run(path):
-        if path not in cache:
-            nb = nbformat.read(path, as_version=4)
-            cache[path] = execute_notebook(path, timeout=900, nb=copy.deepcopy(nb))
-        return cache[path]
-
-    return run
 
 
 def test_there_are_notebooks():
