@@ -55,11 +55,15 @@ def random_gpt2_checkpoint(folder: Path, seed: int = 0) -> Path:
     return path
 
 
-def load_both(folder: Path, dtype: torch.dtype = torch.float32):
-    """(ours, transformers') GPT-2 small with the same random weights from random_gpt2_checkpoint(folder)."""
+def load_both(folder: Path, dtype: torch.dtype = torch.float32, hf_kwargs: dict | None = None):
+    """(ours, transformers') GPT-2 small, eval mode, with the same random weights from random_gpt2_checkpoint(folder).
+
+    hf_kwargs: config overrides for transformers (e.g. dropout 0, as our GPT-2 configs have).
+    """
     from transformers import GPT2LMHeadModel
 
     path = random_gpt2_checkpoint(folder)
     ours = utils.build_gpt2("gpt2-small", weights_path=path).to(dtype)
-    theirs = GPT2LMHeadModel.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
+    theirs = GPT2LMHeadModel.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa",
+                                             **(hf_kwargs or {})).eval()
     return ours, theirs
