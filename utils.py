@@ -1205,17 +1205,24 @@ def _check_generation_args(max_new_tokens: int, context_size: int, temperature: 
 
 
 def _model_in_dtype(model: GPTModel, dtype: torch.dtype | None) -> GPTModel:
-    """`model` itself when `dtype` is None or already its dtype; else a copy with every parameter cast to `dtype`.
+    """`model` itself when `dtype` is None or already its dtype; else a copy of it with its weights in `dtype`.
 
-    The caller's model is left as it is (it may still be training in float32). The copy is made
-    directly in `dtype`, without a second float32 copy, and works for LoRA-wrapped models too.
+    The output head stays float32 and returns float32 logits: bf16 keeps 8 bits of mantissa, so
+    two top logits such as 89.7 and 89.3 would both round to 89.5, and greedy decoding would pick
+    between them by index. The caller's model is left as it is (it may still be training); the
+    copy is made directly in `dtype`, without a second float32 copy, and works for LoRA too.
     """
     if dtype is None or model.tok_emb.weight.dtype == dtype:
         return model
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype such as torch.bfloat16, got {dtype}")
-    memo = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in model.parameters()}
-    return copy.deepcopy(model, memo)
+    head = {id(p) for p in model.out_head.parameters()}
+    memo = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False)
+            for p in model.parameters() if id(p) not in head}
+    low = copy.deepcopy(model, memo)  # a tied head (the same tensor as tok_emb) is cast with it
+    if low.out_head.weight.dtype != dtype:
+        low.out_head.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype),))
+    return low
 
 
 @torch.no_grad()
