@@ -789,6 +789,26 @@ class KVCache:
         self.is_real.zero_()
 
 
+# torch's CPU attention kernel is several times slower in bfloat16 than in float32 (its backward
+# ~4x, measured by benchmarks/bench_training.py), and attention is a small share of the FLOPs:
+# on a CPU, bf16 runs (autocast or bf16 weights) compute attention in float32.
+CPU_BF16_ATTENTION_IN_FLOAT32 = True
+
+
+def _attention_precision(q: torch.Tensor):
+    """No autocast inside attention when it is to run in float32 (autocast would cast it back to bf16)."""
+    if CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
+
+
+def _attention_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if CPU_BF16_ATTENTION_IN_FLOAT32 and tensors[0].device.type == "cpu" and (
+            tensors[0].dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+        return tuple(z.float() for z in tensors)
+    return tensors
+
+
 class MultiHeadAttention(nn.Module):
     """Causal self-attention. One Linear computes queries, keys and values (GPT-2's c_attn)."""
 
@@ -813,9 +833,10 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         # Without a mask, is_causal is right only when queries and keys are the same positions;
         # a single new token after cached ones may see every key, so no causal mask then.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=attn_mask is None and t == k.size(2))
+        with _attention_precision(q):
+            out = F.scaled_dot_product_attention(*_attention_inputs(q, k, v), attn_mask=attn_mask,
+                                                 dropout_p=self.dropout if self.training else 0.0,
+                                                 is_causal=attn_mask is None and t == k.size(2)).to(x.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 

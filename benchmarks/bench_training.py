@@ -91,12 +91,13 @@ def loss_of(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
-RUNS = {  # name: (model, autocast dtype or None, dtype of the reference matmul)
-    "ours fp32": ("ours", None, torch.float32),
-    "ours bf16 autocast": ("ours", torch.bfloat16, torch.bfloat16),
-    "ours bf16 weights+master": ("ours-bf16", None, torch.bfloat16),
-    "hf fp32": ("hf", None, torch.float32),
-    "hf bf16 autocast": ("hf", torch.bfloat16, torch.bfloat16),
+RUNS = {  # name: (model, autocast dtype or None, dtype of the reference matmul, attention in float32 on CPU)
+    "ours fp32": ("ours", None, torch.float32, True),
+    "ours bf16 autocast": ("ours", torch.bfloat16, torch.bfloat16, True),
+    "ours bf16 weights+master": ("ours-bf16", None, torch.bfloat16, True),
+    "ours bf16 autocast, bf16 attention": ("ours", torch.bfloat16, torch.bfloat16, False),
+    "hf fp32": ("hf", None, torch.float32, True),
+    "hf bf16 autocast": ("hf", torch.bfloat16, torch.bfloat16, True),
 }
 
 
@@ -150,7 +151,8 @@ def main() -> None:
         reference = {dtype: matmul_gflops(dtype) for dtype in {RUNS[n][2] for n in instances}}
         inputs, targets = next(batches)
         for name, model in instances.items():
-            kind, autocast_dtype, ref_dtype = RUNS[name]
+            kind, autocast_dtype, ref_dtype, attention_fp32 = RUNS[name]
+            utils.CPU_BF16_ATTENTION_IN_FLOAT32 = attention_fp32  # what utils does (True) or torch's bf16 kernel
             t0 = time.perf_counter()
             with utils._autocast(torch.device("cpu"), autocast_dtype):
                 loss = loss_of(model, inputs, targets, hf=kind == "hf")
@@ -171,14 +173,14 @@ def main() -> None:
                   + f"; {uptime().split('load')[-1].strip()}", flush=True)
 
     first = next(iter(records))
-    print(f"\n{'run':<25} {'fwd s':>6} {'bwd s':>6} {'opt s':>6} {'s/step':>7} {'tok/s':>6} {'GFLOP/s':>8} "
+    print(f"\n{'run':<34} {'fwd s':>6} {'bwd s':>6} {'opt s':>6} {'s/step':>7} {'tok/s':>6} {'GFLOP/s':>8} "
           f"{'matmul':>7} {'ratio':>6} {'loss':>7} {'|dloss|':>8}")
     for name, steps in records.items():
         seconds = sum(s["seconds"] for s in steps)
         achieved = sum(s["flops"] for s in steps) / seconds / 1e9
         matmul = statistics.median(s["matmul"] for s in steps)
         dloss = max(abs(a["loss"] - b["loss"]) for a, b in zip(steps, records[first]))
-        print(f"{name:<25} " + " ".join(f"{statistics.mean(s[k] for s in steps):>6.2f}" for k in ("fwd", "bwd", "opt"))
+        print(f"{name:<34} " + " ".join(f"{statistics.mean(s[k] for s in steps):>6.2f}" for k in ("fwd", "bwd", "opt"))
               + f" {seconds / len(steps):>7.2f} {sum(s['positions'] for s in steps) / seconds:>6.0f} {achieved:>8.1f} "
               f"{matmul:>7.1f} {achieved / matmul:>6.0%} {statistics.mean(s['loss'] for s in steps):>7.3f} "
               f"{dloss:>8.4f}")
@@ -189,7 +191,8 @@ def main() -> None:
     total = {name: sum(s["seconds"] for s in steps) for name, steps in records.items()}
     for a, b in (("hf fp32", "ours fp32"), ("hf bf16 autocast", "ours bf16 autocast"),
                  ("ours fp32", "ours bf16 autocast"), ("ours bf16 autocast", "ours bf16 weights+master"),
-                 ("hf bf16 autocast", "ours bf16 weights+master")):
+                 ("hf bf16 autocast", "ours bf16 weights+master"),
+                 ("ours bf16 autocast, bf16 attention", "ours bf16 autocast")):
         if a in total and b in total:
             print(f"{b} vs {a}: {total[a] / total[b]:.2f}x as fast")
     print(f"end: {uptime()}")
