@@ -65,7 +65,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["06", "07"], default=None)
     parser.add_argument("--epochs", type=int, default=2, help="notebook 06 trains 2")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="notebook 07 generates up to 256")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         weights = random_gpt2_checkpoint(Path(tmp) / "random-gpt2")
