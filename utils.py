@@ -789,21 +789,23 @@ class KVCache:
         self.is_real.zero_()
 
 
-# torch's CPU attention kernel is several times slower in bfloat16 than in float32 (its backward
-# ~4x, measured by benchmarks/bench_training.py), and attention is a small share of the FLOPs:
-# on a CPU, bf16 runs (autocast or bf16 weights) compute attention in float32.
+# torch's CPU attention kernel is several times slower in bfloat16 than in float32 when training
+# (its backward ~4x), and attention is a small share of the FLOPs: on a CPU, bf16 training steps
+# (autocast or bf16 weights) compute attention in float32. Not generation (no gradients): casting
+# a whole KV cache to float32 for every new token would cost more than it saves.
 CPU_BF16_ATTENTION_IN_FLOAT32 = True
 
 
 def _attention_precision(q: torch.Tensor):
     """No autocast inside attention when it is to run in float32 (autocast would cast it back to bf16)."""
-    if CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if (CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu")):
         return torch.autocast("cpu", enabled=False)
     return contextlib.nullcontext()
 
 
 def _attention_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    if CPU_BF16_ATTENTION_IN_FLOAT32 and tensors[0].device.type == "cpu" and (
+    if CPU_BF16_ATTENTION_IN_FLOAT32 and tensors[0].device.type == "cpu" and torch.is_grad_enabled() and (
             tensors[0].dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
         return tuple(z.float() for z in tensors)
     return tensors
