@@ -20,7 +20,7 @@ for the trained GPT-2.
 --textbook K adds the book's loop (generate(use_cache=False), one prompt at a time) on the first
 K prompts, extrapolated to all (slow: a few tokens per second).
 
-    python benchmarks/bench_generation.py                # 32 prompts x 48 tokens, 2 rounds: 4 min here (--threads 1, load 5)
+    python benchmarks/bench_generation.py         # 32 prompts x 48 tokens, 2 rounds: 4 min here (--threads 1, load 5)
     python benchmarks/bench_generation.py --prompts 110 --new-tokens 256 --rounds 1   # notebook 07's size
 """
 
