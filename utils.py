@@ -796,17 +796,24 @@ class KVCache:
 CPU_BF16_ATTENTION_IN_FLOAT32 = True
 
 
+def _cpu_autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
 def _attention_precision(q: torch.Tensor):
     """No autocast inside attention when it is to run in float32 (autocast would cast it back to bf16)."""
     if (CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_grad_enabled()
-            and torch.is_autocast_enabled("cpu")):
+            and _cpu_autocast_on()):
         return torch.autocast("cpu", enabled=False)
     return contextlib.nullcontext()
 
 
 def _attention_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if CPU_BF16_ATTENTION_IN_FLOAT32 and tensors[0].device.type == "cpu" and torch.is_grad_enabled() and (
-            tensors[0].dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+            tensors[0].dtype == torch.bfloat16 or _cpu_autocast_on()):
         return tuple(z.float() for z in tensors)
     return tensors
 

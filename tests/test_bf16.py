@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import utils
 from utils import GPT_CONFIGS, GPTModel, generate, generate_batch
@@ -125,3 +126,21 @@ def test_finetune_has_the_gen_bf16_flag():
 
     assert finetune.parse_args(["--gen-bf16"]).gen_bf16 is True
     assert finetune.parse_args([]).gen_bf16 is False
+
+
+@pytest.mark.parametrize("attention_in_float32", [True, False])
+def test_bf16_training_step_gradients_track_float32(monkeypatch, attention_in_float32):
+    """A bf16 autocast backward pass, attention in float32 (utils' default on CPU) or in bf16, gives float32's gradient
+    direction."""
+    monkeypatch.setattr(utils, "CPU_BF16_ATTENTION_IN_FLOAT32", attention_in_float32)
+    model = tiny_model().train()
+    torch.manual_seed(2)
+    inputs = torch.randint(0, TINY["vocab_size"], (2, 24))
+    targets = inputs.roll(-1, dims=1)
+    grads = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        model.zero_grad(set_to_none=True)
+        utils.calc_loss_batch(inputs, targets, model, "cpu", autocast_dtype=dtype).backward()
+        grads[name] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    cosine = F.cosine_similarity(grads["fp32"], grads["bf16"], dim=0)
+    assert cosine > 0.99, f"cosine similarity {cosine:.4f}"
