@@ -27,6 +27,7 @@ K prompts, extrapolated to all (slow: a few tokens per second).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -88,7 +89,7 @@ def main() -> None:
     print(f"Machine: {machine_line()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         ours, hf32 = load_both(Path(tmp) / "random-gpt2")
-        hf16 = copy_in_bf16(hf32) if "hf bf16" in args.ways else None
+        hf16 = copy.deepcopy(hf32).to(torch.bfloat16) if "hf bf16" in args.ways else None
     prompts = load_prompts(args.prompts)
     n_new, lengths = args.new_tokens, [len(p) for p in prompts]
     print(f"Model: GPT-2 small with RANDOM weights, the same in both (speed only); {len(prompts)} test-split "
@@ -102,9 +103,14 @@ def main() -> None:
         "hf bf16": lambda: hf_generate(hf16, prompts, n_new),
     }
     runs = {way: runs[way] for way in args.ways}
-    for way, run in runs.items():  # warm-up: one-time setup (allocator, kernels) is not timed
-        (hf_generate(hf32 if way == "hf fp32" else hf16, prompts[:2], 2) if way.startswith("hf")
-         else generate_batch(ours, prompts[:2], 2, 1024, dtype=torch.bfloat16 if "bf16" in way else None))
+    warm_up = {  # one-time setup (allocator, kernels) is not timed
+        "ours fp32": lambda: generate_batch(ours, prompts[:2], 2, 1024),
+        "ours bf16": lambda: generate_batch(ours, prompts[:2], 2, 1024, dtype=torch.bfloat16),
+        "hf fp32": lambda: hf_generate(hf32, prompts[:2], 2),
+        "hf bf16": lambda: hf_generate(hf16, prompts[:2], 2),
+    }
+    for way in runs:
+        warm_up[way]()
     seconds: dict[str, list[float]] = {way: [] for way in runs}
     tokens: dict[str, list[list[int]]] = {}
     for r in range(args.rounds):
@@ -137,12 +143,6 @@ def main() -> None:
               f"all {len(prompts)} EXTRAPOLATED: {len(prompts) * n_new / rate:.0f} s; same tokens as ours fp32 "
               f"for {same} of {len(subset)}")
     print(f"end: {uptime()}")
-
-
-def copy_in_bf16(model):
-    import copy
-
-    return copy.deepcopy(model).to(torch.bfloat16)
 
 
 if __name__ == "__main__":
