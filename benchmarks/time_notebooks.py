@@ -8,7 +8,8 @@ with its checkpoint (written to a temporary folder). 07: generate_responses on t
 entries, max_new_tokens=256, end-of-text stops a response as in the notebook; random weights
 almost never produce it, so nearly every response is the full 256 tokens (the count is printed).
 
-    python benchmarks/time_notebooks.py               # both: about 30 min on an idle 2-core CPU
+    python benchmarks/time_notebooks.py               # both: 06 took 17.8 min and 07 8.9 min here (--threads 1,
+                                                      # load 2-5)
     python benchmarks/time_notebooks.py --only 07     # generation only
     python benchmarks/time_notebooks.py --only 06 --epochs 1
 """
