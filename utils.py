@@ -7,6 +7,7 @@ Sections follow the order in which the notebooks meet them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import glob
 import hashlib
@@ -739,6 +740,35 @@ class KVCache:
         self.is_real.zero_()
 
 
+# torch's CPU attention kernel is several times slower in bfloat16 than in float32 when training
+# (its backward ~4x), and attention is a small share of the FLOPs: on a CPU, bf16 training steps
+# (autocast or bf16 weights) compute attention in float32. Not generation (no gradients): casting
+# a whole KV cache to float32 for every new token would cost more than it saves.
+CPU_BF16_ATTENTION_IN_FLOAT32 = True
+
+
+def _cpu_autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+def _attention_precision(q: torch.Tensor):
+    """No autocast inside attention when it is to run in float32 (autocast would cast it back to bf16)."""
+    if (CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_grad_enabled()
+            and _cpu_autocast_on()):
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
+
+
+def _attention_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if CPU_BF16_ATTENTION_IN_FLOAT32 and tensors[0].device.type == "cpu" and torch.is_grad_enabled() and (
+            tensors[0].dtype == torch.bfloat16 or _cpu_autocast_on()):
+        return tuple(z.float() for z in tensors)
+    return tensors
+
+
 class MultiHeadAttention(nn.Module):
     """Causal self-attention. One Linear computes queries, keys and values (GPT-2's c_attn)."""
 
@@ -763,9 +793,10 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         # Without a mask, is_causal is right only when queries and keys are the same positions;
         # a single new token after cached ones may see every key, so no causal mask then.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=attn_mask is None and t == k.size(2))
+        with _attention_precision(q):
+            out = F.scaled_dot_product_attention(*_attention_inputs(q, k, v), attn_mask=attn_mask,
+                                                 dropout_p=self.dropout if self.training else 0.0,
+                                                 is_causal=attn_mask is None and t == k.size(2)).to(x.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -1242,10 +1273,32 @@ def _check_generation_args(max_new_tokens: int, context_size: int, temperature: 
         raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
 
 
+def _model_in_dtype(model: GPTModel, dtype: torch.dtype | None) -> GPTModel:
+    """`model` itself when `dtype` is None or already its dtype; else a copy of it with its weights in `dtype`.
+
+    The output head stays float32 and returns float32 logits: bf16 keeps 8 bits of mantissa, so
+    two top logits such as 89.7 and 89.3 would both round to 89.5, and greedy decoding would pick
+    between them by index. The caller's model is left as it is (it may still be training); the
+    copy is made directly in `dtype`, without a second float32 copy, and works for LoRA too.
+    """
+    if dtype is None or model.tok_emb.weight.dtype == dtype:
+        return model
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype such as torch.bfloat16, got {dtype}")
+    head = {id(p) for p in model.out_head.parameters()}
+    memo = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False)
+            for p in model.parameters() if id(p) not in head}
+    low = copy.deepcopy(model, memo)  # a tied head (the same tensor as tok_emb) is cast with it
+    if low.out_head.weight.dtype != dtype:
+        low.out_head.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype),))
+    return low
+
+
 @torch.no_grad()
 def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_size: int,
              temperature: float = 0.0, top_k: int | None = None, eos_id: int | None = None,
-             seed: int | None = None, use_cache: bool = True) -> torch.Tensor:
+             seed: int | None = None, use_cache: bool = True,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
     """`idx` (batch, tokens) with up to `max_new_tokens` generated tokens appended.
 
     - temperature 0: greedy (argmax); above 0: sampling from softmax(logits / temperature),
@@ -1259,6 +1312,9 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
     - use_cache=True keeps every layer's keys and values (KVCache), so each step processes one
       token; use_cache=False recomputes the whole context every step, as in the book. Both
       give the same tokens (float rounding differs slightly, which could only flip a near-tie).
+    - dtype=torch.bfloat16 runs a bfloat16 copy of the model (weights and KV cache): about half
+      the memory traffic, faster on CPUs with native bf16 (bf16_autocast_recommended). Greedy
+      tokens can differ from float32's where two candidates are nearly tied; None: as the model is.
     Call model.eval() first.
     """
     if idx.dim() != 2:
@@ -1269,6 +1325,7 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
     _check_token_ids(idx, "idx", model.cfg["vocab_size"])
     _check_generation_args(max_new_tokens, context_size, temperature, top_k)
     context_size = min(context_size, model.cfg["context_length"])
+    model = _model_in_dtype(model, dtype)
     if use_cache:
         pad_mask = torch.ones_like(idx, dtype=torch.bool)
         new = _generate_cached(model, idx, pad_mask, max_new_tokens, context_size,
@@ -1297,7 +1354,7 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
 def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: int, context_size: int,
                    eos_id: int | None = None, pad_token_id: int = PAD_TOKEN_ID, temperature: float = 0.0,
                    top_k: int | None = None, seed: int | None = None,
-                   batch_size: int | None = None) -> list[list[int]]:
+                   batch_size: int | None = None, dtype: torch.dtype | None = None) -> list[list[int]]:
     """Generate for many prompts of different lengths at once; returns each prompt's new tokens.
 
     Prompts are left-padded with `pad_token_id` and a padding mask keeps the padding out of
@@ -1305,7 +1362,8 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
     (up to float rounding, which can only matter on near-ties). Each row stops at its own eos_id,
     which is not included. Prompts longer than context_size keep their last context_size tokens.
     batch_size: at most this many prompts at once (default: all); lengths are sorted first so
-    that similar lengths share a batch. Sampling and seed work as in generate().
+    that similar lengths share a batch. Sampling, seed and dtype (e.g. torch.bfloat16) work as in
+    generate().
     """
     if len(prompts) == 0:
         raise ValueError("prompts is empty: give at least one prompt")
@@ -1319,6 +1377,7 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
         raise ValueError(f"batch_size must be None (all at once) or an integer >= 1, got {batch_size!r}")
     device = model.tok_emb.weight.device
     context_size = min(context_size, model.cfg["context_length"])
+    model = _model_in_dtype(model, dtype)  # once for all batches
     results: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     step = batch_size or len(prompts)
@@ -1341,17 +1400,20 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
 
 def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca",
                        max_new_tokens: int = 256, batch_size: int = 32, progress: bool = True,
-                       temperature: float = 0.0, top_k: int | None = None, seed: int | None = None) -> list[dict]:
+                       temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
+                       dtype: torch.dtype | None = None) -> list[dict]:
     """Each entry with the model's answer added as "model_response" (batched, KV cache).
 
     - The prompt is format_prompt(entry, style): the very text the model was trained to continue.
     - Greedy by default; temperature > 0 samples (optionally from the `top_k` most likely tokens).
       With `seed`, every prompt draws from its own generator, so a rerun gives the same answers
       whatever the batch_size.
+    - dtype=torch.bfloat16 generates with a bfloat16 copy of the model (see generate()).
     """
     from tqdm import tqdm
 
     model.eval()
+    model = _model_in_dtype(model, dtype)  # once, not per batch
     prompts = [encode_text(format_prompt(entry, style), tokenizer) for entry in entries]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
     responses = [""] * len(prompts)
@@ -1363,6 +1425,7 @@ def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, styl
         for i, tokens in zip(chunk, new_tokens):
             responses[i] = tokenizer.decode(tokens).strip()
     return [{**entry, "model_response": response} for entry, response in zip(entries, responses)]
+
 
 # --- training: the loop, checkpoints, loss plot, length-grouped batches ---
 

@@ -1,76 +1,52 @@
-"""Finetuning speed on this machine: fp32 vs. bf16 autocast, and random vs. length-grouped batching.
+"""Finetuning speed: our GPTModel vs. Hugging Face transformers' GPT2LMHeadModel, fp32 and bf16, side by side.
 
-The model is the gpt2-small architecture with RANDOM weights (speed does not depend on the
-values, and nothing needs downloading); the data is the real train split in the Alpaca format,
-batch size 8, full finetuning with fused AdamW (create_optimizer, as finetune.py). Four runs:
+Both models hold the SAME random GPT-2 small weights: transformers writes a random checkpoint
+(save_pretrained, safetensors), transformers loads it, and utils.build_gpt2 loads it through
+load_gpt2_weights. Speed does not depend on the values, and nothing needs downloading. The data
+is the real train split in the Alpaca format, batch size 8; every run does what train_model does
+per batch (loss, backward, AdamW step from create_optimizer: fused) on the same batches. Runs:
 
-    random batching  x {fp32, bf16 autocast}
-    length-grouped   x {fp32, bf16 autocast}
+    ours  fp32                     no autocast, everything float32
+    ours  bf16 autocast            train_model(autocast_dtype=torch.bfloat16), what notebook 06 uses
+    ours  bf16 weights + master    weights and activations in bf16, fp32 master copy in the optimizer
+    hf    fp32, hf bf16 autocast   transformers, same loss (float32 cross-entropy, -100 ignored)
 
-They take turns step by step (round robin), and every round first times a 2048 x 2048
-torch.matmul in each dtype: this machine is shared, and a load spike then hits all runs and
-their references alike instead of whichever ran at the time.
+They take turns step by step (round robin), and every round first times a 2048 x 2048 matmul in
+each dtype: the machine may be shared, and a load spike then hits every run and its reference
+alike. Forward, backward and optimizer step are timed separately.
 
-Model FLOPs of a batch (B, T), padding included (the hardware computes on padding too):
+Model FLOPs of a batch (B, T), padding included: 6*N*B*T + 12*L*d*B*T^2 with N = the 85M
+parameters of the blocks' Linear layers + the 38.6M of the output head (embedding lookups
+excluded), L = layers, d = emb_dim. ratio = achieved GFLOP/s / median matmul GFLOP/s of the dtype.
+(Our model keeps the output head as its own matrix, as the book does; transformers ties it to the
+token embedding, so our optimizer updates 38.6M more parameters. The FLOPs are the same.)
 
-    6 * N * B * T  +  12 * L * d * B * T^2
-
-N = parameters used in matmuls (the Linear layers of the blocks + the output head; embedding
-lookups excluded), L = layers, d = emb_dim. 6N = forward 2N + backward 4N per token; the second
-term is attention (QK^T and AV over the full T x T, forward + backward), under 5% here.
-ratio = achieved model GFLOP/s / median matmul GFLOP/s of the same dtype. Target: >= 60%.
-
-By default --steps rounds are timed after --warmup untimed ones, and the time per epoch is
-extrapolated from the achieved FLOP/s and the epoch's FLOPs (labelled "est."); --full-epoch
-runs every batch of the epoch in all four runs instead (116 rounds, over an hour on 2 cores).
-
-    python benchmarks/bench_training.py                  # ~5 min on 2 cores
-    python benchmarks/bench_training.py --steps 10       # steadier numbers
-    python benchmarks/bench_training.py --full-epoch     # the real thing; long
+    python benchmarks/bench_training.py               # 1 warm-up + 3 timed rounds: 1.5 min here (--threads 1, load 4)
+    python benchmarks/bench_training.py --steps 10    # steadier numbers
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-SHARED_TOKENIZER = REPO_ROOT.parent / "shared" / "gpt2-tokenizer"
-if "GPT2_TOKENIZER_DIR" not in os.environ and (SHARED_TOKENIZER / "encoder.json").exists():
-    os.environ["GPT2_TOKENIZER_DIR"] = str(SHARED_TOKENIZER)  # as tests/conftest.py does
+from common import load_both, machine_line, uptime
 
-import utils  # noqa: E402
-from utils import (GPT_CONFIGS, GPTModel, bf16_autocast_recommended, calc_loss_batch, create_optimizer,  # noqa: E402
-                   length_grouped_loader)
+import utils  # noqa: E402  (common puts the repository on sys.path)
+from utils import GPT_CONFIGS, IGNORE_INDEX, create_optimizer, length_grouped_loader  # noqa: E402
 
 
-def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, bf16 autocast recommended: {bf16_autocast_recommended('cpu')}; "
-            f"load average {load:.2f} at start (other work on the machine skews timings)")
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
     """Median GFLOP/s of an n x n @ n x n torch.matmul in `dtype`."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    for _ in range(2):
-        a @ b
+    a @ b
     times = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -79,146 +55,147 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def optimizer_step_seconds(model: GPTModel) -> dict[str, float]:
-    """Seconds per AdamW step over all of `model`'s parameters: torch's default per-tensor loop vs. fused."""
-    model = copy.deepcopy(model)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    result = {}
-    for name, kwargs in (("for-loop", {}), ("fused", {"fused": True})):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, **kwargs)
-        optimizer.step()  # creates the state
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
-        result[name] = statistics.median(times)
-        del optimizer
-    return result
-
-
-def matmul_params(model: GPTModel) -> int:
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-
-
-def batch_flops(batch_shape: tuple[int, int], n_matmul: int, cfg: dict) -> float:
-    b, t = batch_shape
+def batch_flops(shape: tuple[int, int], n_matmul: int, cfg: dict) -> float:
+    b, t = shape
     return 6 * n_matmul * b * t + 12 * cfg["n_layers"] * cfg["emb_dim"] * b * t * t
 
 
-def epoch_stats(loader, n_matmul: int, cfg: dict) -> dict:
-    """Padding efficiency, positions and model FLOPs of one whole epoch (no model involved)."""
-    real = positions = flops = 0
-    for inputs, targets in loader:
-        real += int((targets != utils.IGNORE_INDEX).sum())
-        positions += inputs.numel()
-        flops += batch_flops(tuple(inputs.shape), n_matmul, cfg)
-    return {"real": real, "positions": positions, "flops": flops, "efficiency": real / positions,
-            "batches": len(loader)}
+class MasterWeightAdamW:
+    """Fused AdamW on float32 master copies of a bf16 model's parameters; the bf16 weights follow each step.
 
-
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # None: no autocast, everything float32
-
-
-def round_robin(model: GPTModel, loaders: dict, rounds: int, warmup: int, matmul_size: int, n_matmul: int,
-                cfg: dict) -> dict:
-    """Time training steps of every (batching, dtype) in turn, plus each dtype's matmul, round after round.
-
-    Taking turns step by step means a load spike from other work on the machine hits all four
-    alike. A step is what train_model does for each batch: calc_loss_batch, backward, fused
-    AdamW step. One model per dtype (from the same weights) sees the same batches, so their
-    losses are comparable.
+    Updates of lr * ~1 to weights of ~0.02 fall below bf16's resolution (8 bits of mantissa), so
+    AdamW straight on bf16 weights would drop most of them: the master copy keeps them.
     """
-    from tqdm import tqdm
 
-    models = {name: copy.deepcopy(model).train() for name in DTYPES}
-    optimizers = {name: create_optimizer(m, lr=5e-5) for name, m in models.items()}  # as finetune.py
-    batches = {batching: iter(loader) for batching, loader in loaders.items()}
-    records: dict[tuple[str, str], list[dict]] = {(b, d): [] for b in loaders for d in DTYPES}
-    for r in tqdm(range(warmup + rounds), desc="rounds", unit="round"):
-        reference = {name: matmul_gflops(dtype or torch.float32, matmul_size, reps=3)
-                     for name, dtype in DTYPES.items()}
-        for batching, it in batches.items():
-            inputs, targets = next(it)
-            for name, dtype in DTYPES.items():
-                start = time.perf_counter()
-                loss = calc_loss_batch(inputs, targets, models[name], "cpu", autocast_dtype=dtype)
-                loss.backward()
-                optimizers[name].step()
-                optimizers[name].zero_grad(set_to_none=True)
-                seconds = time.perf_counter() - start
-                if r >= warmup:
-                    records[(batching, name)].append({
-                        "seconds": seconds, "flops": batch_flops(tuple(inputs.shape), n_matmul, cfg),
-                        "positions": inputs.numel(), "real": int((targets != utils.IGNORE_INDEX).sum()),
-                        "loss": loss.item(), "matmul": reference[name]})
-    return records
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float = 0.1):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.master = [p.detach().float().requires_grad_() for p in self.params]
+        self.optimizer = torch.optim.AdamW(self.master, lr=lr, weight_decay=weight_decay, fused=True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, m in zip(self.params, self.master):
+            m.grad = p.grad.float()
+        self.optimizer.step()
+        torch._foreach_copy_(self.params, self.master)  # round to bf16 once per step
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def loss_of(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, hf: bool) -> torch.Tensor:
+    """Mean float32 cross-entropy over the real targets, as utils.calc_loss_batch computes it."""
+    logits = model(input_ids=inputs).logits if hf else model(inputs)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+RUNS = {  # name: (model, autocast dtype or None, dtype of the reference matmul, attention in float32 on CPU)
+    "ours fp32": ("ours", None, torch.float32, True),
+    "ours bf16 autocast": ("ours", torch.bfloat16, torch.bfloat16, True),
+    "ours bf16 weights+master": ("ours-bf16", None, torch.bfloat16, True),
+    "ours bf16 autocast, bf16 attention": ("ours", torch.bfloat16, torch.bfloat16, False),
+    "hf fp32": ("hf", None, torch.float32, True),
+    "hf bf16 autocast": ("hf", torch.bfloat16, torch.bfloat16, True),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per run (default 5)")
+    parser.add_argument("--steps", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    parser.add_argument("--full-epoch", action="store_true", help="time a whole epoch per run (slow)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batching", choices=["random", "grouped"], default="random",
+                        help="the notebook's random batches, or length-grouped ones (finetune.py --group-by-length)")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), metavar="RUN",
+                        help=f"which runs (default all): {', '.join(repr(r) for r in RUNS)}")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--matmul-size", type=int, default=2048, help="n of the reference n x n matmul")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(machine_line())
+    print(machine_line(), flush=True)
     cfg = GPT_CONFIGS["gpt2-small"]
     tokenizer = utils.get_tokenizer()
     train, val, test = utils.split_dataset(utils.load_instruction_data())
-    random_loader, _, _ = utils.create_dataloaders(train, val, test, tokenizer, batch_size=args.batch_size)
-    loaders = {"random": random_loader, "grouped": length_grouped_loader(random_loader, seed=123)}
-    torch.manual_seed(0)
-    model = GPTModel(cfg)  # RANDOM weights: timing only
-    n_matmul = matmul_params(model)
-    print(f"gpt2-small architecture, random weights: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-          f"parameters, N = {n_matmul / 1e6:.1f}M in matmuls; {len(train)} train examples, batch size "
-          f"{args.batch_size}, full finetuning with fused AdamW")
-    print("model FLOPs per batch (B, T) = 6*N*B*T + 12*L*d*B*T^2, padding included")
-    adam = optimizer_step_seconds(model)
-    print(f"AdamW step over all parameters: {adam['for-loop']:.2f} s default per-tensor loop, "
-          f"{adam['fused']:.2f} s fused")
-    epochs = {batching: epoch_stats(loader, n_matmul, cfg) for batching, loader in loaders.items()}
+    loader, _, _ = utils.create_dataloaders(train, val, test, tokenizer, batch_size=args.batch_size)
+    if args.batching == "grouped":
+        loader = length_grouped_loader(loader, seed=123)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, hf = load_both(Path(tmp) / "random-gpt2", hf_kwargs={"resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                                                    "attn_pdrop": 0.0})
+    n_matmul = sum(m.weight.numel() for m in ours.modules() if isinstance(m, torch.nn.Linear))
+    models = {"ours": ours, "hf": hf}
+    print(f"GPT-2 small, the same random weights in both; N = {n_matmul / 1e6:.1f}M matmul parameters; "
+          f"{args.batching} batches of {args.batch_size} from the {len(train)} train examples; dropout 0 in both")
 
-    if args.full_epoch:
-        rounds, warmup = min(len(loader) for loader in loaders.values()), 0
-    else:
-        rounds, warmup = args.steps, args.warmup
-    print(f"{rounds} timed rounds after {warmup} warm-up; each round: both matmuls, then one step of each "
-          f"of the 4 runs\n", flush=True)
-    records = round_robin(model, loaders, rounds, warmup, args.matmul_size, n_matmul, cfg)
+    instances, optimizers = {}, {}
+    for name in args.runs:
+        kind = RUNS[name][0]
+        if kind == "ours-bf16":
+            model = copy.deepcopy(ours).to(torch.bfloat16).train()
+            optimizers[name] = MasterWeightAdamW(model, lr=5e-5)
+        else:
+            model = copy.deepcopy(models[kind]).train()
+            optimizers[name] = create_optimizer(model, lr=5e-5)
+        instances[name] = model
+    del ours, hf, models
 
-    tag = "" if args.full_epoch else " (est.)"
-    print(f"\n{'batching':<9} {'dtype':<5} {'steps':>5} {'s/step':>7} {'tok/s':>7} {'real tok/s':>10} "
-          f"{'GFLOP/s':>8} {'matmul':>7} {'ratio':>6} {'loss':>6} {'epoch':>14}")
-    reached = []
-    for (batching, name), steps in records.items():
+    rounds = args.warmup + args.steps
+    print(f"{args.steps} timed rounds after {args.warmup} warm-up; each round: a matmul per dtype, then one step "
+          f"of each of the {len(instances)} runs on the same batch\n", flush=True)
+    records: dict[str, list[dict]] = {name: [] for name in instances}
+    batches = iter(loader)
+    for r in range(rounds):
+        reference = {dtype: matmul_gflops(dtype) for dtype in {RUNS[n][2] for n in instances}}
+        inputs, targets = next(batches)
+        for name, model in instances.items():
+            kind, autocast_dtype, ref_dtype, attention_fp32 = RUNS[name]
+            utils.CPU_BF16_ATTENTION_IN_FLOAT32 = attention_fp32  # what utils does (True) or torch's bf16 kernel
+            t0 = time.perf_counter()
+            with utils._autocast(torch.device("cpu"), autocast_dtype):
+                loss = loss_of(model, inputs, targets, hf=kind == "hf")
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            optimizers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
+            t3 = time.perf_counter()
+            if r >= args.warmup:
+                records[name].append({"fwd": t1 - t0, "bwd": t2 - t1, "opt": t3 - t2, "seconds": t3 - t0,
+                                      "flops": batch_flops(tuple(inputs.shape), n_matmul, cfg),
+                                      "positions": inputs.numel(), "loss": loss.item(),
+                                      "matmul": reference[ref_dtype]})
+        if r >= args.warmup:
+            print(f"round {r + 1}/{rounds}: batch {tuple(inputs.shape)}, "
+                  + ", ".join(f"{n} {records[n][-1]['seconds']:.1f} s" for n in instances)
+                  + f"; {uptime().split('load')[-1].strip()}", flush=True)
+
+    first = next(iter(records))
+    print(f"\n{'run':<34} {'fwd s':>6} {'bwd s':>6} {'opt s':>6} {'s/step':>7} {'tok/s':>6} {'GFLOP/s':>8} "
+          f"{'matmul':>7} {'ratio':>6} {'loss':>7} {'|dloss|':>8}")
+    for name, steps in records.items():
         seconds = sum(s["seconds"] for s in steps)
         achieved = sum(s["flops"] for s in steps) / seconds / 1e9
         matmul = statistics.median(s["matmul"] for s in steps)
-        epoch_seconds = seconds if args.full_epoch else epochs[batching]["flops"] / (achieved * 1e9)
-        if achieved >= 0.6 * matmul:
-            reached.append(f"{batching}/{name}")
-        print(f"{batching:<9} {name:<5} {len(steps):>5} {seconds / len(steps):>7.2f} "
-              f"{sum(s['positions'] for s in steps) / seconds:>7.0f} {sum(s['real'] for s in steps) / seconds:>10.0f} "
-              f"{achieved:>8.1f} {matmul:>7.1f} {achieved / matmul:>6.0%} "
-              f"{statistics.mean(s['loss'] for s in steps):>6.2f} {epoch_seconds / 60:>6.1f} min{tag}")
-    print("\ntok/s: input positions incl. padding; real tok/s: real (unmasked) target tokens; matmul: median "
-          "GFLOP/s of the reference matmul of that dtype; ratio: achieved / matmul (target >= 60%)")
-    for batching, e in epochs.items():
-        print(f"{batching:<8} batching: padding efficiency {e['efficiency']:.1%}, {e['batches']} batches, "
-              f"{e['positions']:,} positions, {e['flops'] / 1e12:.1f} TFLOP per epoch")
-    for batching in loaders:
-        fp32, bf16 = (sum(s["seconds"] for s in records[(batching, d)]) for d in DTYPES)
-        print(f"bf16 autocast vs fp32, {batching} batching: {fp32 / bf16:.2f}x as fast")
-    print(f"60% target reached by: {', '.join(reached) or 'none'}")
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+        dloss = max(abs(a["loss"] - b["loss"]) for a, b in zip(steps, records[first]))
+        print(f"{name:<34} " + " ".join(f"{statistics.mean(s[k] for s in steps):>6.2f}" for k in ("fwd", "bwd", "opt"))
+              + f" {seconds / len(steps):>7.2f} {sum(s['positions'] for s in steps) / seconds:>6.0f} {achieved:>8.1f} "
+              f"{matmul:>7.1f} {achieved / matmul:>6.0%} {statistics.mean(s['loss'] for s in steps):>7.3f} "
+              f"{dloss:>8.4f}")
+    print(f"\nfwd/bwd/opt: mean seconds of forward (incl. loss), backward, optimizer step; tok/s: input positions "
+          f"incl. padding; matmul: median GFLOP/s of the 2048 x 2048 reference matmul of that dtype; ratio: "
+          f"achieved / matmul (goal for bf16: >= 60%); |dloss|: largest difference from {first!r}'s loss "
+          f"on the same batch")
+    total = {name: sum(s["seconds"] for s in steps) for name, steps in records.items()}
+    for a, b in (("hf fp32", "ours fp32"), ("hf bf16 autocast", "ours bf16 autocast"),
+                 ("ours fp32", "ours bf16 autocast"), ("ours bf16 autocast", "ours bf16 weights+master"),
+                 ("hf bf16 autocast", "ours bf16 weights+master"),
+                 ("ours bf16 autocast, bf16 attention", "ours bf16 autocast")):
+        if a in total and b in total:
+            print(f"{b} vs {a}: {total[a] / total[b]:.2f}x as fast")
+    print(f"end: {uptime()}")
 
 
 if __name__ == "__main__":
