@@ -1,7 +1,9 @@
-"""Shared helpers for the instruction-finetuning series.
+"""The course code of the instruction-finetuning notebooks, in notebook order.
 
-Each helper is defined once here and imported by every notebook, script and test.
-Sections follow the order in which the notebooks meet them.
+Each section's header names the notebook that teaches it (01-instruction-dataset ... 10-exercises);
+the notebooks build each piece step by step and then import the finished version from here.
+What a learner need not read (atomic files, strict JSON, network deadlines, the checkpoint format,
+resume, DDP) lives in the support/ package; this file imports from it, never the other way round.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 
 # Machinery a learner need not read (support/ never imports this file): safe files, strict JSON,
 # downloads with deadlines, the checkpoint format, the Ollama client.
-from support.checkpoints import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401 (CheckpointError: re-exported)
+from support.checkpoints import load_checkpoint  # noqa: F401 (notebooks 07 and 08 import it from here)
 from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json  # noqa: F401
 from support.jsonio import DatasetError, check_json_value, parse_json_bytes, read_json_file
-from support.network import download_file, hub_unreachable_reason
+from support.network import WeightsUnavailableError, download_file, hub_download
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, ollama_models
 from support.tokenizer_files import TokenizerUnavailableError, check_tokenizer_folder
 from support.trainer import seed_everything
@@ -41,7 +43,7 @@ PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>; doubles as the padding token
 IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_entropy
 
 
-# --- data: load and validate an instruction dataset ---
+# --- 01 instruction dataset: load, validate and split the data ---
 
 
 def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
@@ -121,7 +123,7 @@ def split_dataset(data: Sequence[dict], train_frac: float = 0.85, val_frac: floa
     return train, val, test
 
 
-# --- formatting: one source of truth per prompt template ---
+# --- 02 prompt formatting: one source of truth per prompt template ---
 
 @dataclass(frozen=True)
 class PromptStyle:
@@ -188,7 +190,7 @@ def format_example(entry: dict, style: str | PromptStyle = "alpaca") -> str:
     return format_input(entry, style) + format_response(entry, style)
 
 
-# --- tokenizer: GPT-2's BPE through tiktoken, online or from local files ---
+# --- 03 tokenization and batching: GPT-2's tokenizer through tiktoken ---
 
 TOKENIZER_DIR_ENV = "GPT2_TOKENIZER_DIR"
 
@@ -239,7 +241,7 @@ def encode_text(text: str, tokenizer) -> list[int]:
     return tokenizer.encode(text, disallowed_special=())
 
 
-# --- batching: tokenized examples, padding, shifted targets, -100 masking ---
+# --- 03 tokenization and batching: tokenized examples, padding, shifted targets, -100 masking ---
 
 class TokenizedExample(NamedTuple):
     """One training example: its token IDs and how many of them belong to the prompt."""
@@ -333,6 +335,108 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
     return inputs_tensor, targets_tensor
 
 
+# --- 03 tokenization and batching: a batch as a picture; the plot style of every notebook's figures ---
+
+# Okabe-Ito colours: distinguishable with the common forms of colour blindness.
+COLORS = {"prompt": "#56B4E9", "response": "#E69F00", "end": "#009E73", "padding": "#BBBBBB",
+          "masked": "#FFFFFF", "accent": "#D55E00", "text": "#222222"}
+# The order in which a plot's lines and bars take their colours (Okabe-Ito, strongest first).
+COLOR_CYCLE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000"]
+# Font sizes in points for every plot: on a figure 8-10 inches wide, 15 pt ticks and 18 pt labels
+# still read from the back of a room when projected, and stay comfortable on a laptop.
+PLOT_FONT_SIZES = {"tick": 15, "label": 18, "legend": 16, "title": 20}
+
+
+def plot_style() -> dict:
+    """matplotlib settings for plots readable on a projector: big fonts, Okabe-Ito colours, white background."""
+    from cycler import cycler
+
+    sizes = PLOT_FONT_SIZES
+    return {
+        "font.size": sizes["label"], "axes.labelsize": sizes["label"], "axes.titlesize": sizes["title"],
+        "xtick.labelsize": sizes["tick"], "ytick.labelsize": sizes["tick"], "legend.fontsize": sizes["legend"],
+        "legend.frameon": False, "axes.prop_cycle": cycler(color=COLOR_CYCLE), "lines.linewidth": 3,
+        "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+        "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
+        "figure.autolayout": True,  # labels this big need the room tight_layout makes
+    }
+
+
+def use_plot_style() -> None:
+    """Apply plot_style() to every plot drawn after this call (a notebook calls it once)."""
+    import matplotlib
+
+    matplotlib.rcParams.update(plot_style())
+
+
+def _token_label(token_id: int, tokenizer, width: int = 7) -> str:
+    if token_id == IGNORE_INDEX:
+        return "-100"
+    if token_id == PAD_TOKEN_ID:
+        return "<eot>"
+    text = tokenizer.decode([token_id]).replace("\n", "\\n").replace(" ", "\u2423")
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_lengths: Sequence[int] | None = None,
+               lengths: Sequence[int] | None = None, first_column: int = 0, n_columns: int = 16, title: str = ""):
+    """Draw a window of a batch as a grid: for each example an input row and a target row.
+
+    Colours: prompt tokens, response tokens, the end-of-text that is learned, padding, and
+    masked (-100) targets. `lengths` (tokens before padding) tells end-of-text from padding.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    n_rows, width = inputs.shape
+    columns = range(first_column, min(first_column + n_columns, width))
+    lengths = lengths or [int((row != PAD_TOKEN_ID).nonzero().max()) + 1 if (row != PAD_TOKEN_ID).any() else 0
+                          for row in inputs]
+    prompt_lengths = prompt_lengths or [0] * n_rows
+
+    def category(row: int, pos: int, token: int, is_target: bool) -> str:
+        seq_pos = pos + 1 if is_target else pos  # a target at pos is the token at pos + 1
+        if token == IGNORE_INDEX:
+            return "masked"
+        if seq_pos >= lengths[row]:
+            return "end" if seq_pos == lengths[row] else "padding"
+        return "prompt" if seq_pos < prompt_lengths[row] else "response"
+
+    fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1.6, 1.05 * n_rows * 2 + 0.9), dpi=100)
+    y = 0
+    for row in range(n_rows):
+        for label, tensor, is_target in (("input", inputs, False), ("target", targets, True)):
+            ax.text(-0.15, y + 0.5, f"{label} {row}", ha="right", va="center", fontsize=PLOT_FONT_SIZES["tick"], color=COLORS["text"])
+            for x, pos in enumerate(columns):
+                token = int(tensor[row, pos])
+                kind = category(row, pos, token, is_target)
+                ax.add_patch(Rectangle((x, y), 0.94, 0.9, facecolor=COLORS[kind], edgecolor="#666666",
+                                       hatch="//" if kind == "masked" else None, linewidth=0.8))
+                ax.text(x + 0.47, y + 0.58, _token_label(token, tokenizer), ha="center", va="center", fontsize=9.5,
+                        color=COLORS["accent"] if kind == "masked" else COLORS["text"], fontweight="bold")
+                ax.text(x + 0.47, y + 0.22, "" if token == IGNORE_INDEX else str(token), ha="center", va="center",
+                        fontsize=7.5, color="#333333")
+            y += 1
+        y += 0.35
+    for x, pos in enumerate(columns):
+        ax.text(x + 0.47, -0.25, str(pos), ha="center", va="center", fontsize=8, color="#555555")
+    ax.set_xlim(-1.6, len(columns))
+    ax.set_ylim(y, -0.6)
+    ax.axis("off")
+    legend = [Patch(facecolor=COLORS[k], edgecolor="#666666", hatch="//" if k == "masked" else None, label=label)
+              for k, label in (("prompt", "prompt"), ("response", "response"), ("end", "end-of-text (learned)"),
+                               ("padding", "padding"), ("masked", "masked target (-100)"))]
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False,
+              fontsize=PLOT_FONT_SIZES["tick"])
+    if title:
+        ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"])
+    fig.patch.set_facecolor("white")  # readable on GitHub's dark theme too
+    fig.tight_layout()
+    return fig
+
+
+# --- 04 dataloaders: batches from the splits, on the right device ---
+
 def get_device(preferred: str | None = None) -> torch.device:
     """cuda if available, else Apple's mps, else cpu. $LLM_DEVICE (e.g. "cpu") overrides."""
     preferred = preferred or os.environ.get("LLM_DEVICE")
@@ -370,7 +474,7 @@ def padding_efficiency(loader: Iterable, ignore_index: int = IGNORE_INDEX) -> fl
     return real / total if total else 0.0
 
 
-# --- model: GPT-2 written from scratch ---
+# --- 05 gpt2 model: GPT-2 written from scratch ---
 
 _GPT2_SHARED = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
 
@@ -575,71 +679,27 @@ class GPTModel(nn.Module):
         return self.out_head(self.final_norm(x))
 
 
-# --- weights: OpenAI's pretrained GPT-2 from the Hugging Face Hub ---
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained GPT-2 weights could be neither downloaded nor read; the message says how to fix it.
-
-    `reason` is the cause alone (no advice), for callers that give their own advice.
-    """
-
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        self.reason = reason or message
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared ones once), or of those with requires_grad."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _weights_fix(model_name: str, repo: str, cache_dir: str | Path | None) -> str:
-    cache_arg = f", cache_dir={str(cache_dir)!r}" if cache_dir is not None else ""
-    return (
-        "Fix, either:\n"
-        "  - run `make download` once on a machine with network (it fills the Hugging Face cache,\n"
-        "    ~/.cache/huggingface or $HF_HOME; copy that folder here if this machine has no network), or in Python:\n"
-        f"        utils.download_gpt2_weights('{model_name}'{cache_arg})\n"
-        f"    or: hf download {repo} model.safetensors   (older huggingface_hub: huggingface-cli download)\n"
-        "  - pass the path of a model.safetensors you already have:\n"
-        f"        utils.build_gpt2('{model_name}', weights_path='/path/to/model.safetensors')\n"
-        "  - or try the code on the UNTRAINED demo model (its output is gibberish): utils.build_gpt2('tiny')"
-    )
 
+# --- 06 pretrained weights: OpenAI's GPT-2 from the Hugging Face Hub ---
 
 def download_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None,
                           force_download: bool = False) -> Path:
     """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once.
 
-    A cached copy is returned without touching the network. Otherwise one short probe (or a failure
-    remembered from the last few minutes) tells within about 2 s whether the Hub can be reached;
-    huggingface_hub then downloads with its cache (~/.cache/huggingface, or $HF_HOME), resuming and
-    progress bar. With HF_HUB_OFFLINE=1 only the cache is used. Any failure raises
-    WeightsUnavailableError, which says how to fix it.
+    A cached copy is returned without touching the network; otherwise support.network.hub_download
+    fetches it (HF_HUB_OFFLINE=1: cache only). Any failure raises WeightsUnavailableError, which says how to fix it.
     """
     if model_name not in HF_REPOS:
         hint = " ('tiny' is an untrained demo model: use build_gpt2('tiny'))" if model_name == "tiny" else ""
         raise ValueError(f"no pretrained weights for {model_name!r}{hint}; choose one of {sorted(HF_REPOS)}")
-    repo = HF_REPOS[model_name]
     if not force_download and (cached := cached_gpt2_weights(model_name, cache_dir)) is not None:
         return cached
-    # huggingface_hub reads HF_HUB_OFFLINE when it is imported; read it again so that setting it
-    # later (e.g. in a notebook) works too.
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
-        reason = "HF_HUB_OFFLINE is set and they are not in the local cache"
-        raise WeightsUnavailableError(
-            f"Could not get the {model_name} weights ({repo}, model.safetensors): {reason}. "
-            f"Unset HF_HUB_OFFLINE to download.\n{_weights_fix(model_name, repo, cache_dir)}", reason)
-    unreachable = hub_unreachable_reason()
-    if unreachable:
-        raise WeightsUnavailableError(
-            f"{model_name} weights: not in the Hugging Face cache, and {unreachable}. "
-            "Fix: run `make download` on a machine with network (or copy its ~/.cache/huggingface here).",
-            unreachable)
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir, force_download=force_download))
-    except Exception as exc:  # HTTP errors, a full disk, a network that drops mid-way: all end up here
-        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
-        raise WeightsUnavailableError(
-            f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub "
-            f"({reason}).\n{_weights_fix(model_name, repo, cache_dir)}", reason) from None
+    return hub_download(model_name, HF_REPOS[model_name], cache_dir, force_download)
 
 
 def cached_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None) -> Path | None:
@@ -807,7 +867,8 @@ def instruct_checkpoint_path(model: GPTModel) -> Path:
     """Where notebook 06 saves the finetuned model and notebook 07 looks for it."""
     return REPO_ROOT / "checkpoints" / f"{model_name_of(model)}-instruct.safetensors"
 
-# --- generation: greedy or sampled, with a KV cache, one prompt or many ---
+
+# --- 06 pretrained weights: generation, greedy or sampled, with a KV cache, one prompt or many ---
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
     """Token IDs of `text` as a (1, tokens) tensor, the shape generate() takes.
@@ -1062,7 +1123,7 @@ def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, styl
     return [{**entry, "model_response": response} for entry, response in zip(entries, responses)]
 
 
-# --- training: the loop, checkpoints, loss plot, length-grouped batches ---
+# --- 07 finetuning: the loss, the training loop and its hooks, the loss plot ---
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
@@ -1402,82 +1463,7 @@ def plot_losses(history: TrainHistory | dict, save_path: str | Path | None = Non
     return fig
 
 
-# --- lora: low-rank adapters on the frozen model ---
-
-LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Linear layers inside a TransformerBlock
-
-
-class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable low-rank update: y = base(x) + (alpha / rank) * x @ A @ B.
-
-    A (in_features, rank) starts random and B (rank, out_features) at zero, so at first the layer
-    computes exactly what `base` does; training moves only A and B.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        self.base, self.rank, self.alpha = base, rank, alpha
-        self.scaling = alpha / rank
-        for param in base.parameters():
-            param.requires_grad_(False)
-        weight = base.weight
-        self.lora_A = nn.Parameter(torch.empty(base.in_features, rank, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(rank, base.out_features, dtype=weight.dtype, device=weight.device))
-        # Initialised through the (rank, in_features) view so fan_in is in_features, as for nn.Linear's own weight.
-        nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_A @ self.lora_B) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> nn.Linear:
-        """Fold (alpha / rank) * A @ B into the base weight and return that plain nn.Linear."""
-        # nn.Linear stores its weight as (out_features, in_features): the transpose of A @ B.
-        self.base.weight += (self.lora_A @ self.lora_B).T.to(self.base.weight.dtype) * self.scaling
-        return self.base
-
-
-def _replace_module(root: nn.Module, dotted_name: str, new: nn.Module) -> None:
-    parent_name, _, child = dotted_name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-
-
-def apply_lora(model: nn.Module, rank: int = 16, alpha: float = 16, targets: Sequence[str] = LORA_TARGETS) -> nn.Module:
-    """Freeze every parameter of `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear.
-
-    Only the LoRA matrices train afterwards; embeddings, LayerNorms and the output head stay frozen.
-    Returns the model (changed in place).
-    """
-    for param in model.parameters():
-        param.requires_grad_(False)
-    for block in model.trf_blocks:
-        for name in targets:
-            try:
-                layer = block.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"no layer {name!r} in a transformer block; LoRA targets are {LORA_TARGETS}") from None
-            if not isinstance(layer, nn.Linear):
-                raise ValueError(f"{name!r} is a {type(layer).__name__}, LoRA wraps nn.Linear layers only")
-            _replace_module(block, name, LoRALinear(layer, rank, alpha))
-    return model
-
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear with its merged nn.Linear: same outputs, no extra matmuls, plain GPT weights."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            _replace_module(model, name, module.merge())
-    return model
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (shared ones once), or of those with requires_grad."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-# --- evaluation: offline metrics, and an LLM judge served by a local Ollama ---
+# --- 08 generation and evaluation: offline metrics, and an LLM judge served by a local Ollama ---
 
 RESPONSE_FIELDS = ("output", "model_response")  # what the offline metrics read from each entry
 
@@ -1667,7 +1653,77 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
     }
 
 
-# --- experiments: one finetuning run, start to end, for comparisons ---
+# --- 10 exercises: LoRA, low-rank adapters on the frozen model ---
+
+LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Linear layers inside a TransformerBlock
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update: y = base(x) + (alpha / rank) * x @ A @ B.
+
+    A (in_features, rank) starts random and B (rank, out_features) at zero, so at first the layer
+    computes exactly what `base` does; training moves only A and B.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.base, self.rank, self.alpha = base, rank, alpha
+        self.scaling = alpha / rank
+        for param in base.parameters():
+            param.requires_grad_(False)
+        weight = base.weight
+        self.lora_A = nn.Parameter(torch.empty(base.in_features, rank, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(rank, base.out_features, dtype=weight.dtype, device=weight.device))
+        # Initialised through the (rank, in_features) view so fan_in is in_features, as for nn.Linear's own weight.
+        nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_A @ self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """Fold (alpha / rank) * A @ B into the base weight and return that plain nn.Linear."""
+        # nn.Linear stores its weight as (out_features, in_features): the transpose of A @ B.
+        self.base.weight += (self.lora_A @ self.lora_B).T.to(self.base.weight.dtype) * self.scaling
+        return self.base
+
+
+def _replace_module(root: nn.Module, dotted_name: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted_name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def apply_lora(model: nn.Module, rank: int = 16, alpha: float = 16, targets: Sequence[str] = LORA_TARGETS) -> nn.Module:
+    """Freeze every parameter of `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear.
+
+    Only the LoRA matrices train afterwards; embeddings, LayerNorms and the output head stay frozen.
+    Returns the model (changed in place).
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for block in model.trf_blocks:
+        for name in targets:
+            try:
+                layer = block.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"no layer {name!r} in a transformer block; LoRA targets are {LORA_TARGETS}") from None
+            if not isinstance(layer, nn.Linear):
+                raise ValueError(f"{name!r} is a {type(layer).__name__}, LoRA wraps nn.Linear layers only")
+            _replace_module(block, name, LoRALinear(layer, rank, alpha))
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear with its merged nn.Linear: same outputs, no extra matmuls, plain GPT weights."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            _replace_module(model, name, module.merge())
+    return model
+
+
+# --- 10 exercises: experiments, one finetuning run start to end, for comparisons ---
 
 @dataclass
 class ExperimentResult:
@@ -1784,103 +1840,3 @@ def results_table(results: Sequence[ExperimentResult]) -> str:
         rows.append(f"{r.name:24} {r.train_examples:8d} {r.trainable_parameters:11,d} {r.train_seconds:8.0f} "
                     f"{losses:>9} {s['exact_match']:11.1%} {s['rouge_l']:7.3f} ± {s['rouge_l_stderr']:.3f}")
     return "\n".join(rows)
-
-
-# --- plots: pictures for the notebooks, readable on a projector ---
-
-# Okabe-Ito colours: distinguishable with the common forms of colour blindness.
-COLORS = {"prompt": "#56B4E9", "response": "#E69F00", "end": "#009E73", "padding": "#BBBBBB",
-          "masked": "#FFFFFF", "accent": "#D55E00", "text": "#222222"}
-# The order in which a plot's lines and bars take their colours (Okabe-Ito, strongest first).
-COLOR_CYCLE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000"]
-# Font sizes in points for every plot: on a figure 8-10 inches wide, 15 pt ticks and 18 pt labels
-# still read from the back of a room when projected, and stay comfortable on a laptop.
-PLOT_FONT_SIZES = {"tick": 15, "label": 18, "legend": 16, "title": 20}
-
-
-def plot_style() -> dict:
-    """matplotlib settings for plots readable on a projector: big fonts, Okabe-Ito colours, white background."""
-    from cycler import cycler
-
-    sizes = PLOT_FONT_SIZES
-    return {
-        "font.size": sizes["label"], "axes.labelsize": sizes["label"], "axes.titlesize": sizes["title"],
-        "xtick.labelsize": sizes["tick"], "ytick.labelsize": sizes["tick"], "legend.fontsize": sizes["legend"],
-        "legend.frameon": False, "axes.prop_cycle": cycler(color=COLOR_CYCLE), "lines.linewidth": 3,
-        "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
-        "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
-        "figure.autolayout": True,  # labels this big need the room tight_layout makes
-    }
-
-
-def use_plot_style() -> None:
-    """Apply plot_style() to every plot drawn after this call (a notebook calls it once)."""
-    import matplotlib
-
-    matplotlib.rcParams.update(plot_style())
-
-
-def _token_label(token_id: int, tokenizer, width: int = 7) -> str:
-    if token_id == IGNORE_INDEX:
-        return "-100"
-    if token_id == PAD_TOKEN_ID:
-        return "<eot>"
-    text = tokenizer.decode([token_id]).replace("\n", "\\n").replace(" ", "\u2423")
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
-
-
-def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_lengths: Sequence[int] | None = None,
-               lengths: Sequence[int] | None = None, first_column: int = 0, n_columns: int = 16, title: str = ""):
-    """Draw a window of a batch as a grid: for each example an input row and a target row.
-
-    Colours: prompt tokens, response tokens, the end-of-text that is learned, padding, and
-    masked (-100) targets. `lengths` (tokens before padding) tells end-of-text from padding.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
-
-    n_rows, width = inputs.shape
-    columns = range(first_column, min(first_column + n_columns, width))
-    lengths = lengths or [int((row != PAD_TOKEN_ID).nonzero().max()) + 1 if (row != PAD_TOKEN_ID).any() else 0
-                          for row in inputs]
-    prompt_lengths = prompt_lengths or [0] * n_rows
-
-    def category(row: int, pos: int, token: int, is_target: bool) -> str:
-        seq_pos = pos + 1 if is_target else pos  # a target at pos is the token at pos + 1
-        if token == IGNORE_INDEX:
-            return "masked"
-        if seq_pos >= lengths[row]:
-            return "end" if seq_pos == lengths[row] else "padding"
-        return "prompt" if seq_pos < prompt_lengths[row] else "response"
-
-    fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1.6, 1.05 * n_rows * 2 + 0.9), dpi=100)
-    y = 0
-    for row in range(n_rows):
-        for label, tensor, is_target in (("input", inputs, False), ("target", targets, True)):
-            ax.text(-0.15, y + 0.5, f"{label} {row}", ha="right", va="center", fontsize=PLOT_FONT_SIZES["tick"], color=COLORS["text"])
-            for x, pos in enumerate(columns):
-                token = int(tensor[row, pos])
-                kind = category(row, pos, token, is_target)
-                ax.add_patch(Rectangle((x, y), 0.94, 0.9, facecolor=COLORS[kind], edgecolor="#666666",
-                                       hatch="//" if kind == "masked" else None, linewidth=0.8))
-                ax.text(x + 0.47, y + 0.58, _token_label(token, tokenizer), ha="center", va="center", fontsize=9.5,
-                        color=COLORS["accent"] if kind == "masked" else COLORS["text"], fontweight="bold")
-                ax.text(x + 0.47, y + 0.22, "" if token == IGNORE_INDEX else str(token), ha="center", va="center",
-                        fontsize=7.5, color="#333333")
-            y += 1
-        y += 0.35
-    for x, pos in enumerate(columns):
-        ax.text(x + 0.47, -0.25, str(pos), ha="center", va="center", fontsize=8, color="#555555")
-    ax.set_xlim(-1.6, len(columns))
-    ax.set_ylim(y, -0.6)
-    ax.axis("off")
-    legend = [Patch(facecolor=COLORS[k], edgecolor="#666666", hatch="//" if k == "masked" else None, label=label)
-              for k, label in (("prompt", "prompt"), ("response", "response"), ("end", "end-of-text (learned)"),
-                               ("padding", "padding"), ("masked", "masked target (-100)"))]
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False,
-              fontsize=PLOT_FONT_SIZES["tick"])
-    if title:
-        ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"])
-    fig.patch.set_facecolor("white")  # readable on GitHub's dark theme too
-    fig.tight_layout()
-    return fig

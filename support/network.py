@@ -241,3 +241,60 @@ def fetch(request: str | urllib.request.Request, timeout: float, deadline: float
     if clock.expired:  # the cut can look like a normal end of a body sent without a length
         raise DeadlineExceeded(f"no complete answer within {deadline:g} s")
     return body
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained GPT-2 weights could be neither downloaded nor read; the message says how to fix it.
+
+    `reason` is the cause alone (no advice), for callers that give their own advice.
+    """
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def _weights_fix(model_name: str, repo: str, cache_dir: str | Path | None) -> str:
+    cache_arg = f", cache_dir={str(cache_dir)!r}" if cache_dir is not None else ""
+    return (
+        "Fix, either:\n"
+        "  - run `make download` once on a machine with network (it fills the Hugging Face cache,\n"
+        "    ~/.cache/huggingface or $HF_HOME; copy that folder here if this machine has no network), or in Python:\n"
+        f"        utils.download_gpt2_weights('{model_name}'{cache_arg})\n"
+        f"    or: hf download {repo} model.safetensors   (older huggingface_hub: huggingface-cli download)\n"
+        "  - pass the path of a model.safetensors you already have:\n"
+        f"        utils.build_gpt2('{model_name}', weights_path='/path/to/model.safetensors')\n"
+        "  - or try the code on the UNTRAINED demo model (its output is gibberish): utils.build_gpt2('tiny')"
+    )
+
+
+def hub_download(model_name: str, repo: str, cache_dir: str | Path | None = None,
+                 force_download: bool = False) -> Path:
+    """`repo`'s model.safetensors through huggingface_hub (its cache, resuming, progress bar).
+
+    One short probe (or a failure remembered from the last few minutes) tells within about 2 s
+    whether the Hub can be reached. With HF_HUB_OFFLINE=1 nothing is downloaded. Any failure raises
+    WeightsUnavailableError, which says how to fix it (`model_name` is the name those fixes use).
+    """
+    # huggingface_hub reads HF_HUB_OFFLINE when it is imported; read it again so that setting it
+    # later (e.g. in a notebook) works too.
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        reason = "HF_HUB_OFFLINE is set and they are not in the local cache"
+        raise WeightsUnavailableError(
+            f"Could not get the {model_name} weights ({repo}, model.safetensors): {reason}. "
+            f"Unset HF_HUB_OFFLINE to download.\n{_weights_fix(model_name, repo, cache_dir)}", reason)
+    unreachable = hub_unreachable_reason()
+    if unreachable:
+        raise WeightsUnavailableError(
+            f"{model_name} weights: not in the Hugging Face cache, and {unreachable}. "
+            "Fix: run `make download` on a machine with network (or copy its ~/.cache/huggingface here).",
+            unreachable)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir, force_download=force_download))
+    except Exception as exc:  # HTTP errors, a full disk, a network that drops mid-way: all end up here
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        raise WeightsUnavailableError(
+            f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub "
+            f"({reason}).\n{_weights_fix(model_name, repo, cache_dir)}", reason) from None

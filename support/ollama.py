@@ -110,3 +110,17 @@ def chat_content(prompt: str, model: str, url: str, seed: int, timeout: float):
     except (KeyError, TypeError):
         raise OllamaUnavailableError(f"{chat_url}: the reply has no message.content; "
                                      f"is this Ollama's /api/chat?") from None
+
+
+def query_ollama(prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL,
+                 seed: int = 123, timeout: float = 120.0) -> str:
+    """Send one user message to Ollama's /api/chat and return the reply's text.
+
+    Temperature 0 and a fixed seed make the judge repeatable on the same machine and Ollama version.
+    `timeout` (seconds) bounds the whole request.
+    """
+    content = chat_content(prompt, model, url, seed, timeout)
+    if not isinstance(content, str):
+        raise OllamaUnavailableError(f"{url}: message.content is {type(content).__name__}, not text; "
+                                     f"is this Ollama's /api/chat?")
+    return content

@@ -22,6 +22,8 @@ import pytest
 
 import run_notebooks
 import utils
+import support.network
+from support.tokenizer_files import install_tokenizer_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -247,7 +249,7 @@ def test_kernels_talk_over_ipc_so_no_tcp_warning(tmp_path, capfd):
 @pytest.fixture
 def hub_memo(tmp_path, monkeypatch):
     memo = tmp_path / "hub-unreachable.json"
-    monkeypatch.setattr(utils, "HUB_FAILURE_FILE", memo)
+    monkeypatch.setattr(support.network, "HUB_FAILURE_FILE", memo)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return memo
 
@@ -269,7 +271,7 @@ def test_cached_weights_never_touch_the_network(tmp_path, hub_memo, monkeypatch)
     def no_probe(*args):
         raise AssertionError("the network was probed although the weights are cached")
 
-    monkeypatch.setattr(utils, "_probe", no_probe)
+    monkeypatch.setattr(support.network, "_probe", no_probe)
     assert utils.download_gpt2_weights("gpt2-small", cache_dir=tmp_path / "hub") == expected
 
 
@@ -290,12 +292,12 @@ def test_unreachable_hub_is_known_within_seconds_and_remembered(kind, tmp_path, 
     start = time.monotonic()
     with pytest.raises(utils.WeightsUnavailableError) as info:
         utils.download_gpt2_weights("gpt2-small", cache_dir=tmp_path / "empty")
-    assert time.monotonic() - start < utils.HUB_PROBE_TIMEOUT + 1.5
+    assert time.monotonic() - start < support.network.HUB_PROBE_TIMEOUT + 1.5
     message = str(info.value)
     assert "\n" not in message and "cannot be reached" in message and "make download" in message
     assert hub_memo.is_file()
 
-    monkeypatch.setattr(utils, "_probe", lambda url: pytest.fail("probed again instead of remembering"))
+    monkeypatch.setattr(support.network, "_probe", lambda url: pytest.fail("probed again instead of remembering"))
     start = time.monotonic()
     with pytest.raises(utils.WeightsUnavailableError, match="found .* s ago"):
         utils.download_gpt2_weights("gpt2-small", cache_dir=tmp_path / "empty")
@@ -303,10 +305,10 @@ def test_unreachable_hub_is_known_within_seconds_and_remembered(kind, tmp_path, 
 
 
 def test_an_old_failure_is_forgotten(tmp_path, hub_memo, monkeypatch):
-    hub_memo.write_text(json.dumps({"time": time.time() - utils.HUB_FAILURE_MEMORY - 1, "reason": "old"}))
+    hub_memo.write_text(json.dumps({"time": time.time() - support.network.HUB_FAILURE_MEMORY - 1, "reason": "old"}))
     probed = []
-    monkeypatch.setattr(utils, "_probe", lambda url: probed.append(url) or None)
-    assert utils.hub_unreachable_reason() is None and probed and not hub_memo.exists()
+    monkeypatch.setattr(support.network, "_probe", lambda url: probed.append(url) or None)
+    assert support.network.hub_unreachable_reason() is None and probed and not hub_memo.exists()
 
 
 def test_make_download_offline_does_not_send_the_user_to_make_download(tmp_path, hub_memo, monkeypatch, capsys):
@@ -349,7 +351,7 @@ def test_suite_passes_with_only_the_tiktoken_cache(clone, gpt2_vocab_dir):
     source = gpt2_vocab_dir
     cache = clone / ".cache" / "tiktoken"
     shutil.rmtree(cache, ignore_errors=True)
-    utils.install_tokenizer_files(source, cache)  # exactly what `make download` leaves
+    install_tokenizer_files(source, cache)  # exactly what `make download` leaves
     result = run_pytest_in(clone, *SUBSET)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "KeyError" not in result.stdout and " passed" in result.stdout and "skipped" not in result.stdout

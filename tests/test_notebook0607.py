@@ -11,11 +11,12 @@ import re
 import nbformat
 import pytest
 import torch
-
-import utils
 from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, cell_tags
 from test_notebooks import notebook_function
 from test_training import assert_same_weights, run, small_model, synthetic_loader
+
+import support.trainer
+import utils
 from utils import calc_loss_batch, create_optimizer, generate
 
 
@@ -23,13 +24,13 @@ from utils import calc_loss_batch, create_optimizer, generate
 def checkpoint_writes(monkeypatch):
     """Counts every checkpoint train_model writes: the step at which each was written."""
     written = []
-    real_save = utils.save_checkpoint
+    real_save = support.trainer.save_checkpoint
 
     def counting_save(path, model, optimizer=None, state=None):
         written.append(state.step)
         return real_save(path, model, optimizer, state)
 
-    monkeypatch.setattr(utils, "save_checkpoint", counting_save)
+    monkeypatch.setattr(support.trainer, "save_checkpoint", counting_save)
     return written
 
 
@@ -56,7 +57,7 @@ def test_save_every_steps_adds_to_the_epoch_ends(tmp_path, checkpoint_writes):
 
 def test_save_every_minutes_follows_the_clock(tmp_path, checkpoint_writes, monkeypatch):
     clock = {"now": 0.0}
-    monkeypatch.setattr(utils.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(support.trainer.time, "monotonic", lambda: clock["now"])
 
     def tick(state):  # each step "takes" 40 s, counted after the step's save check
         clock["now"] += 40.0
