@@ -36,7 +36,7 @@ from support.jsonio import DatasetError, check_json_value, parse_json_bytes, rea
 from support.network import WeightsUnavailableError, download_file, hub_download
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, ollama_models
 from support.tokenizer_files import TokenizerUnavailableError, check_tokenizer_folder
-from support.trainer import seed_everything
+from support.trainer import TrainingError, TrainingRun, seed_everything
 
 DEFAULT_DATA_PATH = REPO_ROOT / "instruction-data.json"
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>; doubles as the padding token
@@ -56,11 +56,11 @@ def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
 
 
 def _check_fields(entry: dict, where: str, fields: Sequence[str]) -> None:
-    for field in fields:
-        if field not in entry:
-            raise DatasetError(f"{where}: missing field '{field}'")
-        if not isinstance(entry[field], str):
-            raise DatasetError(f"{where}: field '{field}' must be a string, got {type(entry[field]).__name__}")
+    for name in fields:
+        if name not in entry:
+            raise DatasetError(f"{where}: missing field '{name}'")
+        if not isinstance(entry[name], str):
+            raise DatasetError(f"{where}: field '{name}' must be a string, got {type(entry[name]).__name__}")
 
 
 def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
@@ -80,9 +80,9 @@ def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
         if entry["input"] is None:
             entry["input"] = ""
         _check_fields(entry, where, ("input",))
-        for field in ("instruction", "output"):
-            if not entry[field].strip():
-                raise DatasetError(f"{where}: field '{field}' is empty")
+        for name in ("instruction", "output"):
+            if not entry[name].strip():
+                raise DatasetError(f"{where}: field '{name}' is empty")
         entries.append(entry)
     return entries
 
@@ -1335,8 +1335,6 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
     """
     from tqdm import tqdm
 
-    from support.trainer import TrainingError, TrainingRun
-
     if hooks is None:
         hooks = TrainingRun(checkpoint_path, resume) if checkpoint_path is not None else TrainingHooks()
     elif checkpoint_path is not None:
@@ -1788,8 +1786,6 @@ def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dic
     - A run that fails returns a row with status "failed: <error>" instead of raising, so a
       comparison table shows it rather than losing it.
     """
-    from support.trainer import TrainingRun
-
     settings = {"model_name": model_name, "style": get_prompt_style(style).name, "mask_prompt": mask_prompt,
                 "allowed_max_length": allowed_max_length, "lora_rank": lora_rank, "lr": lr, "seed": seed}
     try:

@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Batches of examples of similar length, in random order: less padding, still shuffled.
 

@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 
-
 class ShardedBatchSampler(Sampler[list[int]]):
     """This rank's share of every batch of `batch_sampler`, which makes the GLOBAL batches.
 
@@ -121,8 +120,13 @@ class DistributedRun:
         # time and make evaluation a collective operation. torch >= 2.13 renamed the switch.
         no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                           inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
-        return DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
-                                       **no_buffer_sync)
+        wrapped = DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                                          **no_buffer_sync)
+        # Each process divides its summed loss by the real targets of ALL processes (the course loop
+        # asks sum_over_processes for that count), so the gradient of the whole batch is the SUM of the
+        # processes' gradients; DDP's default would average them.
+        wrapped.register_comm_hook(state=None, hook=_sum_gradients)
+        return wrapped
 
     def check_resume(self, checkpoint: Path) -> None:
         """Every rank must find the checkpoint (a filesystem shared by all nodes), or none."""
@@ -140,3 +144,11 @@ class DistributedRun:
     def close(self) -> None:
         if self._dist.is_initialized():
             self._dist.destroy_process_group()
+
+
+def _sum_gradients(state, bucket):
+    """A DDP communication hook: all-reduce a bucket of gradients as a sum (no division by world size)."""
+    import torch.distributed as dist
+
+    future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return future.then(lambda done: done.value()[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+
 class DatasetError(ValueError):
     """An instruction dataset that cannot be used as it is; the message names file, entry and field."""
 

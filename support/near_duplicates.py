@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+
 def _ngram_rows(texts: Sequence[str], n: int, vocabulary: dict[str, int]) -> list[tuple[list[int], list[float]]]:
     """Each text as (columns, values): its character n-gram counts, scaled to unit length."""
     rows = []

@@ -24,6 +24,7 @@ from typing import Callable
 from support.files import DEFAULT_CACHE_DIR, atomic_write_bytes, atomic_write_json
 from support.jsonio import DatasetError, parse_json_bytes
 
+
 def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: float = 30.0,
                   deadline: float = 600.0,
                   check: Callable[[bytes, str], object] | None = None) -> Path:

@@ -257,9 +257,12 @@ def test_padding_efficiency_counts_real_targets():
 
 
 def test_get_device_respects_override(monkeypatch):
-    monkeypatch.setenv("LLM_DEVICE", "cpu")
-    assert utils.get_device().type == "cpu"
-    assert utils.get_device("cpu") == torch.device("cpu")
+    # "meta" is never what get_device picks by itself: only the override can produce it
+    monkeypatch.setenv("LLM_DEVICE", "meta")
+    assert utils.get_device().type == "meta"
+    monkeypatch.delenv("LLM_DEVICE")
+    assert utils.get_device("meta") == torch.device("meta")
+    assert utils.get_device().type != "meta"
 
 
 def test_atomic_files_get_ordinary_permissions(tmp_path):

@@ -211,10 +211,10 @@ def gradient_worker(rank: int, world_size: int, port: int, out: str) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "LLM_DEVICE": "cpu"})
     torch.set_num_threads(1)
-    import finetune
-    import utils
     from safetensors.torch import save_file
 
+    import finetune
+    import utils
     from support.trainer import TrainingRun
 
     ddp = finetune.DistributedRun.from_environment(utils.get_device)
@@ -246,6 +246,7 @@ def gradient_problem():
 
 def test_ddp_gradient_is_the_gradient_of_one_big_batch(tmp_path):
     import torch.multiprocessing as mp
+
     import utils
 
     out = tmp_path / "grads.safetensors"

@@ -19,8 +19,7 @@ import pytest
 import torch
 
 import utils
-from support.jsonio import MAX_JSON_NESTING
-from support.jsonio import read_json_file
+from support.jsonio import MAX_JSON_NESTING, read_json_file
 from support.ollama import query_ollama
 from utils import (
     DatasetError,

@@ -29,14 +29,7 @@ import utils
 from support.checkpoints import CheckpointError, save_checkpoint
 from support.files import atomic_write_json
 from support.trainer import TrainingError
-from utils import (
-    GPTModel,
-    TokenizedExample,
-    create_optimizer,
-    custom_collate_fn,
-    load_checkpoint,
-    load_gpt2_weights,
-)
+from utils import GPTModel, TokenizedExample, create_optimizer, custom_collate_fn, load_checkpoint, load_gpt2_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 256
@@ -598,7 +591,7 @@ def test_responses_and_metrics_survive_a_failing_judge(tmp_path, monkeypatch, ca
         return reply
 
     monkeypatch.setattr(utils, "_require_judge", lambda *args: None)
-    monkeypatch.setattr(utils, "_chat_content", chat)
+    monkeypatch.setattr(utils, "chat_content", chat)
     with pytest.warns(UserWarning, match="Judging stopped at entry 2"):
         assert finetune.main(["--smoke", "--judge", "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
