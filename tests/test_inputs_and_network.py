@@ -6,6 +6,7 @@ time and stop as soon as the client hangs up, so the whole file runs in a few se
 import http.server
 import json
 import math
+import os
 import re
 import socket
 import ssl
@@ -21,9 +22,21 @@ import pytest
 import torch
 
 import utils
-from utils import (DatasetError, GPTModel, OllamaUnavailableError, custom_collate_fn, download_file, generate,
-                   generate_batch, judge_responses, load_instruction_data, load_responses, parse_score,
-                   query_ollama, validate_instruction_data)
+from support.jsonio import MAX_JSON_NESTING, read_json_file
+from support.ollama import query_ollama
+from utils import (
+    DatasetError,
+    GPTModel,
+    OllamaUnavailableError,
+    custom_collate_fn,
+    download_file,
+    generate,
+    generate_batch,
+    judge_responses,
+    load_instruction_data,
+    parse_score,
+    validate_instruction_data,
+)
 
 GOOD = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
         {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}]
@@ -352,7 +365,7 @@ def test_a_valid_surrogate_pair_is_fine(tmp_path):
 def test_responses_with_unencodable_text_are_rejected_before_evaluation(tmp_path):
     path = write_bytes(tmp_path, b'[{"output": "o", "model_response": "\\ud800"}]', "responses.json")
     with pytest.raises(DatasetError, match=r"responses\.json: entry 0: field 'model_response': not valid Unicode"):
-        load_responses(path)
+        utils.evaluate_responses(read_json_file(path), source=str(path))
 
 
 def test_in_memory_data_is_checked_too():
@@ -374,7 +387,7 @@ def test_deep_nesting_is_a_dataset_error(tmp_path):
         load_instruction_data(write_bytes(tmp_path, b"[" * 100_000 + b"]" * 100_000))
     meta = "[" * 200 + "]" * 200  # readable, but deeper than any dataset needs (and than writing it back allows)
     text = f'[{{"instruction": "a", "output": "b", "meta": {meta}}}]'
-    with pytest.raises(DatasetError, match=rf"entry 0: field 'meta': nested more than {utils.MAX_JSON_NESTING}"):
+    with pytest.raises(DatasetError, match=rf"entry 0: field 'meta': nested more than {MAX_JSON_NESTING}"):
         load_instruction_data(write_bytes(tmp_path, text.encode()))
 
 
@@ -511,7 +524,7 @@ def test_a_tiny_temperature_samples_like_greedy(model):
 
 
 def test_an_unreadable_tokenizer_folder_is_one_clear_error(tmp_path, monkeypatch):
-    for name in utils.GPT2_VOCAB_FILES:
+    for name in ("encoder.json", "vocab.bpe"):
         (tmp_path / name).write_text("x")
     real_read_bytes = Path.read_bytes
 
@@ -538,7 +551,8 @@ def test_instruction_dataset_checks_entries_built_in_code(entries, expected):
 
 def test_dataset_report_on_a_missing_file_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "scripts/dataset_report.py", str(tmp_path / "missing.json")],
-                            cwd=utils.REPO_ROOT, capture_output=True, text=True, timeout=120)
+                            cwd=utils.REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(utils.REPO_ROOT)})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"dataset_report: {tmp_path / 'missing.json'}: file not found"
 
