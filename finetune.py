@@ -44,7 +44,7 @@ import torch
 from support.batching import length_grouped_loader
 from support.checkpoints import CheckpointError, save_checkpoint
 from support.ddp import DistributedRun
-from support.files import atomic_write_json, remove_stale_temporaries
+from support.files import FolderInUseError, OutputFolderLock, atomic_write_json, remove_stale_temporaries
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError
 from support.tokenizer_files import TokenizerUnavailableError
 from support.trainer import TrainingError, TrainingRun, seed_everything
@@ -169,8 +169,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # --- the output folder: checked before anything is trained ---
 
-def check_out_folder(args: argparse.Namespace) -> None:
-    """Make sure --out can take this run's files; refuse to replace another run's without --resume/--overwrite."""
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What `path` is when something is there but not a regular file (a checkpoint must be one), else None."""
+    if not os.path.lexists(path) or path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link that leads nowhere (dangling, or a loop)"
+    return "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device?)"
+
+
+def check_out_folder(args: argparse.Namespace, main_process: bool = True) -> OutputFolderLock | None:
+    """Make sure --out can take this run's files; refuse to replace another run's without --resume/--overwrite.
+
+    The main process takes the folder's lock (returned; the caller releases it when the run ends) before it
+    looks at the folder: a second run in the same --out is refused instead of deleting the first one's files.
+    """
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder: choose another --out")
@@ -180,12 +200,45 @@ def check_out_folder(args: argparse.Namespace) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"--out {out} cannot hold the results ({exc.strerror or exc}): choose another --out")
-    previous = [name for name in OUTPUT_NAMES if (out / name).exists()]
+    lock = None
+    if main_process:
+        try:
+            lock = OutputFolderLock(out).acquire()
+        except (FolderInUseError, OSError) as exc:
+            raise UsageError(f"--out {exc}") from None
+    try:
+        _check_out_contents(args)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if main_process:
+        for stale in remove_stale_temporaries(out, OUTPUT_NAMES):
+            print(f"removed {stale}, left by an interrupted save")
+    return lock
+
+
+def _check_out_contents(args: argparse.Namespace) -> None:
+    out: Path = args.out
+    inputs = {"--weights": args.weights, "--data": None if str(args.data).startswith(("http://", "https://"))
+              else Path(args.data)}
+    for flag, path in inputs.items():
+        for name in OUTPUT_NAMES:
+            if path is not None and _same_file(path, out / name):
+                raise UsageError(f"{flag} {path} is {out / name}, a file this run writes: copy it out of --out "
+                                 "first, or choose another --out")
+    previous = [name for name in OUTPUT_NAMES if os.path.lexists(out / name)]
     if previous and not (args.resume or args.overwrite):
         raise UsageError(f"--out {out} already holds a run ({', '.join(previous)}): pass --resume to continue it, "
                          "--overwrite to replace it, or choose another --out")
-    for stale in remove_stale_temporaries(out, OUTPUT_NAMES):
-        print(f"removed {stale}, left by an interrupted save")
+    checkpoint = out / CHECKPOINT_NAME
+    if args.resume and (what := _not_a_file(checkpoint)):
+        raise UsageError(f"--resume: {checkpoint} is {what}, not a checkpoint: remove it, or start afresh with "
+                         "--overwrite")
+    if args.resume and not os.path.lexists(checkpoint) and previous:
+        raise UsageError(f"--resume: --out {out} holds a run's results ({', '.join(previous)}) but no "
+                         f"{CHECKPOINT_NAME} to continue from: pass --overwrite to start afresh, or choose another "
+                         "--out")
 
 
 def weights_bytes(model: torch.nn.Module) -> int:
@@ -279,9 +332,17 @@ def run_settings(args: argparse.Namespace, max_length: int, use_bf16: bool, data
 
 def run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     """The whole pipeline; returns the metrics. Under torchrun (ddp), only rank 0 goes past training."""
+    lock = check_out_folder(args, main_process=ddp is None or ddp.is_main)
+    try:
+        return _run(args, ddp)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     out: Path = args.out
     world_size = 1 if ddp is None else ddp.world_size
-    check_out_folder(args)
     try:
         device = get_device() if ddp is None else ddp.device
     except RuntimeError as exc:
@@ -323,7 +384,8 @@ def run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     replaced = [out / name for name in OUTPUT_NAMES if args.overwrite and (out / name).exists()]
     check_room(out, model, reclaimable=sum(path.stat().st_size for path in replaced))
     for path in replaced:  # every check passed: only now is the previous run given up
-        path.unlink(missing_ok=True)  # (under torchrun every process gets here)
+        if ddp is None or ddp.is_main:
+            path.unlink(missing_ok=True)
     if replaced:
         print(f"--overwrite: removed the previous run's {', '.join(path.name for path in replaced)}")
 

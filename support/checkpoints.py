@@ -19,7 +19,11 @@ from support.files import atomic_destination
 #     tensor) is stored once and named in the metadata, because safetensors refuses shared tensors;
 #   - optimizer tensors as "optimizer.<param index>.<name>", its settings as JSON metadata;
 #   - torch's RNG state as "rng.torch", and TrainState (counters, history, settings) as JSON metadata;
-#   - a CRC-32 of every tensor, so a file damaged on disk is refused rather than trained on.
+#   - a CRC-32 of every tensor AND of every metadata entry ("metadata:<key>" in the checksums), so
+#     a file damaged on disk, or edited by hand (a learning rate, a step counter), is refused rather
+#     than trained on. A file of this format without checksums is refused too: only a plain weights
+#     file from elsewhere (no format mark, no optimizer, no training state) may come without them.
+#     CRC-32 catches damage and careless edits, not a forger who recomputes it.
 # A checkpoint saved without optimizer and state is a plain weights file.
 # Loading checks everything (names, shapes, dtypes, finite values, checksums) before it touches
 # the model, the optimizer or the RNG: a bad file changes nothing and names the culprit.
@@ -110,9 +114,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         if not _is_finite(tensor):
             raise CheckpointError(f"{path} not written: {name} holds NaN or infinite values (did the training "
                                   "diverge?); the file keeps its previous content")
-    metadata["checksums"] = json.dumps({name: _checksum(tensor) for name, tensor in tensors.items()})
+    metadata["checksums"] = json.dumps(checksums_of(tensors, metadata))
     _atomic_save_safetensors(tensors, path, metadata)
     return path
+
+
+_METADATA_CHECKSUM = "metadata:"  # a checksums key for a metadata entry; no tensor name holds ":"
+
+
+def checksums_of(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, int]:
+    """The "checksums" entry for a checkpoint: a CRC-32 per tensor and per metadata entry."""
+    sums = {name: _checksum(tensor) for name, tensor in tensors.items()}
+    sums.update({f"{_METADATA_CHECKSUM}{key}": zlib.crc32(value.encode("utf-8"))
+                 for key, value in metadata.items() if key != "checksums"})
+    return sums
 
 
 def _metadata_json(metadata: dict[str, str], key: str, path: Path, kind: type = dict):
@@ -141,13 +156,31 @@ def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             tensors, metadata = {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if "checksums" in metadata:  # written by save_checkpoint; other weights files have none
-        checksums = _metadata_json(metadata, "checksums", path)
-        for name in sorted(set(checksums) | set(tensors)):
-            if name not in tensors:
-                raise CheckpointError(f"{path}: tensor {name} is missing: the file is damaged")
-            if checksums.get(name) != _checksum(tensors[name]):
-                raise CheckpointError(f"{path}: tensor {name} does not match its checksum: the file is damaged")
+    if "checksums" not in metadata:  # only a plain weights file from elsewhere may come without checksums
+        ours = ({"format", "train_state", "optimizer"} & set(metadata)
+                or any(name.startswith((_OPTIMIZER_PREFIX, _RNG_PREFIX)) for name in tensors))
+        if ours:
+            raise CheckpointError(f"{path}: its metadata has no checksums, which every checkpoint this code writes "
+                                  "carries: the file is damaged or edited; refused")
+        return tensors, metadata
+    checksums = _metadata_json(metadata, "checksums", path)
+    for name in sorted(name for name in set(checksums) | set(tensors) if not name.startswith(_METADATA_CHECKSUM)):
+        if name not in tensors:
+            raise CheckpointError(f"{path}: tensor {name} is missing: the file is damaged")
+        if checksums.get(name) != _checksum(tensors[name]):
+            raise CheckpointError(f"{path}: tensor {name} does not match its checksum: the file is damaged")
+    entries = {key for key in metadata if key != "checksums"}
+    entries |= {name[len(_METADATA_CHECKSUM):] for name in checksums if name.startswith(_METADATA_CHECKSUM)}
+    for key in sorted(entries):
+        if key not in metadata:
+            raise CheckpointError(f"{path}: its metadata entry {key!r} is missing: the file is damaged")
+        expected = checksums.get(f"{_METADATA_CHECKSUM}{key}")
+        if expected is None:
+            raise CheckpointError(f"{path}: its metadata entry {key!r} has no checksum (edited, damaged, or written "
+                                  "by an older version of this code): refused")
+        if expected != zlib.crc32(metadata[key].encode("utf-8")):
+            raise CheckpointError(f"{path}: its metadata entry {key!r} does not match its checksum (edited by hand "
+                                  "or damaged): refused")
     return tensors, metadata
 
 
