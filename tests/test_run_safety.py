@@ -563,18 +563,110 @@ def test_interrupted_save_leaves_no_temporary_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [path.name] and path.read_bytes() == before
 
 
+KILLED_WRITE = """
+import os, signal, sys
+from support.files import atomic_destination
+with atomic_destination(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"x" * 10_000)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def killed_write(path: Path) -> None:
+    subprocess.run([sys.executable, "-c", KILLED_WRITE, str(path)], cwd=REPO_ROOT, timeout=60)
+
+
 def test_temporaries_left_by_a_killed_save_are_removed_on_the_next_run(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    stale_folder = out / ".checkpoint.safetensors.k2j4h1x9.tmp"  # what SIGKILL leaves mid-save
-    stale_folder.mkdir()
-    (stale_folder / ".tmpXyZ789").write_bytes(b"x" * 10_000)
-    (stale_folder / "checkpoint.safetensors").write_bytes(b"")
-    (out / ".metrics.json.abcd1234.tmp").write_bytes(b"")  # the file-style temporary of earlier versions
+    killed_write(out / "checkpoint.safetensors")
+    killed_write(out / "metrics.json")
+    assert len([p for p in out.iterdir() if p.name.endswith(".tmp")]) == 2
     (out / ".notes.tmp").write_text("not ours")
     args = finetune.parse_args(["--smoke", "--resume", "--out", str(out)])
-    finetune.check_out_folder(args)
-    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp"]
+    finetune.check_out_folder(args).release()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", ".notes.tmp"]
+
+
+def test_lookalike_temporaries_and_a_live_writers_are_never_removed(tmp_path):
+    """Issue 26, case 1: only temporaries this program provably made, and whose writer is gone, are cleaned."""
+    out = tmp_path / "run"
+    foreign = out / ".model.safetensors.old.tmp"
+    foreign.mkdir(parents=True)
+    (foreign / "w.bin").write_text("k")
+    (out / ".checkpoint.safetensors.mine.tmp").write_text("a user's file")
+    forged = out / ".metrics.json.x.tmp"
+    forged.mkdir()
+    (forged / support.files.TEMP_MARKER).write_text("not json")
+    with support.files.atomic_destination(out / "loss.png") as tmp:  # a writer still at work (this process)
+        tmp.write_bytes(b"png")
+        before = sorted(p.name for p in out.iterdir())
+        assert finetune.main(["--smoke", "--out", str(out), "--max-new-tokens", "2"]) == 0
+        assert tmp.exists()
+    left = sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))
+    assert left == sorted(name for name in before if name.endswith(".tmp") and not name.startswith(".loss.png"))
+    assert (foreign / "w.bin").read_text() == "k"
+
+
+def test_a_second_run_in_the_same_out_is_refused_and_names_the_holder(tmp_path, capsys):
+    """Issue 26, case 4: the output folder is locked for the whole run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    with support.files.OutputFolderLock(out):
+        assert finetune.main(["--smoke", "--out", str(out)]) == 1
+        assert f"is in use by another run (process {os.getpid()} on" in capsys.readouterr().err
+        assert not (out / "metrics.json").exists()
+    assert finetune.main(["--smoke", "--out", str(out), "--max-new-tokens", "2"]) == 0  # free again once released
+
+
+def test_a_lock_held_by_another_process_is_seen(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from support.files import OutputFolderLock; "
+                               "lock = OutputFolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(support.files.FolderInUseError, match=f"process {holder.pid} on"):
+            support.files.OutputFolderLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    support.files.OutputFolderLock(tmp_path).acquire().release()
+
+
+@pytest.mark.parametrize("flag, name", [("--weights", "model.safetensors"), ("--data", "test-responses.json")])
+def test_overwrite_never_deletes_a_file_the_command_reads(finished_smoke_run, capsys, flag, name):
+    """Issue 26, case 2."""
+    path = finished_smoke_run / name
+    if flag == "--data":
+        path.write_text((REPO_ROOT / "instruction-data.json").read_text(encoding="utf-8"), encoding="utf-8")
+    before = path.read_bytes()
+    args = ["--model", "tiny", "--overwrite", "--out", str(finished_smoke_run), flag, str(path)]
+    assert finetune.main(args) == 1
+    assert f"{flag} {path} is {path}, a file this run writes" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_resume_of_a_finished_run_without_its_checkpoint_is_refused(finished_smoke_run, capsys):
+    """Issue 26, case 3: results but no checkpoint must not restart from scratch over them."""
+    (finished_smoke_run / "checkpoint.safetensors").unlink()
+    model = (finished_smoke_run / "model.safetensors").read_bytes()
+    assert finetune.main(["--smoke", "--resume", "--out", str(finished_smoke_run)]) == 1
+    err = capsys.readouterr().err
+    assert "holds a run's results" in err and "but no checkpoint.safetensors to continue from" in err
+    assert (finished_smoke_run / "model.safetensors").read_bytes() == model
+
+
+@pytest.mark.parametrize("kind, what", [("loop", "leads nowhere"), ("dangling", "leads nowhere"),
+                                        ("folder", "a folder"), ("fifo", "not a regular file")])
+def test_a_checkpoint_path_that_is_no_file_is_refused_on_resume(finished_smoke_run, capsys, kind, what):
+    """Issue 26, case 13."""
+    checkpoint = finished_smoke_run / "checkpoint.safetensors"
+    checkpoint.unlink()
+    {"loop": lambda: checkpoint.symlink_to(checkpoint.name), "dangling": lambda: checkpoint.symlink_to("gone"),
+     "folder": checkpoint.mkdir, "fifo": lambda: os.mkfifo(checkpoint)}[kind]()
+    assert finetune.main(["--smoke", "--resume", "--out", str(finished_smoke_run)]) == 1
+    err = capsys.readouterr().err
+    assert f"{checkpoint} is " in err and what in err and "starting from scratch" not in err
 
 
 KILLED_SAVER = """
