@@ -45,10 +45,20 @@ class ShardedBatchSampler(Sampler[list[int]]):
         return len(self.batch_sampler)  # global batches: what train_model counts steps and epochs in
 
 
+DEFAULT_TIMEOUT = 600.0  # seconds; finetune.py --ddp-timeout. Every collective operation must finish within it.
+
+
+class DistributedStall(RuntimeError):
+    """Another process of the job did not answer within the process group's timeout."""
+
+
 class DistributedRun:
     """This process's place in a torchrun job, and the few collective operations training needs."""
 
-    def __init__(self, rank: int, local_rank: int, world_size: int, device: torch.device):
+    def __init__(self, rank: int, local_rank: int, world_size: int, device: torch.device,
+                 timeout: float = DEFAULT_TIMEOUT):
+        import datetime
+
         import torch.distributed as dist
 
         self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
@@ -60,12 +70,15 @@ class DistributedRun:
         else:
             raise SystemExit(f"DistributedDataParallel runs on CUDA GPUs or CPUs, not {device.type}: "
                              "set LLM_DEVICE=cpu")
-        dist.init_process_group(backend=backend)  # MASTER_ADDR, MASTER_PORT etc. come from torchrun
-        self.backend = backend
+        # The timeout bounds every collective operation: a process that stops (SIGSTOP, a hung node, a
+        # crash the launcher missed) makes the others fail after `timeout` seconds instead of waiting forever.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+        self.backend, self.timeout = backend, timeout
         self._dist = dist
 
     @classmethod
-    def from_environment(cls, choose_device: Callable[[], torch.device]) -> DistributedRun | None:
+    def from_environment(cls, choose_device: Callable[[], torch.device],
+                         timeout: float = DEFAULT_TIMEOUT) -> DistributedRun | None:
         """A DistributedRun when torchrun started more than one process, else None (plain python).
 
         `choose_device()` says which kind of device to use (utils.get_device): cuda or cpu.
@@ -73,7 +86,7 @@ class DistributedRun:
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
             return None
         return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]),
-                   choose_device())
+                   choose_device(), timeout)
 
     @property
     def is_main(self) -> bool:
@@ -82,7 +95,12 @@ class DistributedRun:
     def sum(self, values: list[float]) -> list[float]:
         """Each value summed over all processes (float64: token counts stay exact)."""
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        self._dist.all_reduce(tensor)
+        try:
+            self._dist.all_reduce(tensor)
+        except RuntimeError as exc:  # gloo/NCCL: "Timed out waiting ...", "Connection closed by peer", ...
+            raise DistributedStall(f"process {self.rank} of {self.world_size}: another process of this torchrun job "
+                                   f"did not take part within --ddp-timeout {self.timeout:g} s (stopped, crashed or "
+                                   f"far slower?); stopping. ({str(exc).splitlines()[0][:200]})") from None
         return tensor.tolist()
 
     @contextlib.contextmanager

@@ -25,6 +25,9 @@ from support.files import DEFAULT_CACHE_DIR, atomic_write_bytes, atomic_write_js
 from support.jsonio import DatasetError, parse_json_bytes
 
 
+MAX_ERROR_BODY = 64 * 1024  # bytes of an HTTP error's body that are read (and at most 300 characters kept)
+
+
 def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: float = 30.0,
                   deadline: float = 600.0,
                   check: Callable[[bytes, str], object] | None = None) -> Path:
@@ -55,7 +58,7 @@ def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: 
         payload = fetch(url, timeout, deadline)
     except DeadlineExceeded:
         raise DatasetError(f"Could not download {url}: it took longer than {deadline:g} s overall "
-                           f"(a slow or stalled server; download_file(..., deadline=SECONDS) allows more)."
+                           f"(a slow or stalled server; allow more with deadline=SECONDS, or finetune.py --download-deadline SECONDS)."
                            f"\n{fix}") from None
     except TimeoutError:
         raise DatasetError(f"Could not download {url}: the server sent nothing for {timeout:g} s.\n{fix}") from None
@@ -222,7 +225,7 @@ def fetch(request: str | urllib.request.Request, timeout: float, deadline: float
                     body = response.read()
             except urllib.error.HTTPError as exc:
                 try:
-                    exc.error_body = exc.read()
+                    exc.error_body = exc.read(MAX_ERROR_BODY)  # an explanation, not a 50 MB page
                 except (OSError, http.client.HTTPException):
                     exc.error_body = b""
                 raise

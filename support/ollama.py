@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,6 +16,10 @@ OLLAMA_CHAT_URL = "http://localhost:11434/api/chat"
 
 
 OLLAMA_JUDGE_MODEL = "llama3.2"
+
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)  # answers after which the same request is tried again
+RETRY_DELAYS = (1.0, 4.0, 16.0)  # seconds before each new try (exponential backoff); then the error stands
 
 
 class OllamaUnavailableError(RuntimeError):
@@ -59,11 +64,17 @@ def _request_json(url: str, payload: dict | None, timeout: float, model: str = O
             detail = ""
         if exc.code == 404 and re.search(r"model .* not found", str(detail)):  # a model never pulled
             raise OllamaUnavailableError(f"Ollama at {url}: {detail}.\nFix: `ollama pull {model}`") from None
-        raise OllamaUnavailableError(f"Ollama at {url} answered HTTP {exc.code} {exc.reason}: "
-                                     f"{detail or 'no details'}") from None
+        detail = str(detail)
+        if len(detail) > 300:  # a huge error page must not end up whole in metrics.json
+            detail = detail[:300] + f"... ({len(detail):,} characters in all)"
+        error = OllamaUnavailableError(f"Ollama at {url} answered HTTP {exc.code} {exc.reason}: "
+                                       f"{detail or 'no details'}")
+        error.retryable = exc.code in RETRY_STATUSES  # busy or a passing fault: worth another try
+        raise error from None
     except TimeoutError:  # connected, but the reply is late or comes too slowly
         raise OllamaUnavailableError(f"Ollama at {url} did not answer within {timeout:g} s. The first request "
-                                     f"loads the model, which can be slow on a CPU: pass a larger timeout.") from None
+                                     f"loads the model, which can be slow on a CPU: allow more with timeout=SECONDS (finetune.py "
+                                     f"--judge-timeout SECONDS).") from None
     except ConnectionDropped as exc:  # it answered, then hung up: a crash, a restart or something that is not Ollama
         raise OllamaUnavailableError(f"Ollama at {url}: {exc}. If the server restarted or ran out of memory, "
                                      f"its log says why; then try again.") from None
@@ -104,7 +115,14 @@ def chat_content(prompt: str, model: str, url: str, seed: int, timeout: float):
         "stream": False,  # one JSON object instead of a stream of chunks
         "options": {"temperature": 0, "seed": seed, "num_ctx": 2048},
     }
-    reply = _request_json(chat_url, payload, timeout, model)
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            reply = _request_json(chat_url, payload, timeout, model)
+            break
+        except OllamaUnavailableError as exc:  # HTTP 429 or 5xx: wait a little longer each time, then again
+            if delay is None or not getattr(exc, "retryable", False):
+                raise
+            time.sleep(delay)
     try:
         return reply["message"]["content"]
     except (KeyError, TypeError):

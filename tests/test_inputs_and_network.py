@@ -158,6 +158,13 @@ def tls_server(server, tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    import support.ollama
+
+    monkeypatch.setattr(support.ollama, "RETRY_DELAYS", (0.01, 0.02, 0.04))
+
+
+@pytest.fixture(autouse=True)
 def no_proxy(monkeypatch):
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(name, raising=False)
@@ -318,7 +325,7 @@ def test_a_reply_that_is_not_text_counts_as_unparsed(server):
 
 
 @pytest.mark.parametrize("failure, expected", [
-    (lambda h: h.reply(500, json.dumps({"error": "out of memory"}).encode()), r"HTTP 500 .*out of memory"),
+    (lambda h: h.reply(400, json.dumps({"error": "out of memory"}).encode()), r"HTTP 400 .*out of memory"),
     (reset, r"closed the connection"),
     (lambda h: h.reply(200, b"<html>proxy error</html>"), r"did not answer with a JSON object"),
     (drip, r"did not answer within 1 s"),
@@ -576,3 +583,26 @@ def test_one_reply_that_breaks_the_parser_loses_only_that_reply(server, monkeypa
     monkeypatch.setattr(utils, "parse_score", lambda reply: 1 // 0 if reply == "boom" else real_parse(reply))
     result = judge_responses(JUDGED, url=f"{server.url}/api/chat", timeout=2, progress=False)
     assert result["scores"] == [85, None, None, 70, 60] and result["n_judged"] == 5 and result["error"] is None
+
+
+def test_the_judge_retries_a_busy_or_failing_server_with_backoff(server, monkeypatch):
+    """Issue 26: HTTP 500 and 429 are tried again (with growing waits) before an entry counts as failed."""
+    import support.ollama
+
+    waits = []
+    monkeypatch.setattr(support.ollama.time, "sleep", waits.append)
+    busy = lambda h: h.reply(429, b'{"error": "busy"}')  # noqa: E731
+    JudgeScript(server, [chat_reply("80"), lambda h: h.reply(500, b'{"error": "oops"}'), busy, chat_reply("70"),
+                         busy, busy, busy, busy])
+    with pytest.warns(UserWarning, match="stopped at entry 2"):
+        result = judge_responses(JUDGED[:3], url=f"{server.url}/api/chat", timeout=2, progress=False)
+    assert result["scores"] == [80, 70, None] and result["n_judged"] == 2
+    assert waits == [0.01, 0.02, 0.01, 0.02, 0.04] and "HTTP 429" in result["error"]
+
+
+def test_a_huge_error_page_is_cut_before_it_reaches_the_results(server):
+    """Issue 26: a 5 MB HTTP 500 body is not copied into the result (and so not into metrics.json)."""
+    JudgeScript(server, [lambda h: h.reply(400, json.dumps({"error": "x" * 5_000_000}).encode())])
+    with pytest.warns(UserWarning):
+        result = judge_responses(JUDGED[:1], url=f"{server.url}/api/chat", timeout=5, progress=False)
+    assert "HTTP 400" in result["error"] and len(result["error"]) < 1000
