@@ -43,7 +43,7 @@ import torch
 
 from support.batching import length_grouped_loader
 from support.checkpoints import CheckpointError, save_checkpoint
-from support.ddp import DistributedRun
+from support.ddp import DistributedRun, DistributedStall
 from support.files import FolderInUseError, OutputFolderLock, atomic_write_json, remove_stale_temporaries
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError
 from support.tokenizer_files import TokenizerUnavailableError
@@ -58,12 +58,15 @@ from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, PROMPT_STYLES, 
 SMOKE = {"train": 48, "val": 8, "test": 5, "batch_size": 4, "max_steps": 6, "eval_freq": 2, "eval_iter": 1,
          "max_new_tokens": 12, "lr": 1e-3}  # a higher learning rate: visible progress in a handful of steps
 DEFAULT_LR = 5e-5
+DOWNLOAD_DEADLINE = 120.0  # seconds for the whole --data download (the course data is ~1 MB)
+JUDGE_TIMEOUT = 120.0  # seconds for each judge request as a whole
+DDP_TIMEOUT = 600.0  # seconds; see support/ddp.py
 CHECKPOINT_NAME = "checkpoint.safetensors"
 OUTPUT_NAMES = ("loss.png", "test-responses.json", "metrics.json", "model.safetensors", CHECKPOINT_NAME)
 DEBUG_ENV = "LLM_DEBUG"  # set to 1: errors show their traceback (like --debug)
 # Errors whose message already says what went wrong and how to fix it: shown as they are.
 EXPECTED_ERRORS = (DatasetError, TokenizerUnavailableError, WeightsUnavailableError, CheckpointError, TrainingError,
-                   OllamaUnavailableError, OSError)
+                   OllamaUnavailableError, DistributedStall, OSError)
 
 
 class UsageError(Exception):
@@ -83,13 +86,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _number(kind: type, minimum: float, strict: bool = False):
-    """An argparse type: a finite `kind` that is at least (or, if strict, above) `minimum`."""
+def _number(kind: type, minimum: float, strict: bool = False, maximum: float | None = None):
+    """An argparse type: a finite `kind` that is at least (or, if strict, above) `minimum`, at most `maximum`."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: from {minimum:g} to {maximum}")
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"{text} must be a finite number {'>' if strict else '>='} {minimum:g}")
         return value
@@ -142,12 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", action="store_true", help="also score the responses with an LLM judge served by Ollama")
     p.add_argument("--judge-model", default=OLLAMA_JUDGE_MODEL, help="the Ollama model that judges")
     p.add_argument("--judge-url", default=OLLAMA_CHAT_URL, help="the Ollama server's /api/chat address")
-    p.add_argument("--seed", type=int, default=123, help="seeds the model's start, data order and dropout")
+    p.add_argument("--seed", type=_number(int, 0, maximum=2**32 - 1), default=123,
+                   help="seeds the model's start, data order and dropout (0 to 4294967295)")
+    seconds = _number(float, 0, strict=True)
+    p.add_argument("--download-deadline", type=seconds, default=DOWNLOAD_DEADLINE,
+                   help="seconds a --data URL download may take in all (a server that drips is cut off)")
+    p.add_argument("--judge-timeout", type=seconds, default=JUDGE_TIMEOUT,
+                   help="seconds each --judge request may take in all (the first one loads the model)")
+    p.add_argument("--ddp-timeout", type=seconds, default=DDP_TIMEOUT,
+                   help="under torchrun: seconds a process waits for the others at each exchange before the job "
+                        "stops (a stopped or crashed process)")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory")
     p.add_argument("--smoke", action="store_true",
                    help="tiny UNTRAINED model, a few examples and steps: checks the pipeline offline")
     p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
     return p
+
+
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line (not left at their default)."""
+    quiet = argparse.ArgumentParser(add_help=False, allow_abbrev=parser.allow_abbrev)
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if action.nargs == 0:
+                kwargs["action"] = "store_true"
+            quiet.add_argument(*action.option_strings, **kwargs)
+    return set(vars(quiet.parse_known_args(argv)[0]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -156,12 +182,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --out, --overwrite replaces it: choose one")
     if args.smoke:
+        given = _given_flags(p, argv)
+        if args.weights is not None:
+            p.error("--smoke trains the UNTRAINED tiny model: drop --weights (or --smoke)")
         if args.model != "tiny":
             print(f"--smoke: using the tiny model instead of {args.model}")
-        args.model, args.weights, args.epochs = "tiny", None, 1
-        args.batch_size, args.max_steps = SMOKE["batch_size"], SMOKE["max_steps"]
-        args.eval_freq, args.eval_iter = SMOKE["eval_freq"], SMOKE["eval_iter"]
-        args.max_new_tokens = min(args.max_new_tokens, SMOKE["max_new_tokens"])
+        # --smoke's small settings, except those given on the command line: those are honoured.
+        smoke = {"model": "tiny", "epochs": 1, "batch_size": SMOKE["batch_size"], "max_steps": SMOKE["max_steps"],
+                 "eval_freq": SMOKE["eval_freq"], "eval_iter": SMOKE["eval_iter"],
+                 "max_new_tokens": min(args.max_new_tokens, SMOKE["max_new_tokens"])}
+        for name, value in smoke.items():
+            if name == "model" or name not in given:
+                setattr(args, name, value)
     if args.lr is None:  # an --lr the user gave is always honoured, with --smoke too
         args.lr = SMOKE["lr"] if args.smoke else DEFAULT_LR
     return args
@@ -264,7 +296,7 @@ def check_room(out: Path, model: torch.nn.Module, reclaimable: int = 0) -> None:
 
 def load_splits(args) -> tuple[list[dict], list[dict], list[dict]]:
     # The split has its own fixed seed: runs with different --seed are scored on the same test set.
-    train, val, test = split_dataset(load_instruction_data(args.data))
+    train, val, test = split_dataset(load_instruction_data(args.data, download_deadline=args.download_deadline))
     if args.smoke:
         train, val, test = train[:SMOKE["train"]], val[:SMOKE["val"]], test[:SMOKE["test"]]
     if not (train and val and test):
@@ -450,7 +482,8 @@ def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
     comes back as a partial result with its "error".
     """
     try:
-        judged = judge_responses(entries, model=args.judge_model, url=args.judge_url, style=args.style)
+        judged = judge_responses(entries, model=args.judge_model, url=args.judge_url, style=args.style,
+                                 timeout=args.judge_timeout)
     except (OllamaUnavailableError, OSError, ValueError) as exc:
         print(f"judge skipped: {exc}", file=sys.stderr)
         return {"model": args.judge_model, "error": str(exc)}
@@ -463,12 +496,24 @@ def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
             if key in judged}
 
 
+def parse_args_quietly(argv: list[str] | None) -> argparse.Namespace:
+    """--ddp-timeout, before the process group exists (the full parse prints, and only rank 0 may)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--ddp-timeout", type=_number(float, 0, strict=True), default=DDP_TIMEOUT)
+    try:
+        return early.parse_known_args(argv)[0]
+    except SystemExit:  # a bad value: the full parse reports it
+        return argparse.Namespace(ddp_timeout=DDP_TIMEOUT)
+
+
 def _terminate(signum, frame) -> None:
     raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
-    ddp = DistributedRun.from_environment(get_device)  # None unless torchrun started more than one process
+    ddp_timeout = parse_args_quietly(argv).ddp_timeout
+    # None unless torchrun started more than one process
+    ddp = DistributedRun.from_environment(get_device, timeout=ddp_timeout)
     if ddp is not None:
         ddp.quiet_unless_main()
     args = parse_args(argv)

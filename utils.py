@@ -93,11 +93,16 @@ def parse_instruction_data(payload: bytes, source: str = "<data>") -> list[dict]
     return validate_instruction_data(parse_json_bytes(payload, source), source)
 
 
-def load_instruction_data(source: str | Path = DEFAULT_DATA_PATH,
-                          cache_dir: str | Path = DEFAULT_CACHE_DIR) -> list[dict]:
-    """Load an instruction dataset from a JSON file path or an http(s) URL (cached locally)."""
+def load_instruction_data(source: str | Path = DEFAULT_DATA_PATH, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                          download_deadline: float = 120.0) -> list[dict]:
+    """Load an instruction dataset from a JSON file path or an http(s) URL (cached locally).
+
+    A download may take `download_deadline` seconds in all (a server that drips its answer is cut off).
+    """
     source = str(source)
-    path = download_file(source, cache_dir, check=parse_instruction_data) if source.startswith(("http://", "https://")) else Path(source)
+    is_url = source.startswith(("http://", "https://"))
+    path = (download_file(source, cache_dir, deadline=download_deadline, check=parse_instruction_data) if is_url
+            else Path(source))
     data = read_json_file(path)
     return validate_instruction_data(data, source=str(path))
 

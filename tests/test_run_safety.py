@@ -273,6 +273,45 @@ def test_smoke_honours_an_explicit_lr_and_says_its_own():
     assert finetune.parse_args([]).lr == finetune.DEFAULT_LR
 
 
+def test_smoke_honours_every_flag_given_and_refuses_weights(capsys):
+    """Issue 26, case 16: --smoke sets its small defaults only for the flags not on the command line."""
+    args = finetune.parse_args(["--smoke", "--batch-size", "2", "--max-steps", "3", "--eval-iter", "2", "--epochs", "2",
+                                "--eval-freq", "1", "--max-new-tokens", "5"])
+    assert (args.batch_size, args.max_steps, args.eval_iter, args.epochs, args.eval_freq, args.max_new_tokens) == \
+        (2, 3, 2, 2, 1, 5)
+    plain = finetune.parse_args(["--smoke"])
+    assert (plain.batch_size, plain.max_steps, plain.epochs) == (finetune.SMOKE["batch_size"],
+                                                                finetune.SMOKE["max_steps"], 1)
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--smoke", "--weights", "w.safetensors"])
+    assert "--smoke trains the UNTRAINED tiny model: drop --weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [str(2**70), "-1"])
+def test_a_seed_out_of_range_is_refused_with_the_range(seed, capsys):
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--seed", seed])
+    err = capsys.readouterr().err
+    assert "--seed" in err and "4294967295" in err and "long long" not in err
+
+
+def test_network_deadlines_are_flags_that_reach_the_calls(monkeypatch, tmp_path):
+    """Issue 26, cases 9 and 10: --download-deadline and --judge-timeout, with sane defaults."""
+    args = finetune.parse_args(["--download-deadline", "3", "--judge-timeout", "4", "--ddp-timeout", "5"])
+    assert (args.download_deadline, args.judge_timeout, args.ddp_timeout) == (3, 4, 5)
+    defaults = finetune.parse_args([])
+    assert defaults.download_deadline <= 300 and defaults.judge_timeout <= 300
+    seen = {}
+    monkeypatch.setattr(finetune, "load_instruction_data",
+                        lambda source, download_deadline: seen.setdefault("deadline", download_deadline) and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        finetune.load_splits(finetune.parse_args(["--data", "http://127.0.0.1:9/d.json", "--download-deadline", "7"]))
+    monkeypatch.setattr(finetune, "judge_responses", lambda *a, **k: seen.setdefault("timeout", k["timeout"]) and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        finetune.run_judge([], finetune.parse_args(["--judge-timeout", "9"]))
+    assert seen == {"deadline": 7, "timeout": 9}
+
+
 def test_diverging_finetune_run_fails_and_writes_no_results(tmp_path, capsys):
     out = tmp_path / "run"
     assert finetune.main(["--smoke", "--lr", "1e30", "--out", str(out)]) == 1
