@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 
@@ -74,7 +76,8 @@ def parse_json_bytes(payload: bytes, source: str = "<data>"):
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_object_with_duplicates_marked, parse_constant=_refuse_constant)
+        return json.loads(text, object_pairs_hook=_object_with_duplicates_marked, parse_constant=_refuse_constant,
+                          parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         start = text.lstrip()[:40]
         hint = " (it looks like a web page, not JSON)" if start.startswith("<") else ""
@@ -82,8 +85,45 @@ def parse_json_bytes(payload: bytes, source: str = "<data>"):
                            f"{exc.msg}{hint}") from None
     except RecursionError:
         raise DatasetError(f"{source}: JSON nested too deeply to read") from None
-    except ValueError as exc:  # e.g. an integer with thousands of digits, or NaN
-        raise DatasetError(f"{source}: unusable JSON value: {str(exc).split(';')[0]}") from None
+    except ValueError as exc:  # NaN, 1e999, an integer with thousands of digits: say where
+        raise DatasetError(f"{source}: {_where_unusable(text)}unusable JSON value: "
+                           f"{str(exc).split(';')[0]}") from None
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]|NaN|-?Infinity|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?')
+
+
+def _unusable(token: str) -> bool:
+    if token in ("NaN", "Infinity", "-Infinity"):
+        return True
+    if token[-1:].isdigit() and not any(c in token for c in ".eE"):
+        return len(token.lstrip("-")) > 4300  # Python refuses to convert longer integers
+    return token[:1] in "-0123456789" and not math.isfinite(float(token))
+
+
+def _where_unusable(text: str) -> str:
+    """"entry N (line L, column C): " for the first NaN, infinity or oversized number, or "" if none is found."""
+    depth, entry = 0, 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group(0)
+        if token in "[{":
+            depth += 1
+        elif token in "]}":
+            depth -= 1
+        elif token == ",":
+            entry += depth == 1
+        elif token[0] != '"' and _unusable(token):
+            line = text.count("\n", 0, match.start()) + 1
+            column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+            return f"entry {entry} (line {line}, column {column}): "
+    return ""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond a float's range (it would be read as infinity)")
+    return value
 
 
 def read_json_file(path: str | Path):

@@ -399,7 +399,7 @@ def test_deep_nesting_is_a_dataset_error(tmp_path):
 
 
 def test_huge_integers_and_nan_are_dataset_errors(tmp_path):
-    with pytest.raises(DatasetError, match=r"data\.json: unusable JSON value: Exceeds the limit"):
+    with pytest.raises(DatasetError, match=r"data\.json: entry 0 \(line 1, column 43\): unusable JSON value: Exceeds the limit"):
         load_instruction_data(write_bytes(tmp_path, b'[{"instruction": "a", "output": "b", "n": %s}]' % (b"9" * 5000)))
     for constant in (b"NaN", b"Infinity", b"-Infinity"):
         with pytest.raises(DatasetError, match=r"unusable JSON value: (NaN|-?Infinity) is not standard JSON"):
@@ -606,3 +606,14 @@ def test_a_huge_error_page_is_cut_before_it_reaches_the_results(server):
     with pytest.warns(UserWarning):
         result = judge_responses(JUDGED[:1], url=f"{server.url}/api/chat", timeout=5, progress=False)
     assert "HTTP 400" in result["error"] and len(result["error"]) < 1000
+
+
+@pytest.mark.parametrize("value, shown", [("1e999", "1e999 is beyond a float's range"), ("-1e999", "-1e999 is beyond"),
+                                          ("NaN", "NaN is not standard JSON"), ("-Infinity", "-Infinity is not"),
+                                          ("1" * 5000, "Exceeds the limit")])
+def test_nan_infinity_and_oversized_numbers_are_refused_with_entry_and_line(tmp_path, value, shown):
+    """Issue 26, case 14 and the NaN weak spot: 1e999 is refused like NaN, and the message says where."""
+    path = write_bytes(tmp_path, ('[{"instruction": "a", "output": "b", "note": "NaN 1e999 in text is fine"},\n'
+                                  f' {{"instruction": "a", "output": "b", "x": [1, {value}]}}]').encode())
+    with pytest.raises(DatasetError, match=rf"entry 1 \(line 2, column 47\): unusable JSON value: .*{re.escape(shown)}"):
+        load_instruction_data(path)
