@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from support.checkpoints import load_checkpoint  # noqa: F401 (notebooks 07 and 08 import it from here)
 from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json  # noqa: F401
 from support.jsonio import DatasetError, check_json_value, parse_json_bytes, read_json_file
-from support.network import WeightsUnavailableError, download_file, hub_download
+from support.network import WeightsUnavailableError, download_file, hub_download, verify_hub_file
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, ollama_models
 from support.tokenizer_files import TokenizerUnavailableError, check_tokenizer_folder
 from support.trainer import TrainingError, TrainingRun, seed_everything
@@ -714,18 +714,20 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # --- 06 pretrained weights: OpenAI's GPT-2 from the Hugging Face Hub ---
 
 def download_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None,
-                          force_download: bool = False) -> Path:
+                          force_download: bool = False, deadline: float = 3600.0) -> Path:
     """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once.
 
     A cached copy is returned without touching the network; otherwise support.network.hub_download
-    fetches it (HF_HUB_OFFLINE=1: cache only). Any failure raises WeightsUnavailableError, which says how to fix it.
+    fetches it within `deadline` seconds (HF_HUB_OFFLINE=1: cache only). Either way the file's bytes
+    are checked against its sha256. Any failure raises WeightsUnavailableError, which says how to fix it.
     """
     if model_name not in HF_REPOS:
         hint = " ('tiny' is an untrained demo model: use build_gpt2('tiny'))" if model_name == "tiny" else ""
         raise ValueError(f"no pretrained weights for {model_name!r}{hint}; choose one of {sorted(HF_REPOS)}")
     if not force_download and (cached := cached_gpt2_weights(model_name, cache_dir)) is not None:
+        verify_hub_file(cached, model_name)
         return cached
-    return hub_download(model_name, HF_REPOS[model_name], cache_dir, force_download)
+    return hub_download(model_name, HF_REPOS[model_name], cache_dir, force_download, deadline)
 
 
 def cached_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None) -> Path | None:

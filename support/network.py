@@ -10,7 +10,10 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -273,7 +276,7 @@ def _weights_fix(model_name: str, repo: str, cache_dir: str | Path | None) -> st
 
 
 def hub_download(model_name: str, repo: str, cache_dir: str | Path | None = None,
-                 force_download: bool = False) -> Path:
+                 force_download: bool = False, deadline: float = 3600.0) -> Path:
     """`repo`'s model.safetensors through huggingface_hub (its cache, resuming, progress bar).
 
     One short probe (or a failure remembered from the last few minutes) tells within about 2 s
@@ -293,12 +296,76 @@ def hub_download(model_name: str, repo: str, cache_dir: str | Path | None = None
             f"{model_name} weights: not in the Hugging Face cache, and {unreachable}. "
             "Fix: run `make download` on a machine with network (or copy its ~/.cache/huggingface here).",
             unreachable)
-    from huggingface_hub import hf_hub_download
-
+    # huggingface_hub retries a response cut off half-way without end and has no overall deadline, so it
+    # runs in a child process that is stopped at `deadline`; its partial file is resumed next time.
+    child = subprocess.Popen([sys.executable, "-c", _HUB_CHILD, repo, str(cache_dir or ""), str(force_download)],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir, force_download=force_download))
-    except Exception as exc:  # HTTP errors, a full disk, a network that drops mid-way: all end up here
-        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        answer, _ = child.communicate(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        reason = f"the download took longer than {deadline:g} s overall (a slow or stalled connection)"
+        raise WeightsUnavailableError(
+            f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub: {reason}. "
+            "What arrived is kept and the next try resumes it; allow more time with deadline=SECONDS.\n"
+            f"{_weights_fix(model_name, repo, cache_dir)}", reason) from None
+    except BaseException:  # Ctrl-C: the child goes too
+        os.killpg(child.pid, signal.SIGKILL)
+        raise
+    try:
+        result = json.loads(answer.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        result = {"error": f"the download process ended with code {child.returncode}"}
+    if "error" in result:  # HTTP errors, a full disk, a network that drops mid-way: all end up here
+        reason = result["error"]
         raise WeightsUnavailableError(
             f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub "
-            f"({reason}).\n{_weights_fix(model_name, repo, cache_dir)}", reason) from None
+            f"({reason}).\n{_weights_fix(model_name, repo, cache_dir)}", reason)
+    path = Path(result["path"])
+    verify_hub_file(path, model_name)
+    return path
+
+
+HUB_DOWNLOAD_DEADLINE = 3600.0  # seconds for one GPT-2 weights download in all (gpt2-xl is 6.4 GB)
+_HUB_CHILD = """
+import json, sys
+repo, cache_dir, force = sys.argv[1], sys.argv[2] or None, sys.argv[3] == "True"
+try:
+    from huggingface_hub import hf_hub_download
+    print(json.dumps({"path": hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir, force_download=force)}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__ + ": " + (str(exc).strip().splitlines() or [""])[0][:200]}))
+"""
+_VERIFIED: dict[tuple, bool] = {}  # (blob, size, mtime) of files already checked in this process
+
+
+def verify_hub_file(path: Path, model_name: str) -> None:
+    """A Hugging Face cache file must hash to the name of its blob (the file's ETag: sha256, or git's sha1).
+
+    huggingface_hub names the blob after the ETag the server announced but never checks the bytes; a
+    download damaged on the way, or bytes written into the cache later, would load silently. A file
+    that fails is deleted (the next try downloads it again) and WeightsUnavailableError says so. A
+    cache file that is not a link to a blob (a copied cache) carries no hash to check.
+    """
+    if not path.is_symlink():
+        return
+    blob = path.resolve()
+    expected = blob.name.lower()
+    if not (len(expected) in (40, 64) and all(c in "0123456789abcdef" for c in expected)):
+        return
+    stat = blob.stat()
+    key = (str(blob), stat.st_size, stat.st_mtime_ns)
+    if _VERIFIED.get(key):
+        return
+    digest = hashlib.sha256() if len(expected) == 64 else hashlib.sha1(b"blob %d\0" % stat.st_size)
+    with open(blob, "rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        blob.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        reason = f"{path} does not match its hash {expected[:12]}... (damaged in transit or on disk); deleted"
+        raise WeightsUnavailableError(f"The {model_name} weights in the Hugging Face cache: {reason}. Download "
+                                      "them again (the next call does).", reason)
+    _VERIFIED[key] = True
