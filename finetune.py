@@ -280,15 +280,17 @@ def weights_bytes(model: torch.nn.Module) -> int:
 
 
 def check_room(out: Path, model: torch.nn.Module, reclaimable: int = 0) -> None:
-    """A checkpoint (written beside the previous one) and the final model must fit on the disk of --out.
+    """Two checkpoints side by side (the next one is written beside the last) must fit on the disk of --out.
 
-    A checkpoint holds the weights and AdamW's two moments per trainable weight.
+    A checkpoint holds the weights and AdamW's two moments per trainable weight; the final model, written
+    while one checkpoint stays, is smaller than a second checkpoint. `reclaimable`: bytes already on the disk
+    that count towards it (files --overwrite deletes, the checkpoint --resume continues from).
     """
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    needed = int(1.05 * (2 * weights_bytes(model) + moments))  # 5% for headers, metadata and the file system
+    needed = int(1.05 * 2 * (weights_bytes(model) + moments))  # 5% for headers, metadata and the file system
     free = shutil.disk_usage(out).free + reclaimable
     if free < needed:
-        raise UsageError(f"--out {out}: {free / 1e6:,.0f} MB free, but a checkpoint and the final model need about "
+        raise UsageError(f"--out {out}: {free / 1e6:,.0f} MB free, but two checkpoints side by side need about "
                          f"{needed / 1e6:,.0f} MB: free some space or choose another --out")
 
 
@@ -353,12 +355,16 @@ def load_model(args) -> GPTModel:
     return model
 
 
-def run_settings(args: argparse.Namespace, max_length: int, use_bf16: bool, data_sha256: str) -> dict:
-    """Everything besides seed, batches and accumulation (checked anyway) that makes two runs differ."""
+def run_settings(args: argparse.Namespace, max_length: int, use_bf16: bool, data_sha256: str,
+                 world_size: int = 1) -> dict:
+    """Everything besides seed, batches and accumulation (checked anyway) that makes two runs differ.
+
+    The batch is the global one (--batch-size x processes): 2 processes x 4 resume as 1 x 8 (README).
+    """
     return {"model": args.model, "weights": str(args.weights) if args.weights else None, "data_sha256": data_sha256,
             "style": args.style, "mask_prompt": args.mask_prompt, "max_length": max_length,
             "group_by_length": args.group_by_length, "lr": args.lr, "weight_decay": args.weight_decay,
-            "batch_size": args.batch_size, "lora_rank": args.lora_rank,
+            "global_batch_size": args.batch_size * world_size, "lora_rank": args.lora_rank,
             "lora_alpha": args.lora_alpha if args.lora_rank > 0 else None, "bf16": use_bf16}
 
 
@@ -414,7 +420,8 @@ def _run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     print(f"trainable parameters: {n_trainable:,} of {count_parameters(model):,}"
           + (f" (LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g})" if args.lora_rank > 0 else ""))
     replaced = [out / name for name in OUTPUT_NAMES if args.overwrite and (out / name).exists()]
-    check_room(out, model, reclaimable=sum(path.stat().st_size for path in replaced))
+    continued = [out / CHECKPOINT_NAME] if args.resume and (out / CHECKPOINT_NAME).is_file() else []
+    check_room(out, model, reclaimable=sum(path.stat().st_size for path in replaced + continued))
     for path in replaced:  # every check passed: only now is the previous run given up
         if ddp is None or ddp.is_main:
             path.unlink(missing_ok=True)
@@ -431,7 +438,8 @@ def _run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     hooks = TrainingRun(out / CHECKPOINT_NAME, resume=args.resume, seed=args.seed, save_every=args.save_every,
                         save_every_minutes=args.save_every_minutes, max_steps=args.max_steps,
                         settings=run_settings(args, max_length, use_bf16,
-                                              data_fingerprint(train_data, val_data, test_data)), ddp=ddp)
+                                              data_fingerprint(train_data, val_data, test_data), world_size),
+                        ddp=ddp)
     start = time.perf_counter()
     history = train_model(model, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
                           eval_freq=args.eval_freq, eval_iter=args.eval_iter, grad_accum_steps=args.grad_accum,
