@@ -396,7 +396,7 @@ def small_disk(tmp_path):
 def test_a_real_full_or_read_only_disk_is_refused_before_training(small_disk, monkeypatch, capsys):
     monkeypatch.setattr(finetune, "train_model", lambda *a, **k: pytest.fail("training started"))
     assert finetune.main(["--smoke", "--out", str(small_disk("size=2m"))]) == 1
-    assert "MB free, but a checkpoint and the final model need about" in capsys.readouterr().err
+    assert "MB free, but two checkpoints side by side need about" in capsys.readouterr().err
     assert finetune.main(["--smoke", "--out", str(small_disk("ro,size=2m") / "run")]) == 1
     assert "cannot hold the results (Read-only file system)" in capsys.readouterr().err
 
