@@ -537,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every error ends in one message; --debug shows the traceback
         if debug:
             raise
+        if ddp is not None and isinstance(exc, RuntimeError) and "timed out" in str(exc).lower():
+            # the gradient exchange inside backward() timed out: a peer stopped (see DistributedRun.sum)
+            exc = DistributedStall(f"another process of this torchrun job did not take part within --ddp-timeout "
+                                   f"{args.ddp_timeout:g} s (stopped, crashed or far slower?); stopping. "
+                                   f"({str(exc).splitlines()[0][:200]})")
         print(f"finetune.py: {exc}", file=sys.stderr)
         if isinstance(exc, OSError) and (args.out / CHECKPOINT_NAME).is_file():
             print(f"  (the last checkpoint is kept: fix that, then rerun with --resume --out {args.out})",
