@@ -66,11 +66,16 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT,
 
 
 def write_notebook(nb: nbformat.NotebookNode, path: Path) -> None:
-    """Write `nb` atomically: `path` holds either its old content or the whole new notebook."""
-    import utils
+    """Write `nb` atomically: `path` holds either its old content or the whole new notebook.
 
+    What an earlier write of the same notebook left when it was killed goes first (only temporaries this
+    program made and whose writer is gone: see support/files.py).
+    """
+    from support.files import atomic_write_bytes, remove_stale_temporaries
+
+    remove_stale_temporaries(path.parent, [path.name])
     text = nbformat.writes(nb)
-    utils.atomic_write_bytes(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))
 
 
 def _plain(text: str) -> str:

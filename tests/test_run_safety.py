@@ -787,3 +787,16 @@ def test_responses_and_metrics_survive_a_failing_judge(tmp_path, monkeypatch, ca
     assert metrics["judge"]["scores"] == [80, 75, None, None, None]
     assert "the scores above are partial" in capsys.readouterr().err
     assert metrics["evaluation"]["n"] == 5
+
+
+def test_run_notebooks_removes_what_a_killed_write_of_the_notebook_left(tmp_path):
+    """Issue 26 weak spot: run_notebooks.py --inplace killed mid-write left a temporary folder beside the notebook."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import nbformat
+    import run_notebooks
+
+    path = tmp_path / "01-x.ipynb"
+    killed_write(path)
+    (tmp_path / ".01-x.ipynb.mine.tmp").mkdir()  # a lookalike that is not ours stays
+    run_notebooks.write_notebook(nbformat.v4.new_notebook(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".01-x.ipynb.mine.tmp", "01-x.ipynb"]
