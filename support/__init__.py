@@ -15,6 +15,19 @@ what makes that code dependable outside a notebook (the CLI finetune.py, scripts
     batching.py         length-grouped batches (finetune.py --group-by-length)
     near_duplicates.py  near-duplicate entries in a dataset (scripts/dataset_report.py)
 
+How runs keep your files safe (a new command, DPO or chat, uses the same pieces):
+
+    OutputFolderLock(out)        files.py: one run per output folder; take it before looking at the folder
+    atomic_destination(path)     files.py: temp folder + fsync + rename; a marker inside names the writer,
+                                 and remove_stale_temporaries removes only marked folders of dead writers
+    save_checkpoint/resume_from  checkpoints.py: a CRC-32 per tensor and per metadata entry; a checkpoint
+                                 without checksums is refused (only a foreign plain weights file may lack them)
+    fetch/download_file          network.py: one overall deadline per network read (a dripping server is cut);
+    hub_download                 the same for the Hub (a child process stopped at its deadline), bytes
+                                 checked against the ETag's sha256 (verify_hub_file)
+    chat_content                 ollama.py: HTTP 429/5xx tried again with backoff; error bodies capped
+    DistributedRun(timeout=...)  ddp.py: the process group's timeout bounds every exchange (--ddp-timeout)
+
 Import rule, one direction only: utils imports from support; nothing in support imports utils
 (tests/test_layout.py checks it). Where the machinery needs a course object (the model, the
 training state) it is passed in and used by its attributes.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import random
 import time
 import warnings
@@ -19,7 +20,7 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import RandomSampler
 
-from support.checkpoints import resume_from, save_checkpoint
+from support.checkpoints import CheckpointError, resume_from, save_checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -115,7 +116,10 @@ class TrainingRun:
         self.model, self.optimizer = model, optimizer
         state.seed, state.settings = self.seed, self.settings
         path = self.checkpoint_path
-        if self.resume and path is not None and Path(path).exists():
+        if self.resume and path is not None and os.path.lexists(path):  # a dangling link or a folder: refused
+            if not Path(path).is_file():
+                raise CheckpointError(f"{path} is not a checkpoint file (a folder, a FIFO, or a symbolic link that "
+                                      "leads nowhere): remove it, or train without resume")
             saved = resume_from(path, model, optimizer, expected=state)
             for f in dataclasses.fields(state):
                 setattr(state, f.name, getattr(saved, f.name))
