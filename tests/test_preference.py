@@ -240,3 +240,22 @@ def test_a_few_dpo_steps_raise_held_out_accuracy_and_margin(preference_loaders):
     # the reference stayed frozen
     for p, q in zip(reference.parameters(), standin(0).parameters()):
         assert torch.equal(p, q)
+
+
+# --- notebook 09's drafts agree with utils ---
+
+def test_notebook_drafts_agree_with_utils():
+    from test_notebooks import notebook_function
+
+    draft_loss = notebook_function("09-preference", "draft_dpo_loss")
+    draft_logprobs = notebook_function("09-preference", "draft_sequence_logprobs")
+    generator = torch.Generator().manual_seed(0)
+    for beta in (0.1, 0.5, 3.0):
+        logprobs = [torch.randn(6, generator=generator, dtype=torch.float64) * 8 for _ in range(4)]
+        for ours, theirs in zip(draft_loss(*logprobs, beta=beta), utils.dpo_loss(*logprobs, beta=beta)):
+            torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=0)
+    for n_pairs in (1, 3):
+        batch = random_preference_batch(generator, n_pairs, length=14, vocab=9)
+        logits = torch.randn(*batch.targets.shape, 9, generator=generator, dtype=torch.float64)
+        torch.testing.assert_close(draft_logprobs(logits, batch.targets),
+                                   utils.sequence_logprobs(logits, batch.targets), atol=1e-10, rtol=0)
