@@ -6,6 +6,8 @@ data -> split -> loaders -> model -> finetuning -> loss plot -> test-set respons
     python finetune.py --model gpt2-medium --epochs 2 --out runs/medium
     python finetune.py --model gpt2-small --lora-rank 16 --lora-alpha 16 --mask-prompt --out runs/lora
     torchrun --nproc_per_node=2 finetune.py --smoke --out runs/ddp   # DistributedDataParallel, one process per GPU/CPU
+    python finetune.py --dpo runs/small/model.safetensors --out runs/small-dpo   # preference tuning (notebook 09)
+    python finetune.py --smoke --dpo runs/smoke/model.safetensors --out runs/smoke-dpo
 
 Everything lands in --out, each file written atomically:
     loss.png                 training and validation loss
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -37,12 +40,16 @@ import signal
 import sys
 import tempfile
 import time
+from functools import partial
 import warnings
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from utils import (DEFAULT_DATA_PATH, DEFAULT_PREFERENCE_PATH, PreferenceDataset, load_checkpoint,
+                   load_preference_data, precompute_reference_logprobs, preference_collate_fn, split_preference_data,
+                   train_dpo)
 from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES,
                    CheckpointError, DatasetError, GPTModel, OllamaUnavailableError, TokenizerUnavailableError,
                    TrainingError, WeightsUnavailableError, apply_lora, atomic_write_json,
@@ -55,6 +62,10 @@ from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, OLLAMA_CHAT_URL
 SMOKE = {"train": 48, "val": 8, "test": 5, "batch_size": 4, "max_steps": 6, "eval_freq": 2, "eval_iter": 1,
          "max_new_tokens": 12, "lr": 1e-3}  # a higher learning rate: visible progress in a handful of steps
 DEFAULT_LR = 5e-5
+# --dpo: preference tuning from a finetuned model (notebook 09); --smoke takes a few pairs and steps.
+DPO_SMOKE = {"train": 32, "val": 8, "batch_size": 2, "max_steps": 8, "eval_freq": 4, "lr": 3e-3}
+DPO_LR, DPO_STEPS = 5e-6, 60
+DPO_OUTPUT_NAMES = ("dpo-model.safetensors", "dpo-metrics.json")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 OUTPUT_NAMES = ("loss.png", "test-responses.json", "metrics.json", "model.safetensors", CHECKPOINT_NAME)
 DEBUG_ENV = "LLM_DEBUG"  # set to 1: errors show their traceback (like --debug)
@@ -141,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-url", default=OLLAMA_CHAT_URL, help="the Ollama server's /api/chat address")
     p.add_argument("--seed", type=int, default=123, help="seeds the model's start, data order and dropout")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory")
+    p.add_argument("--dpo", type=Path, metavar="FINETUNED",
+                   help="instead of finetuning: preference-tune this finetuned model (model.safetensors of a run) "
+                        "with DPO on --preference-data (notebook 09); --max-steps, --lr, --batch-size (pairs), "
+                        "--eval-freq apply")
+    p.add_argument("--preference-data", type=Path, default=DEFAULT_PREFERENCE_PATH,
+                   help="preference pairs for --dpo, split as --data is")
+    p.add_argument("--beta", type=_number(float, 0, strict=True), default=0.1,
+                   help="DPO's beta: how far --dpo may move the model from where it starts")
     p.add_argument("--smoke", action="store_true",
                    help="tiny UNTRAINED model, a few examples and steps: checks the pipeline offline")
     p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
@@ -159,6 +178,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batch_size, args.max_steps = SMOKE["batch_size"], SMOKE["max_steps"]
         args.eval_freq, args.eval_iter = SMOKE["eval_freq"], SMOKE["eval_iter"]
         args.max_new_tokens = min(args.max_new_tokens, SMOKE["max_new_tokens"])
+    if args.dpo is not None and args.resume:
+        p.error("--dpo runs are short and write no checkpoint to resume: rerun without --resume")
+    if args.dpo is not None and args.lr is None:
+        args.lr = DPO_SMOKE["lr"] if args.smoke else DPO_LR
     if args.lr is None:  # an --lr the user gave is always honoured, with --smoke too
         args.lr = SMOKE["lr"] if args.smoke else DEFAULT_LR
     return args
@@ -289,7 +312,7 @@ class DistributedRun:
 
 # --- the output folder: checked before anything is trained ---
 
-def check_out_folder(args: argparse.Namespace) -> None:
+def check_out_folder(args: argparse.Namespace, names: tuple[str, ...] = OUTPUT_NAMES) -> None:
     """Make sure --out can take this run's files; refuse to replace another run's without --resume/--overwrite."""
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -300,11 +323,11 @@ def check_out_folder(args: argparse.Namespace) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"--out {out} cannot hold the results ({exc.strerror or exc}): choose another --out")
-    previous = [name for name in OUTPUT_NAMES if (out / name).exists()]
+    previous = [name for name in names if (out / name).exists()]
     if previous and not (args.resume or args.overwrite):
         raise UsageError(f"--out {out} already holds a run ({', '.join(previous)}): pass --resume to continue it, "
                          "--overwrite to replace it, or choose another --out")
-    for stale in remove_stale_temporaries(out, OUTPUT_NAMES):
+    for stale in remove_stale_temporaries(out, names):
         print(f"removed {stale}, left by an interrupted save")
 
 
@@ -504,6 +527,55 @@ def run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     return metrics
 
 
+def run_dpo(args: argparse.Namespace) -> dict:
+    """Preference-tune the finetuned model in --dpo with DPO (notebook 09); returns the metrics.
+
+    The reference is the model as loaded; its log-probs of every pair are computed once and the copy freed,
+    so training holds one model. Writes dpo-model.safetensors (weights) and dpo-metrics.json (held-out
+    loss, reward margin and preference accuracy at every evaluation).
+    """
+    out: Path = args.out
+    check_out_folder(args, DPO_OUTPUT_NAMES)
+    device = get_device()
+    seed_everything(args.seed)
+    pairs = load_preference_data(args.preference_data)
+    train, val, _ = split_preference_data(pairs, load_instruction_data(args.data))
+    num_steps, eval_freq, batch_size = args.max_steps or DPO_STEPS, args.eval_freq, args.batch_size
+    if args.smoke:
+        train, val = train[:DPO_SMOKE["train"]], val[:DPO_SMOKE["val"]]
+        num_steps, eval_freq, batch_size = DPO_SMOKE["max_steps"], DPO_SMOKE["eval_freq"], DPO_SMOKE["batch_size"]
+    if len(train) < batch_size or not val:
+        raise UsageError(f"{args.preference_data}: {len(train)} training and {len(val)} validation pairs; DPO needs "
+                         f"one batch of --batch-size {batch_size} and at least one validation pair")
+    print(f"preference data: {len(train)} train, {len(val)} val pairs from {args.preference_data}")
+    tokenizer = get_tokenizer()
+    model = load_checkpoint(GPTModel(GPT_CONFIGS[args.model]), args.dpo).to(device)
+    print(f"model: {args.model} from {args.dpo}")
+    collate = partial(preference_collate_fn, allowed_max_length=model.cfg["context_length"])
+    train_set, val_set = (PreferenceDataset(part, tokenizer, args.style) for part in (train, val))
+    for dataset in (train_set, val_set):  # the model as loaded is the reference
+        # batches as the val loader's: the same padding, so the first evaluation's margins are exactly 0
+        precompute_reference_logprobs(model, dataset, device, batch_size, model.cfg["context_length"])
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+                              generator=torch.Generator().manual_seed(args.seed))
+    val_loader = DataLoader(val_set, batch_size=batch_size, collate_fn=collate)
+    optimizer = create_optimizer(model, lr=args.lr, weight_decay=0.0)
+    start = time.perf_counter()
+    history = train_dpo(model, None, train_loader, val_loader, optimizer, device, num_steps=num_steps,
+                        eval_freq=eval_freq, beta=args.beta)
+    seconds = time.perf_counter() - start
+    save_checkpoint(out / DPO_OUTPUT_NAMES[0], model)
+    metrics = {"model": args.model, "start": str(args.dpo), "beta": args.beta, "lr": args.lr, "seed": args.seed,
+               "batch_size": batch_size, "train_pairs": len(train), "val_pairs": len(val), "steps": num_steps,
+               "train_seconds": round(seconds, 1), "history": dataclasses.asdict(history)}
+    atomic_write_json(out / DPO_OUTPUT_NAMES[1], metrics)
+    print(f"held-out pairs: preference accuracy {history.val_accuracies[0]:.2f} -> {history.val_accuracies[-1]:.2f}, "
+          f"reward margin {history.val_margins[0]:.3f} -> {history.val_margins[-1]:.3f} after {num_steps} steps "
+          f"({seconds:.0f} s)")
+    print(f"wrote {out}/: {', '.join(DPO_OUTPUT_NAMES)}")
+    return metrics
+
+
 def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
     """LLM-judge scores; if the judge fails, the reason and whatever scores it gave (the other results still count).
 
@@ -536,7 +608,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
-        run(args, ddp)
+        if args.dpo is not None:
+            if ddp is not None:
+                raise UsageError("--dpo runs in one process: start it with python, not torchrun")
+            run_dpo(args)
+        else:
+            run(args, ddp)
     except (KeyboardInterrupt, Terminated) as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         print(f"\n{what}: rerun with --resume --out {args.out} to continue from the last checkpoint",

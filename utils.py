@@ -2781,6 +2781,8 @@ def precompute_reference_logprobs(reference: nn.Module, dataset: PreferenceDatas
     """Store the reference model's log-probs in every pair of `dataset` (in place), so the reference can be freed.
 
     A DPO step then runs one model instead of two: half the memory for weights, and no reference forward pass.
+    Batched as a loader will batch them (same `batch_size`, no shuffling), the values equal what the reference
+    computes during training exactly; other batches pad differently, which changes them by float rounding only.
     """
     reference.eval()
     for start in range(0, len(dataset), batch_size):

@@ -259,3 +259,30 @@ def test_notebook_drafts_agree_with_utils():
         logits = torch.randn(*batch.targets.shape, 9, generator=generator, dtype=torch.float64)
         torch.testing.assert_close(draft_logprobs(logits, batch.targets),
                                    utils.sequence_logprobs(logits, batch.targets), atol=1e-10, rtol=0)
+
+
+# --- the command line: finetune.py --dpo ---
+
+def test_finetune_dpo_smoke_runs_from_a_checkpoint(tmp_path, tokenizer, capsys):
+    import finetune
+
+    start = tmp_path / "model.safetensors"
+    utils.save_checkpoint(start, standin(3))
+    assert finetune.main(["--smoke", "--dpo", str(start), "--out", str(tmp_path / "dpo")]) == 0
+    metrics = json.loads((tmp_path / "dpo" / "dpo-metrics.json").read_text())
+    assert metrics["history"]["steps"] == [0, 4, 8] and metrics["start"] == str(start)
+    assert metrics["history"]["val_accuracies"][0] == 0.5
+    tuned = utils.load_checkpoint(standin(0), tmp_path / "dpo" / "dpo-model.safetensors")
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.parameters(), standin(3).parameters()))
+    # a second run into the same folder is refused, with one line naming the fix
+    capsys.readouterr()
+    assert finetune.main(["--smoke", "--dpo", str(start), "--out", str(tmp_path / "dpo")]) == 1
+    assert "already holds a run (dpo-model.safetensors, dpo-metrics.json)" in capsys.readouterr().err
+
+
+def test_finetune_dpo_names_a_missing_start(tmp_path, capsys):
+    import finetune
+
+    assert finetune.main(["--smoke", "--dpo", str(tmp_path / "nothing.safetensors"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "nothing.safetensors" in err and len(err.strip().splitlines()) <= 2, err
