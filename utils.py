@@ -2837,6 +2837,8 @@ def train_dpo(policy: nn.Module, reference: nn.Module | None, train_loader: Data
     epoch after epoch until num_steps; every `eval_freq` steps (and at the end) the held-out pairs
     are scored by evaluate_preferences on `eval_iter` batches (None: all).
     """
+    if len(train_loader) == 0:
+        raise TrainingError("the train loader yields no batches: fewer training pairs than the batch size?")
     device = torch.device(device)
     policy.to(device).train()
     if reference is not None:
