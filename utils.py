@@ -2828,44 +2828,84 @@ class DPOHistory:
     val_accuracies: list[float] = field(default_factory=list)
 
 
+class _NoHooks:
+    """The do-nothing hooks of train_model's protocol (layout's utils.TrainingHooks; at the merge, use that)."""
+    progress = True
+
+    def on_train_start(self, model, optimizer, state):
+        return model
+
+    def epoch_batches(self, loader, epoch):
+        return iter(loader)
+
+    def micro_batch(self, last):
+        return contextlib.nullcontext()
+
+    def should_stop(self, state):
+        return False
+
+    def on_step_end(self, state):
+        pass
+
+    def on_train_end(self, state):
+        pass
+
+
 def train_dpo(policy: nn.Module, reference: nn.Module | None, train_loader: DataLoader, val_loader: Iterable,
               optimizer: torch.optim.Optimizer, device: str | torch.device, num_steps: int, eval_freq: int,
               eval_iter: int | None = None, beta: float = 0.1, hooks=None) -> DPOHistory:
-    """Preference-tune `policy` against a frozen `reference` for `num_steps` optimizer steps.
+    """Preference-tune `policy` against a frozen `reference` (None: log-probs precomputed) for `num_steps` steps.
 
     The loop of 06 with dpo_loss_batch in place of the next-token loss: the train loader is walked
     epoch after epoch until num_steps; every `eval_freq` steps (and at the end) the held-out pairs
     are scored by evaluate_preferences on `eval_iter` batches (None: all).
+    - hooks: train_model's extension point, called at the same places (TrainingHooks). With
+      support.trainer.TrainingRun the DPO run gets its checkpoints, resume and finite-loss stop.
+      After a resume, the history holds the evaluations of this session only.
     """
+    hooks = hooks or _NoHooks()
     if len(train_loader) == 0:
         raise TrainingError("the train loader yields no batches: fewer training pairs than the batch size?")
     device = torch.device(device)
-    policy.to(device).train()
+    policy.to(device)
     if reference is not None:
         reference.to(device).eval().requires_grad_(False)
+    state = TrainState(batches_per_epoch=len(train_loader))
+    trained = hooks.on_train_start(policy, optimizer, state)  # may resume: weights, optimizer, RNG, state
     history = DPOHistory()
 
-    def evaluate(step: int, train_loss: float) -> None:
-        scores = evaluate_preferences(policy, reference, val_loader, device, beta, eval_iter)
-        history.steps.append(step)
+    def evaluate(train_loss: float) -> None:
+        with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG
+            scores = evaluate_preferences(policy, reference, val_loader, device, beta, eval_iter)
+        history.steps.append(state.step)
         history.train_losses.append(train_loss)
         history.val_losses.append(scores["loss"])
         history.val_margins.append(scores["margin"])
         history.val_accuracies.append(scores["accuracy"])
 
-    evaluate(0, float("nan"))
-    step = 0
-    while step < num_steps:
-        for batch in train_loader:
+    evaluate(float("nan"))  # where the run starts: margin 0, accuracy 0.5 when policy == reference
+    trained.train()
+    stop = state.step >= num_steps or hooks.should_stop(state)
+    while not stop:
+        # after a resume, skip the batches of this epoch that were trained on already
+        for batch in itertools.islice(hooks.epoch_batches(train_loader, state.epoch), state.batches_done, None):
             optimizer.zero_grad(set_to_none=True)
-            loss, _, _ = dpo_loss_batch(policy, reference, batch, device, beta)
-            loss.backward()
+            with hooks.micro_batch(last=True):
+                loss, _, _ = dpo_loss_batch(trained, reference, batch, device, beta)
+                loss.backward()
             optimizer.step()
-            step += 1
-            if step % eval_freq == 0 or step == num_steps:
-                evaluate(step, loss.item())
-            if step == num_steps:
+            state.step, state.last_loss = state.step + 1, loss.item()
+            state.batches_done += 1
+            state.tokens_seen += int((batch.targets != IGNORE_INDEX).sum())  # answer tokens: both of each pair
+            stop = state.step >= num_steps or hooks.should_stop(state)
+            if state.step % eval_freq == 0 or stop:
+                evaluate(state.last_loss)
+            if state.batches_done == len(train_loader):
+                state.epoch, state.batches_done = state.epoch + 1, 0
+            hooks.on_step_end(state)  # e.g. the finite-loss stop, a checkpoint
+            if stop:
                 break
+    hooks.on_train_end(state)
     return history
 
 
