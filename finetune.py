@@ -47,9 +47,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from utils import (DEFAULT_DATA_PATH, DEFAULT_PREFERENCE_PATH, PreferenceDataset, load_checkpoint,
-                   load_preference_data, precompute_reference_logprobs, preference_collate_fn, split_preference_data,
-                   train_dpo)
+from utils import (DEFAULT_PREFERENCE_PATH, PreferenceDataset, load_checkpoint, load_preference_data,
+                   precompute_reference_logprobs, preference_collate_fn, split_preference_data, train_dpo)
 from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES,
                    CheckpointError, DatasetError, GPTModel, OllamaUnavailableError, TokenizerUnavailableError,
                    TrainingError, WeightsUnavailableError, apply_lora, atomic_write_json,

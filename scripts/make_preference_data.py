@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import utils  # noqa: E402
+import utils  # noqa: E402 (after the path is set)
 
 TASKS_PATH = REPO_ROOT / "data" / "instruction-data-tasks.json"
 SEED = 2023

@@ -6,7 +6,6 @@ import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
-
 from run_notebooks import NOTEBOOK_DIR
 
 SOLUTIONS = NOTEBOOK_DIR / "09-solutions.ipynb"
