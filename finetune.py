@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -45,17 +44,22 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from support.batching import length_grouped_loader
+from support.checkpoints import CheckpointError, save_checkpoint
+from support.ddp import DistributedRun
+from support.files import atomic_write_json, remove_stale_temporaries
+from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError
+from support.tokenizer_files import TokenizerUnavailableError
+from support.trainer import TrainingError, TrainingRun, seed_everything
+from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, PROMPT_STYLES, DatasetError, GPTModel,
+                   WeightsUnavailableError, apply_lora, bf16_autocast_recommended, build_gpt2, count_parameters,
+                   create_dataloaders, create_optimizer, evaluate_responses, generate_responses, get_device,
+                   get_tokenizer, judge_responses, load_instruction_data, merge_lora, plot_losses, split_dataset,
+                   train_model)
 from utils import (DEFAULT_PREFERENCE_PATH, PreferenceDataset, load_checkpoint, load_preference_data,
                    precompute_reference_logprobs, preference_collate_fn, split_preference_data, train_dpo)
-from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, PROMPT_STYLES,
-                   CheckpointError, DatasetError, GPTModel, OllamaUnavailableError, TokenizerUnavailableError,
-                   TrainingError, WeightsUnavailableError, apply_lora, atomic_write_json,
-                   bf16_autocast_recommended, build_gpt2, count_parameters, create_dataloaders, create_optimizer,
-                   evaluate_responses, generate_responses, get_device, get_tokenizer, judge_responses,
-                   length_grouped_loader, load_instruction_data, merge_lora, plot_losses,
-                   remove_stale_temporaries, save_checkpoint, seed_everything, split_dataset, train_model)
 
 # --smoke: the tiny model on a few examples; the whole pipeline offline in seconds.
 SMOKE = {"train": 48, "val": 8, "test": 5, "batch_size": 4, "max_steps": 6, "eval_freq": 2, "eval_iter": 1,
@@ -64,7 +68,7 @@ DEFAULT_LR = 5e-5
 # --dpo: preference tuning from a finetuned model (notebook 09); --smoke takes a few pairs and steps.
 DPO_SMOKE = {"train": 32, "val": 8, "batch_size": 2, "max_steps": 8, "eval_freq": 4, "lr": 3e-3}
 DPO_LR, DPO_STEPS = 5e-6, 60
-DPO_OUTPUT_NAMES = ("dpo-model.safetensors", "dpo-metrics.json")
+DPO_OUTPUT_NAMES = ("dpo-model.safetensors", "dpo-metrics.json", "dpo-checkpoint.safetensors")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 OUTPUT_NAMES = ("loss.png", "test-responses.json", "metrics.json", "model.safetensors", CHECKPOINT_NAME)
 DEBUG_ENV = "LLM_DEBUG"  # set to 1: errors show their traceback (like --debug)
@@ -177,136 +181,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batch_size, args.max_steps = SMOKE["batch_size"], SMOKE["max_steps"]
         args.eval_freq, args.eval_iter = SMOKE["eval_freq"], SMOKE["eval_iter"]
         args.max_new_tokens = min(args.max_new_tokens, SMOKE["max_new_tokens"])
-    if args.dpo is not None and args.resume:
-        p.error("--dpo runs are short and write no checkpoint to resume: rerun without --resume")
     if args.dpo is not None and args.lr is None:
         args.lr = DPO_SMOKE["lr"] if args.smoke else DPO_LR
     if args.lr is None:  # an --lr the user gave is always honoured, with --smoke too
         args.lr = SMOKE["lr"] if args.smoke else DEFAULT_LR
     return args
-
-
-# --- more than one process: torchrun + DistributedDataParallel --------------------------------
-# Plumbing only: a plain `python finetune.py` never creates a DistributedRun and never starts a
-# process group. Under torchrun every process runs this script; each trains on its share of
-# every batch, DDP adds up the gradients, and rank 0 alone writes files and generates.
-
-class ShardedBatchSampler(Sampler[list[int]]):
-    """This rank's share of every batch of `batch_sampler`, which makes the GLOBAL batches.
-
-    The global batches keep their seeded order (and length grouping); rank r takes the items
-    r, r + world_size, ... of each, so the ranks' shares are disjoint and cover the batch. A share
-    that would be empty (a last batch smaller than world_size) is skipped; train loaders drop
-    their last partial batch, so every rank trains on the same number of batches.
-    """
-
-    def __init__(self, batch_sampler: Sampler[list[int]], rank: int, world_size: int):
-        self.batch_sampler, self.rank, self.world_size = batch_sampler, rank, world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.batch_sampler, "set_epoch"):  # LengthGroupedBatchSampler
-            self.batch_sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        for batch in self.batch_sampler:
-            if share := list(batch)[self.rank::self.world_size]:
-                yield share
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)  # global batches: what train_model counts steps and epochs in
-
-
-class DistributedRun:
-    """This process's place in a torchrun job, and the few collective operations training needs."""
-
-    def __init__(self, rank: int, local_rank: int, world_size: int):
-        import torch.distributed as dist
-
-        self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
-        device = get_device()
-        if device.type == "cuda":
-            self.device, backend = torch.device("cuda", local_rank), "nccl"
-            torch.cuda.set_device(self.device)
-        elif device.type == "cpu":
-            self.device, backend = device, "gloo"
-        else:
-            raise SystemExit(f"DistributedDataParallel runs on CUDA GPUs or CPUs, not {device.type}: "
-                             "set LLM_DEVICE=cpu")
-        dist.init_process_group(backend=backend)  # MASTER_ADDR, MASTER_PORT etc. come from torchrun
-        self.backend = backend
-        self._dist = dist
-
-    @classmethod
-    def from_environment(cls) -> DistributedRun | None:
-        """A DistributedRun when torchrun started more than one process, else None (plain python)."""
-        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-            return None
-        return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: list[float]) -> list[float]:
-        """Each value summed over all processes (float64: token counts stay exact)."""
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        self._dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    @contextlib.contextmanager
-    def local_main_first(self):
-        """Local rank 0 runs the block first (a download happens once per node), the node's other ranks after.
-
-        If it fails on some node, the other processes stop quietly: the failing one reports why.
-        """
-        if self.local_rank == 0:
-            try:
-                yield
-            except BaseException:
-                self.sum([1.0])  # the others wait in this all-reduce: tell them to stop
-                raise
-            if self.sum([0.0])[0]:
-                raise SystemExit(1)
-        else:
-            if self.sum([0.0])[0]:
-                raise SystemExit(1)
-            yield
-
-    def shard(self, loader: DataLoader) -> DataLoader:
-        """`loader` (built with the global batch size) cut down to this rank's share of each batch."""
-        # The same generator object: train_model re-seeds it each epoch and the shuffle draws from it
-        # exactly as it would in one process, so the global batches are the one-process batches.
-        return DataLoader(loader.dataset, batch_sampler=ShardedBatchSampler(loader.batch_sampler, self.rank,
-                                                                            self.world_size),
-                          collate_fn=loader.collate_fn, num_workers=loader.num_workers, generator=loader.generator)
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model.to(self.device)
-        # The only buffers are constant causal masks: syncing them at every forward pass would waste
-        # time and make evaluation a collective operation. torch >= 2.13 renamed the switch.
-        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                          inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
-        return DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
-                                       **no_buffer_sync)
-
-    def check_resume(self, checkpoint: Path) -> None:
-        """Every rank must find the checkpoint (a filesystem shared by all nodes), or none."""
-        found = int(self.sum([checkpoint.exists()])[0])
-        if 0 < found < self.world_size:
-            raise SystemExit(f"{checkpoint} exists for {found} of {self.world_size} processes: with more than "
-                             "one node, --out must be on a filesystem that all nodes share")
-
-    def quiet_unless_main(self) -> None:
-        """Only rank 0 prints progress and warnings; errors still reach every rank's stderr."""
-        if not self.is_main:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
-            warnings.simplefilter("ignore")
-
-    def close(self) -> None:
-        if self._dist.is_initialized():
-            self._dist.destroy_process_group()
 
 
 # --- the output folder: checked before anything is trained ---
@@ -472,21 +351,18 @@ def run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and bf16_autocast_recommended(device))
     print(f"device: {device}, {'bfloat16 autocast' if use_bf16 else 'float32'}, learning rate {args.lr:g}")
     optimizer = create_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
-    trained = model
-    if ddp is not None:
-        if args.resume:
-            ddp.check_resume(out / CHECKPOINT_NAME)
-        trained = ddp.wrap(model)  # `model` stays the plain GPTModel: rank 0 merges, saves and generates with it
+    if ddp is not None and args.resume:
+        ddp.check_resume(out / CHECKPOINT_NAME)
+    # Checkpoints, resume, timed saves, max_steps and DDP reach the course loop through its hooks;
+    # under DDP the hooks wrap the model, and `model` stays the plain GPTModel rank 0 merges, saves and uses.
+    hooks = TrainingRun(out / CHECKPOINT_NAME, resume=args.resume, seed=args.seed, save_every=args.save_every,
+                        save_every_minutes=args.save_every_minutes, max_steps=args.max_steps,
+                        settings=run_settings(args, max_length, use_bf16,
+                                              data_fingerprint(train_data, val_data, test_data)), ddp=ddp)
     start = time.perf_counter()
-    history = train_model(trained, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
+    history = train_model(model, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
                           eval_freq=args.eval_freq, eval_iter=args.eval_iter, grad_accum_steps=args.grad_accum,
-                          autocast_dtype=torch.bfloat16 if use_bf16 else None,
-                          checkpoint_path=out / CHECKPOINT_NAME, resume=args.resume, seed=args.seed,
-                          save_every=args.save_every, save_every_minutes=args.save_every_minutes,
-                          max_steps=args.max_steps,
-                          settings=run_settings(args, max_length, use_bf16,
-                                                data_fingerprint(train_data, val_data, test_data)),
-                          dist=ddp)
+                          autocast_dtype=torch.bfloat16 if use_bf16 else None, hooks=hooks)
     train_seconds = time.perf_counter() - start
     if ddp is not None and not ddp.is_main:
         return {}  # generation, evaluation and files: rank 0 alone (its model holds the same weights)
@@ -531,7 +407,7 @@ def run_dpo(args: argparse.Namespace) -> dict:
 
     The reference is the model as loaded; its log-probs of every pair are computed once and the copy freed,
     so training holds one model. Writes dpo-model.safetensors (weights) and dpo-metrics.json (held-out
-    loss, reward margin and preference accuracy at every evaluation).
+    loss, reward margin and preference accuracy at every evaluation); dpo-checkpoint.safetensors for --resume.
     """
     out: Path = args.out
     check_out_folder(args, DPO_OUTPUT_NAMES)
@@ -560,8 +436,12 @@ def run_dpo(args: argparse.Namespace) -> dict:
     val_loader = DataLoader(val_set, batch_size=batch_size, collate_fn=collate)
     optimizer = create_optimizer(model, lr=args.lr, weight_decay=0.0)
     start = time.perf_counter()
+    # train_model's hooks: a checkpoint at each epoch's end and the run's, --resume, the finite-loss stop
+    hooks = TrainingRun(out / DPO_OUTPUT_NAMES[2], resume=args.resume, seed=args.seed, save_every=args.save_every,
+                        save_every_minutes=args.save_every_minutes,
+                        settings={"start": str(args.dpo), "beta": args.beta, "lr": args.lr, "batch_size": batch_size})
     history = train_dpo(model, None, train_loader, val_loader, optimizer, device, num_steps=num_steps,
-                        eval_freq=eval_freq, beta=args.beta)
+                        eval_freq=eval_freq, beta=args.beta, hooks=hooks)
     seconds = time.perf_counter() - start
     save_checkpoint(out / DPO_OUTPUT_NAMES[0], model)
     metrics = {"model": args.model, "start": str(args.dpo), "beta": args.beta, "lr": args.lr, "seed": args.seed,
@@ -600,7 +480,7 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ddp = DistributedRun.from_environment()  # None unless torchrun started more than one process
+    ddp = DistributedRun.from_environment(get_device)  # None unless torchrun started more than one process
     if ddp is not None:
         ddp.quiet_unless_main()
     args = parse_args(argv)

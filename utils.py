@@ -1,34 +1,23 @@
-"""Shared helpers for the instruction-finetuning series.
+"""The course code of the instruction-finetuning notebooks, in notebook order.
 
-Each helper is defined once here and imported by every notebook, script and test.
-Sections follow the order in which the notebooks meet them.
+Each section's header names the notebook that teaches it (01-instruction-dataset ... 10-exercises);
+the notebooks build each piece step by step and then import the finished version from here.
+What a learner need not read (atomic files, strict JSON, network deadlines, the checkpoint format,
+resume, DDP) lives in the support/ package; this file imports from it, never the other way round.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import glob
-import hashlib
-import http.client
 import io
 import itertools
-import json
 import math
 import os
 import random
 import re
-import shutil
-import socket
-import tempfile
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
-import zlib
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
@@ -37,194 +26,24 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-REPO_ROOT = Path(__file__).resolve().parent
+# Machinery a learner need not read (support/ never imports this file): safe files, strict JSON,
+# downloads with deadlines, the checkpoint format, the Ollama client.
+from support.checkpoints import load_checkpoint  # noqa: F401 (notebooks 07 and 08 import it from here)
+from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json  # noqa: F401
+from support.jsonio import DatasetError, check_json_value, parse_json_bytes, read_json_file
+from support.network import WeightsUnavailableError, download_file, hub_download
+from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, ollama_models
+from support.tokenizer_files import TokenizerUnavailableError, check_tokenizer_folder
+from support.trainer import TrainingError, TrainingRun, seed_everything
+
 DEFAULT_DATA_PATH = REPO_ROOT / "instruction-data.json"
-DEFAULT_CACHE_DIR = REPO_ROOT / ".cache"
-
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>; doubles as the padding token
 IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_entropy
 
 
-# --- files: atomic writes, so an interrupted run never leaves half a file ---
-
-_TEMP_SUFFIX = ".tmp"  # atomic_destination's folders are named ".<file name>.<random>.tmp"
-
-
-@contextlib.contextmanager
-def atomic_destination(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path`; when the block completes, the file replaces `path` in one rename.
-
-    If the block fails or is interrupted, `path` keeps its old content and the temporary file is removed.
-    The temporary file sits in a private folder (".<name>.<random>.tmp" beside `path`), so whatever a
-    writer adds next to it (safetensors writes its own temporary copy) goes with it; after a SIGKILL,
-    remove_stale_temporaries finds what is left.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX))
-    tmp = tmp_dir / path.name
-    try:
-        yield tmp
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())  # the data is on disk before the name points at it
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # ordinary permissions, not those of a private temporary file
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:  # "No space left on device" alone names no file
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def remove_stale_temporaries(folder: str | Path, names: Iterable[str]) -> list[Path]:
-    """Remove what an atomic write of one of `names` in `folder` left when it was killed; returns the paths.
-
-    Only call it when no other process is writing those files.
-    """
-    removed = []
-    for name in names:
-        for stale in Path(folder).glob(f".{glob.escape(name)}.*{_TEMP_SUFFIX}"):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
-            removed.append(stale)
-    return removed
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (see atomic_destination)."""
-    with atomic_destination(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def _finite_or_none(obj):
-    """`obj` with every NaN or infinite float replaced by None (JSON's null)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {key: _finite_or_none(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(value) for value in obj]
-    return obj
-
-
-def atomic_write_json(path: str | Path, obj) -> Path:
-    """Write `obj` as indented UTF-8 JSON, atomically.
-
-    Strict JSON that every parser reads: NaN and infinities are written as null.
-    """
-    obj = _finite_or_none(obj)
-    try:
-        data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" has no UTF-8: keep it as a \u escape
-        data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode("ascii")
-    return atomic_write_bytes(path, data)
-
-
-# --- data: load and validate an instruction dataset ---
-
-class DatasetError(ValueError):
-    """An instruction dataset that cannot be used as it is; the message names file, entry and field."""
-
-
-def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: float = 30.0,
-                  deadline: float = 600.0,
-                  check: Callable[[bytes, str], object] | None = None) -> Path:
-    """Download `url` into `cache_dir` once; later calls reuse the local copy (works offline).
-
-    - `check(body, url)` raises a DatasetError for a body that is not what we want (by default:
-      parse_instruction_data). It runs before the file enters the cache, so an HTML error page or a
-      cut-off body is never cached; a cached copy that fails it is downloaded again.
-    - `timeout` bounds each wait for the server, `deadline` the whole download (seconds).
-    """
-    check = check or parse_instruction_data
-    name = Path(urllib.parse.urlparse(url).path).name or "download"
-    digest = hashlib.sha1(url.encode()).hexdigest()[:10]
-    local_path = Path(cache_dir) / "data" / f"{digest}-{name}"
-    stale = None
-    if local_path.exists():
-        try:
-            check(local_path.read_bytes(), str(local_path))
-            return local_path
-        except DatasetError as exc:  # e.g. written by an older version that cached anything
-            stale = exc
-            warnings.warn(f"The cached copy is not usable, downloading it again: {exc}", stacklevel=2)
-    fix = (f"Fix: download it on a machine with network and pass the local path instead, "
-           f"or copy it to {local_path}.")
-    if stale is not None:
-        fix = f"The cached copy is not usable either: {stale}\n{fix}"
-    try:
-        payload = _fetch(url, timeout, deadline)
-    except _DeadlineExceeded:
-        raise DatasetError(f"Could not download {url}: it took longer than {deadline:g} s overall "
-                           f"(a slow or stalled server; download_file(..., deadline=SECONDS) allows more)."
-                           f"\n{fix}") from None
-    except TimeoutError:
-        raise DatasetError(f"Could not download {url}: the server sent nothing for {timeout:g} s.\n{fix}") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise DatasetError(f"Could not download {url} ({exc}).\n{fix}") from None
-    try:
-        check(payload, url)
-    except DatasetError as exc:
-        raise DatasetError(f"Downloaded {url}, but it is not usable, so it was not cached:\n{exc}") from None
-    return atomic_write_bytes(local_path, payload)
-
-
-MAX_JSON_NESTING = 64  # deeper JSON inside an entry is refused: no dataset needs it, and it would break writing
-
-
-class _DuplicateKeys(dict):
-    """A JSON object that repeated a key; validation reports it with the entry's index."""
-
-    def __init__(self, pairs, duplicates: list[str]):
-        super().__init__(pairs)
-        self.duplicates = duplicates
-
-
-def _object_with_duplicates_marked(pairs: list[tuple[str, object]]) -> dict:
-    obj = dict(pairs)
-    if len(obj) == len(pairs):
-        return obj
-    seen: set[str] = set()
-    return _DuplicateKeys(pairs, [key for key, _ in pairs if key in seen or seen.add(key)])
-
-
-def _check_json_value(entry: dict, where: str) -> None:
-    """Text that UTF-8 can encode (no lone surrogates such as "\\ud800"), no repeated keys, bounded nesting."""
-    if type(entry) is dict and all(type(value) is str for value in entry.values()):
-        try:  # the usual flat entry: one encode checks all its text (Python never pairs surrogates)
-            "".join([*entry, *entry.values()]).encode("utf-8")
-            return
-        except UnicodeEncodeError:
-            pass  # the walk below finds the field
-    stack = [(entry, where, where, 0)]  # (value, its place, the place of its top-level field, depth)
-    while stack:
-        value, place, field_place, depth = stack.pop()
-        if depth > MAX_JSON_NESTING:
-            raise DatasetError(f"{field_place}: nested more than {MAX_JSON_NESTING} levels deep")
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise DatasetError(f"{place}: not valid Unicode text (a lone surrogate "
-                                   f"{value[exc.start]!r} at character {exc.start})") from None
-        elif isinstance(value, dict):
-            if isinstance(value, _DuplicateKeys):
-                raise DatasetError(f"{place}: the key {value.duplicates[0]!r} appears more than once")
-            for key, item in value.items():
-                if isinstance(key, str):
-                    stack.append((key, f"{place}: a key", field_place, depth + 1))
-                item_place = f"{place} > {key!r}" if depth else f"{where}: field {key!r}"
-                stack.append((item, item_place, field_place if depth else item_place, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((item, f"{place} > [{i}]", field_place, depth + 1) for i, item in enumerate(value))
+# --- 01 instruction dataset: load, validate and split the data ---
 
 
 def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
@@ -232,16 +51,16 @@ def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
     if not isinstance(entry, dict):
         raise DatasetError(f"{where}: expected an object with {', '.join(map(repr, fields))}, "
                            f"got {type(entry).__name__}")
-    _check_json_value(entry, where)
+    check_json_value(entry, where)
     _check_fields(entry, where, fields)
 
 
 def _check_fields(entry: dict, where: str, fields: Sequence[str]) -> None:
-    for field in fields:
-        if field not in entry:
-            raise DatasetError(f"{where}: missing field '{field}'")
-        if not isinstance(entry[field], str):
-            raise DatasetError(f"{where}: field '{field}' must be a string, got {type(entry[field]).__name__}")
+    for name in fields:
+        if name not in entry:
+            raise DatasetError(f"{where}: missing field '{name}'")
+        if not isinstance(entry[name], str):
+            raise DatasetError(f"{where}: field '{name}' must be a string, got {type(entry[name]).__name__}")
 
 
 def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
@@ -261,49 +80,11 @@ def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
         if entry["input"] is None:
             entry["input"] = ""
         _check_fields(entry, where, ("input",))
-        for field in ("instruction", "output"):
-            if not entry[field].strip():
-                raise DatasetError(f"{where}: field '{field}' is empty")
+        for name in ("instruction", "output"):
+            if not entry[name].strip():
+                raise DatasetError(f"{where}: field '{name}' is empty")
         entries.append(entry)
     return entries
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not standard JSON")
-
-
-def parse_json_bytes(payload: bytes, source: str = "<data>"):
-    """Parse UTF-8 JSON (a leading byte-order mark is fine); a DatasetError names `source` and the place.
-
-    Repeated keys inside an object are marked and reported by validation, which knows the entry.
-    """
-    try:
-        text = payload.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        return json.loads(text, object_pairs_hook=_object_with_duplicates_marked, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        start = text.lstrip()[:40]
-        hint = " (it looks like a web page, not JSON)" if start.startswith("<") else ""
-        raise DatasetError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                           f"{exc.msg}{hint}") from None
-    except RecursionError:
-        raise DatasetError(f"{source}: JSON nested too deeply to read") from None
-    except ValueError as exc:  # e.g. an integer with thousands of digits, or NaN
-        raise DatasetError(f"{source}: unusable JSON value: {str(exc).split(';')[0]}") from None
-
-
-def read_json_file(path: str | Path):
-    """Parse a UTF-8 JSON file; a DatasetError names the file (and line and column for bad JSON)."""
-    path = Path(path)
-    try:
-        payload = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a folder, not a file") from None
-    return parse_json_bytes(payload, str(path))
 
 
 def parse_instruction_data(payload: bytes, source: str = "<data>") -> list[dict]:
@@ -315,7 +96,7 @@ def load_instruction_data(source: str | Path = DEFAULT_DATA_PATH,
                           cache_dir: str | Path = DEFAULT_CACHE_DIR) -> list[dict]:
     """Load an instruction dataset from a JSON file path or an http(s) URL (cached locally)."""
     source = str(source)
-    path = download_file(source, cache_dir) if source.startswith(("http://", "https://")) else Path(source)
+    path = download_file(source, cache_dir, check=parse_instruction_data) if source.startswith(("http://", "https://")) else Path(source)
     data = read_json_file(path)
     return validate_instruction_data(data, source=str(path))
 
@@ -342,60 +123,7 @@ def split_dataset(data: Sequence[dict], train_frac: float = 0.85, val_frac: floa
     return train, val, test
 
 
-def _ngram_rows(texts: Sequence[str], n: int, vocabulary: dict[str, int]) -> list[tuple[list[int], list[float]]]:
-    """Each text as (columns, values): its character n-gram counts, scaled to unit length."""
-    rows = []
-    for text in texts:
-        counts: dict[int, int] = {}
-        for k in range(max(len(text) - n + 1, 1)):
-            column = vocabulary.setdefault(text[k:k + n], len(vocabulary))
-            counts[column] = counts.get(column, 0) + 1
-        norm = math.sqrt(sum(c * c for c in counts.values()))
-        rows.append((list(counts), [c / norm for c in counts.values()]))
-    return rows
-
-
-def _sparse_matrix(rows: list[tuple[list[int], list[float]]], width: int) -> torch.Tensor:
-    """The rows as one sparse matrix (memory grows with the text, not with width)."""
-    row_ids = [r for r, (columns, _) in enumerate(rows) for _ in columns]
-    columns = [c for row_columns, _ in rows for c in row_columns]
-    values = [v for _, row_values in rows for v in row_values]
-    return torch.sparse_coo_tensor(torch.tensor([row_ids, columns], dtype=torch.int64).reshape(2, -1),
-                                   torch.tensor(values, dtype=torch.float32), size=(len(rows), width),
-                                   check_invariants=True)
-
-
-def find_near_duplicates(data: Sequence[dict], threshold: float = 0.9, n: int = 3,
-                         other: Sequence[dict] | None = None,
-                         block_size: int = 256) -> list[tuple[int, int, float]]:
-    """Pairs of entries whose instruction + input are alike: cosine similarity of character n-gram counts.
-
-    Returns (i, j, similarity) for every pair at or above `threshold`, most similar first: pairs
-    i < j within `data`, or, when `other` is given, every i in `data` against every j in `other`.
-    Memory stays bounded for large datasets: the n-gram counts are kept sparse and the similarities
-    are computed `block_size` entries of the second dataset at a time, never as one n x n matrix.
-    """
-    def normalized(entries: Sequence[dict]) -> list[str]:
-        return [" ".join(f"{e['instruction']} {e.get('input', '')}".lower().split()) for e in entries]
-
-    vocabulary: dict[str, int] = {}
-    left = _ngram_rows(normalized(data), n, vocabulary)
-    right = left if other is None else _ngram_rows(normalized(other), n, vocabulary)
-    left_matrix = _sparse_matrix(left, len(vocabulary))
-    pairs = []
-    for start in range(0, len(right), block_size):
-        block = torch.zeros(len(vocabulary), min(block_size, len(right) - start))
-        for offset, (columns, values) in enumerate(right[start:start + block_size]):
-            block[columns, offset] = torch.tensor(values)
-        similarity = torch.sparse.mm(left_matrix, block)  # (len(data), block): one block of the similarity matrix
-        i, j = torch.nonzero(similarity >= threshold - 1e-6, as_tuple=True)
-        for a, b in zip(i.tolist(), j.tolist()):
-            if other is not None or a < start + b:
-                pairs.append((a, start + b, float(similarity[a, b])))
-    return sorted(pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))
-
-
-# --- formatting: one source of truth per prompt template ---
+# --- 02 prompt formatting: one source of truth per prompt template ---
 
 @dataclass(frozen=True)
 class PromptStyle:
@@ -462,51 +190,9 @@ def format_example(entry: dict, style: str | PromptStyle = "alpaca") -> str:
     return format_input(entry, style) + format_response(entry, style)
 
 
-def extract_response(generated_text: str, style: str | PromptStyle = "alpaca") -> str:
-    """The model's answer from a decoded generation that may still contain the prompt."""
-    prefix = get_prompt_style(style).response_prefix
-    if prefix in generated_text:
-        generated_text = generated_text.split(prefix, 1)[1]
-    return generated_text.replace("<|endoftext|>", "").strip()
+# --- 03 tokenization and batching: GPT-2's tokenizer through tiktoken ---
 
-
-# --- tokenizer: GPT-2's BPE through tiktoken, online or from local files ---
-
-GPT2_VOCAB_FILES = {  # file name -> (download URL, sha256); tiktoken checks the same hashes
-    "vocab.bpe": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-                  "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-    "encoder.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-}
 TOKENIZER_DIR_ENV = "GPT2_TOKENIZER_DIR"
-
-
-class TokenizerUnavailableError(RuntimeError):
-    """GPT-2's vocabulary files could be neither downloaded nor found locally."""
-
-
-def _check_tokenizer_folder(folder: Path) -> None:
-    """Both vocabulary files present, and byte-identical to GPT-2's originals."""
-    for name in GPT2_VOCAB_FILES:
-        if not (folder / name).is_file():
-            raise TokenizerUnavailableError(f"{folder / name}: missing (a GPT-2 tokenizer folder needs "
-                                            f"{' and '.join(GPT2_VOCAB_FILES)})")
-    for name, (_, sha256) in GPT2_VOCAB_FILES.items():
-        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != sha256:
-            raise TokenizerUnavailableError(f"{folder / name}: not GPT-2's original file (sha256 differs); "
-                                            f"download it again")
-
-
-def install_tokenizer_files(source_dir: str | Path, cache_dir: str | Path) -> Path:
-    """Copy encoder.json and vocab.bpe into a tiktoken cache folder, named as tiktoken expects.
-
-    Point TIKTOKEN_CACHE_DIR at `cache_dir` afterwards and tiktoken.get_encoding("gpt2") works offline.
-    """
-    source_dir, cache_dir = Path(source_dir), Path(cache_dir)
-    _check_tokenizer_folder(source_dir)
-    for name, (url, _) in GPT2_VOCAB_FILES.items():
-        atomic_write_bytes(cache_dir / hashlib.sha1(url.encode()).hexdigest(), (source_dir / name).read_bytes())
-    return cache_dir
 
 
 @lru_cache(maxsize=4)
@@ -515,7 +201,7 @@ def _tokenizer_from_folder(folder: Path):
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
-    _check_tokenizer_folder(folder)
+    check_tokenizer_folder(folder)
     # The same regex and special token as tiktoken's own "gpt2" encoding; only the files are local.
     ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(folder / "vocab.bpe"),
                                             encoder_json_file=str(folder / "encoder.json"))
@@ -555,7 +241,7 @@ def encode_text(text: str, tokenizer) -> list[int]:
     return tokenizer.encode(text, disallowed_special=())
 
 
-# --- batching: tokenized examples, padding, shifted targets, -100 masking ---
+# --- 03 tokenization and batching: tokenized examples, padding, shifted targets, -100 masking ---
 
 class TokenizedExample(NamedTuple):
     """One training example: its token IDs and how many of them belong to the prompt."""
@@ -649,6 +335,108 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
     return inputs_tensor, targets_tensor
 
 
+# --- 03 tokenization and batching: a batch as a picture; the plot style of every notebook's figures ---
+
+# Okabe-Ito colours: distinguishable with the common forms of colour blindness.
+COLORS = {"prompt": "#56B4E9", "response": "#E69F00", "end": "#009E73", "padding": "#BBBBBB",
+          "masked": "#FFFFFF", "accent": "#D55E00", "text": "#222222"}
+# The order in which a plot's lines and bars take their colours (Okabe-Ito, strongest first).
+COLOR_CYCLE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000"]
+# Font sizes in points for every plot: on a figure 8-10 inches wide, 15 pt ticks and 18 pt labels
+# still read from the back of a room when projected, and stay comfortable on a laptop.
+PLOT_FONT_SIZES = {"tick": 15, "label": 18, "legend": 16, "title": 20}
+
+
+def plot_style() -> dict:
+    """matplotlib settings for plots readable on a projector: big fonts, Okabe-Ito colours, white background."""
+    from cycler import cycler
+
+    sizes = PLOT_FONT_SIZES
+    return {
+        "font.size": sizes["label"], "axes.labelsize": sizes["label"], "axes.titlesize": sizes["title"],
+        "xtick.labelsize": sizes["tick"], "ytick.labelsize": sizes["tick"], "legend.fontsize": sizes["legend"],
+        "legend.frameon": False, "axes.prop_cycle": cycler(color=COLOR_CYCLE), "lines.linewidth": 3,
+        "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+        "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
+        "figure.autolayout": True,  # labels this big need the room tight_layout makes
+    }
+
+
+def use_plot_style() -> None:
+    """Apply plot_style() to every plot drawn after this call (a notebook calls it once)."""
+    import matplotlib
+
+    matplotlib.rcParams.update(plot_style())
+
+
+def _token_label(token_id: int, tokenizer, width: int = 7) -> str:
+    if token_id == IGNORE_INDEX:
+        return "-100"
+    if token_id == PAD_TOKEN_ID:
+        return "<eot>"
+    text = tokenizer.decode([token_id]).replace("\n", "\\n").replace(" ", "\u2423")
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_lengths: Sequence[int] | None = None,
+               lengths: Sequence[int] | None = None, first_column: int = 0, n_columns: int = 16, title: str = ""):
+    """Draw a window of a batch as a grid: for each example an input row and a target row.
+
+    Colours: prompt tokens, response tokens, the end-of-text that is learned, padding, and
+    masked (-100) targets. `lengths` (tokens before padding) tells end-of-text from padding.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    n_rows, width = inputs.shape
+    columns = range(first_column, min(first_column + n_columns, width))
+    lengths = lengths or [int((row != PAD_TOKEN_ID).nonzero().max()) + 1 if (row != PAD_TOKEN_ID).any() else 0
+                          for row in inputs]
+    prompt_lengths = prompt_lengths or [0] * n_rows
+
+    def category(row: int, pos: int, token: int, is_target: bool) -> str:
+        seq_pos = pos + 1 if is_target else pos  # a target at pos is the token at pos + 1
+        if token == IGNORE_INDEX:
+            return "masked"
+        if seq_pos >= lengths[row]:
+            return "end" if seq_pos == lengths[row] else "padding"
+        return "prompt" if seq_pos < prompt_lengths[row] else "response"
+
+    fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1.6, 1.05 * n_rows * 2 + 0.9), dpi=100)
+    y = 0
+    for row in range(n_rows):
+        for label, tensor, is_target in (("input", inputs, False), ("target", targets, True)):
+            ax.text(-0.15, y + 0.5, f"{label} {row}", ha="right", va="center", fontsize=PLOT_FONT_SIZES["tick"], color=COLORS["text"])
+            for x, pos in enumerate(columns):
+                token = int(tensor[row, pos])
+                kind = category(row, pos, token, is_target)
+                ax.add_patch(Rectangle((x, y), 0.94, 0.9, facecolor=COLORS[kind], edgecolor="#666666",
+                                       hatch="//" if kind == "masked" else None, linewidth=0.8))
+                ax.text(x + 0.47, y + 0.58, _token_label(token, tokenizer), ha="center", va="center", fontsize=9.5,
+                        color=COLORS["accent"] if kind == "masked" else COLORS["text"], fontweight="bold")
+                ax.text(x + 0.47, y + 0.22, "" if token == IGNORE_INDEX else str(token), ha="center", va="center",
+                        fontsize=7.5, color="#333333")
+            y += 1
+        y += 0.35
+    for x, pos in enumerate(columns):
+        ax.text(x + 0.47, -0.25, str(pos), ha="center", va="center", fontsize=8, color="#555555")
+    ax.set_xlim(-1.6, len(columns))
+    ax.set_ylim(y, -0.6)
+    ax.axis("off")
+    legend = [Patch(facecolor=COLORS[k], edgecolor="#666666", hatch="//" if k == "masked" else None, label=label)
+              for k, label in (("prompt", "prompt"), ("response", "response"), ("end", "end-of-text (learned)"),
+                               ("padding", "padding"), ("masked", "masked target (-100)"))]
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False,
+              fontsize=PLOT_FONT_SIZES["tick"])
+    if title:
+        ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"])
+    fig.patch.set_facecolor("white")  # readable on GitHub's dark theme too
+    fig.tight_layout()
+    return fig
+
+
+# --- 04 dataloaders: batches from the splits, on the right device ---
+
 def get_device(preferred: str | None = None) -> torch.device:
     """cuda if available, else Apple's mps, else cpu. $LLM_DEVICE (e.g. "cpu") overrides."""
     preferred = preferred or os.environ.get("LLM_DEVICE")
@@ -686,7 +474,7 @@ def padding_efficiency(loader: Iterable, ignore_index: int = IGNORE_INDEX) -> fl
     return real / total if total else 0.0
 
 
-# --- model: GPT-2 written from scratch ---
+# --- 05 gpt2 model: GPT-2 written from scratch ---
 
 _GPT2_SHARED = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
 
@@ -891,118 +679,27 @@ class GPTModel(nn.Module):
         return self.out_head(self.final_norm(x))
 
 
-# --- weights: OpenAI's pretrained GPT-2 from the Hugging Face Hub ---
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained GPT-2 weights could be neither downloaded nor read; the message says how to fix it.
-
-    `reason` is the cause alone (no advice), for callers that give their own advice.
-    """
-
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        self.reason = reason or message
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared ones once), or of those with requires_grad."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-HUB_PROBE_TIMEOUT = 2.0  # seconds to wait for the Hub before calling it unreachable
-HUB_FAILURE_MEMORY = 600  # seconds a failed probe is remembered, so the next notebooks do not wait again
-HUB_FAILURE_FILE = DEFAULT_CACHE_DIR / "hub-unreachable.json"
 
-
-def _probe(url: str) -> str | None:
-    """None if the server at `url` answers at all (any HTTP status), else why not."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_PROBE_TIMEOUT).close()
-    except urllib.error.HTTPError:
-        return None  # it answered
-    except Exception as exc:  # DNS failure, refused, timed out, TLS: all mean "not reachable from here"
-        return str(getattr(exc, "reason", None) or exc) or type(exc).__name__
-    return None
-
-
-def hub_unreachable_reason() -> str | None:
-    """None when the Hugging Face Hub can be reached, else the reason, within about HUB_PROBE_TIMEOUT s.
-
-    A failure is remembered in .cache/ for HUB_FAILURE_MEMORY seconds, so that notebooks in new
-    kernels learn it at once instead of probing again.
-    """
-    try:
-        memo = json.loads(HUB_FAILURE_FILE.read_text(encoding="utf-8"))
-        age = time.time() - float(memo["time"])
-        if 0 <= age < HUB_FAILURE_MEMORY:
-            return f"{memo['reason']} (found {age:.0f} s ago; delete {HUB_FAILURE_FILE} to check again now)"
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no memo, or a damaged one: probe
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    result: list[str | None] = []
-    # A thread bounds the whole probe, DNS lookup included (urlopen's timeout does not cover DNS).
-    probe = threading.Thread(target=lambda: result.append(_probe(endpoint)), daemon=True)
-    probe.start()
-    probe.join(HUB_PROBE_TIMEOUT + 0.5)
-    reason = result[0] if result else f"no answer within {HUB_PROBE_TIMEOUT:.0f} s"
-    if reason is None:
-        HUB_FAILURE_FILE.unlink(missing_ok=True)
-        return None
-    reason = f"{endpoint} cannot be reached: {reason}"
-    try:
-        atomic_write_json(HUB_FAILURE_FILE, {"time": time.time(), "reason": reason})
-    except OSError:
-        pass  # a read-only checkout: the next kernel probes again, no harm
-    return reason
-
-
-def _weights_fix(model_name: str, repo: str, cache_dir: str | Path | None) -> str:
-    cache_arg = f", cache_dir={str(cache_dir)!r}" if cache_dir is not None else ""
-    return (
-        "Fix, either:\n"
-        "  - run `make download` once on a machine with network (it fills the Hugging Face cache,\n"
-        "    ~/.cache/huggingface or $HF_HOME; copy that folder here if this machine has no network), or in Python:\n"
-        f"        utils.download_gpt2_weights('{model_name}'{cache_arg})\n"
-        f"    or: hf download {repo} model.safetensors   (older huggingface_hub: huggingface-cli download)\n"
-        "  - pass the path of a model.safetensors you already have:\n"
-        f"        utils.build_gpt2('{model_name}', weights_path='/path/to/model.safetensors')\n"
-        "  - or try the code on the UNTRAINED demo model (its output is gibberish): utils.build_gpt2('tiny')"
-    )
-
+# --- 06 pretrained weights: OpenAI's GPT-2 from the Hugging Face Hub ---
 
 def download_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None,
                           force_download: bool = False) -> Path:
     """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once.
 
-    A cached copy is returned without touching the network. Otherwise one short probe (or a failure
-    remembered from the last few minutes) tells within about 2 s whether the Hub can be reached;
-    huggingface_hub then downloads with its cache (~/.cache/huggingface, or $HF_HOME), resuming and
-    progress bar. With HF_HUB_OFFLINE=1 only the cache is used. Any failure raises
-    WeightsUnavailableError, which says how to fix it.
+    A cached copy is returned without touching the network; otherwise support.network.hub_download
+    fetches it (HF_HUB_OFFLINE=1: cache only). Any failure raises WeightsUnavailableError, which says how to fix it.
     """
     if model_name not in HF_REPOS:
         hint = " ('tiny' is an untrained demo model: use build_gpt2('tiny'))" if model_name == "tiny" else ""
         raise ValueError(f"no pretrained weights for {model_name!r}{hint}; choose one of {sorted(HF_REPOS)}")
-    repo = HF_REPOS[model_name]
     if not force_download and (cached := cached_gpt2_weights(model_name, cache_dir)) is not None:
         return cached
-    # huggingface_hub reads HF_HUB_OFFLINE when it is imported; read it again so that setting it
-    # later (e.g. in a notebook) works too.
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
-        reason = "HF_HUB_OFFLINE is set and they are not in the local cache"
-        raise WeightsUnavailableError(
-            f"Could not get the {model_name} weights ({repo}, model.safetensors): {reason}. "
-            f"Unset HF_HUB_OFFLINE to download.\n{_weights_fix(model_name, repo, cache_dir)}", reason)
-    unreachable = hub_unreachable_reason()
-    if unreachable:
-        raise WeightsUnavailableError(
-            f"{model_name} weights: not in the Hugging Face cache, and {unreachable}. "
-            "Fix: run `make download` on a machine with network (or copy its ~/.cache/huggingface here).",
-            unreachable)
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir, force_download=force_download))
-    except Exception as exc:  # HTTP errors, a full disk, a network that drops mid-way: all end up here
-        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
-        raise WeightsUnavailableError(
-            f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub "
-            f"({reason}).\n{_weights_fix(model_name, repo, cache_dir)}", reason) from None
+    return hub_download(model_name, HF_REPOS[model_name], cache_dir, force_download)
 
 
 def cached_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None) -> Path | None:
@@ -1161,7 +858,6 @@ def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]
     return build_gpt2("tiny"), label
 
 
-
 def model_name_of(model: GPTModel) -> str:
     """The GPT_CONFIGS name whose config `model` has (e.g. "gpt2-small", "tiny")."""
     return next((name for name, cfg in GPT_CONFIGS.items() if cfg == model.cfg), "custom")
@@ -1171,7 +867,8 @@ def instruct_checkpoint_path(model: GPTModel) -> Path:
     """Where notebook 06 saves the finetuned model and notebook 07 looks for it."""
     return REPO_ROOT / "checkpoints" / f"{model_name_of(model)}-instruct.safetensors"
 
-# --- generation: greedy or sampled, with a KV cache, one prompt or many ---
+
+# --- 06 pretrained weights: generation, greedy or sampled, with a KV cache, one prompt or many ---
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
     """Token IDs of `text` as a (1, tokens) tensor, the shape generate() takes.
@@ -1397,7 +1094,6 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
     return results
 
 
-
 def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca",
                        max_new_tokens: int = 256, batch_size: int = 32, progress: bool = True,
                        temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
@@ -1427,16 +1123,7 @@ def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, styl
     return [{**entry, "model_response": response} for entry, response in zip(entries, responses)]
 
 
-# --- training: the loop, checkpoints, loss plot, length-grouped batches ---
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's random number generators (CPU and every GPU)."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
+# --- 07 finetuning: the loss, the training loop and its hooks, the loss plot ---
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
@@ -1485,10 +1172,11 @@ def calc_loss_loader(loader: Iterable, model: nn.Module, device: str | torch.dev
 
 
 def evaluate_model(model: nn.Module, train_batches: Iterable, val_loader: Iterable, device: str | torch.device,
-                   eval_iter: int, autocast_dtype: torch.dtype | None = None, dist=None) -> tuple[float, float]:
+                   eval_iter: int, autocast_dtype: torch.dtype | None = None,
+                   hooks: TrainingHooks | None = None) -> tuple[float, float]:
     """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (no dropout).
 
-    With `dist` (see train_model) each process holds its share of those batches: the sums of all are added up.
+    With `hooks` (see train_model) the sums of all processes are added up.
     """
     was_training = model.training
     model.eval()
@@ -1497,9 +1185,7 @@ def evaluate_model(model: nn.Module, train_batches: Iterable, val_loader: Iterab
                   *_loss_totals(val_loader, model, device, eval_iter, autocast_dtype)]
     finally:
         model.train(was_training)
-    if dist is not None:
-        totals = dist.sum(totals)
-    train_total, train_n, val_total, val_n = totals
+    train_total, train_n, val_total, val_n = totals if hooks is None else hooks.sum_over_processes(totals)
     return (train_total / train_n if train_n else float("nan"), val_total / val_n if val_n else float("nan"))
 
 
@@ -1575,543 +1261,142 @@ class TrainState:
         return cls(**{**d, "history": TrainHistory(**d["history"])})
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (a NaN loss, nothing to learn from); the message says why and what was kept."""
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch  # a different order every epoch, the same every run
-
-
-def _epoch_batches(loader: Iterable, seed: int, epoch: int) -> Iterator:
-    """An iterator over `loader` whose order depends only on (seed, epoch), so a resumed run sees the same batches.
-
-    Works for a DataLoader with a `generator` (create_dataloaders' train loader) and for a batch
-    sampler with `set_epoch` (length_grouped_loader); unshuffled loaders are reproducible anyway.
-    """
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    if hasattr(batch_sampler, "set_epoch"):
-        batch_sampler.set_epoch(epoch)
-    generator = getattr(loader, "generator", None)
-    if generator is not None:
-        generator.manual_seed(_epoch_seed(seed, epoch))
-    elif isinstance(getattr(loader, "sampler", None), RandomSampler) and loader.sampler.generator is None:
-        warnings.warn("the train loader shuffles with torch's global RNG: its order cannot be replayed on resume; "
-                      "give the DataLoader a generator (create_dataloaders does)", stacklevel=3)
-    # A DataLoader without a generator draws a base seed from the global RNG whenever it starts an
-    # iteration; fork_rng keeps that from shifting the dropout masks of the steps that follow.
-    with torch.random.fork_rng(devices=[]):
-        return iter(loader)
-
-
 def _optimizer_step(model: nn.Module, window: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                    optimizer: torch.optim.Optimizer, device: torch.device,
-                    autocast_dtype: torch.dtype | None, max_grad_norm: float | None,
-                    dist=None) -> tuple[float, int, int]:
+                    optimizer: torch.optim.Optimizer, device: torch.device, autocast_dtype: torch.dtype | None,
+                    hooks: TrainingHooks) -> tuple[float, int, int]:
     """One update from a window of micro-batches; returns (mean loss, real targets, input positions).
 
     Each micro-batch's summed loss is divided by the real targets of the whole window, so k
     micro-batches give exactly the gradient of one batch k times as large, however the real
-    targets are spread over them. With `dist` (see train_model) the window is this process's share
-    and the counts are those of all processes.
+    targets are spread over them. (With several processes, hooks sum the counts over all of them.)
     """
     n_real = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in window)
     n_positions = sum(inputs.numel() for inputs, _ in window)
-    scale = 1
-    if dist is not None:
-        # Divide by the real targets of ALL processes; DDP averages the gradients over the
-        # processes, so `scale` undoes its division: the sum is the gradient of one big batch.
-        n_real, n_positions = (int(n) for n in dist.sum([n_real, n_positions]))
-        scale = dist.world_size
+    n_real, n_positions = (int(n) for n in hooks.sum_over_processes([n_real, n_positions]))
     total = 0.0
     optimizer.zero_grad(set_to_none=True)
     for i, (inputs, targets) in enumerate(window):
-        # DDP exchanges gradients after the last micro-batch only
-        in_sync = dist is None or i == len(window) - 1
-        with contextlib.nullcontext() if in_sync else model.no_sync():
+        with hooks.micro_batch(last=i == len(window) - 1):
             loss, _ = _loss_sum(inputs, targets, model, device, autocast_dtype)
-            (loss / max(n_real, 1) * scale).backward()
+            (loss / max(n_real, 1)).backward()
         total += loss.item()
-    if dist is not None:
-        total = dist.sum([total])[0]
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
+    total = hooks.sum_over_processes([total])[0]
     return total / max(n_real, 1), n_real, n_positions
 
 
-def _stop_message(step: int, loss: float, n_real: int, last_saved: int | None, checkpoint_path: str | Path | None,
-                  lr: float) -> str:
-    if n_real == 0:
-        why = (f"step {step}: its batches hold no real target (every target is padding or masked with -100), so "
-               "there is no loss to learn from; with mask_prompt, a short allowed_max_length can cut off every "
-               "response.")
-    else:
-        why = f"step {step}: the training loss is {loss}; the run diverged (is the learning rate, {lr:g}, too high?)."
-    if checkpoint_path is None:
-        return why + " Stopped; nothing was saved."
-    if last_saved is None:
-        return why + f" Stopped before this run wrote a checkpoint to {checkpoint_path}."
-    return why + f" Stopped; {checkpoint_path} keeps the last good state, from step {last_saved}."
+class TrainingHooks:
+    """What train_model calls at fixed points of the loop; these defaults change nothing.
+
+    support.trainer.TrainingRun implements the same methods for checkpoints, resume, timed saves,
+    the finite-loss stop and training in several processes (support/__init__.py explains each).
+    """
+    progress = True  # show a progress bar
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> nn.Module:
+        return model  # the model to train (it may load a checkpoint into model, optimizer and state first)
+
+    def epoch_batches(self, loader: Iterable, epoch: int) -> Iterator:
+        return iter(loader)
+
+    def micro_batch(self, last: bool):
+        return contextlib.nullcontext()
+
+    def sum_over_processes(self, values: list[float]) -> list[float]:
+        return values
+
+    def should_stop(self, state: TrainState) -> bool:
+        return False
+
+    def on_step_end(self, state: TrainState) -> None:
+        pass
+
+    def on_train_end(self, state: TrainState) -> None:
+        pass
 
 
 def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable, optimizer: torch.optim.Optimizer,
                 device: str | torch.device, num_epochs: int, eval_freq: int, eval_iter: int,
                 grad_accum_steps: int = 1, autocast_dtype: torch.dtype | None = None,
-                checkpoint_path: str | Path | None = None, resume: bool = False, seed: int = 123,
-                save_every: int | None = None, max_steps: int | None = None, max_grad_norm: float | None = None,
-                callback: Callable[[TrainState], None] | None = None, progress: bool = True,
-                save_every_minutes: float | None = None,
+                checkpoint_path: str | Path | None = None, resume: bool = False,
                 on_epoch_end: Callable[[TrainState], None] | None = None,
-                settings: dict | None = None, dist=None) -> TrainHistory:
+                hooks: TrainingHooks | None = None) -> TrainHistory:
     """Finetune `model`; returns the loss history.
 
     - One optimizer step per `grad_accum_steps` micro-batches (the loader's batches).
-    - Every `eval_freq` steps (and after the last one) train and val loss are measured on
-      `eval_iter` batches each; the train batches are always the same ones (the first of epoch 0),
-      so the two curves are comparable from point to point. eval_iter=0 skips evaluation (nan losses).
+    - Every `eval_freq` steps (and after the last one) train and val loss are measured on `eval_iter`
+      batches each; the train batches are always the same ones, so the two curves compare point to point.
     - tokens_seen counts real target tokens only: padding and -100 (masked) targets are not counted.
-    - `seed` seeds torch/random/numpy and fixes each epoch's data order (see _epoch_batches).
-    - autocast_dtype=torch.bfloat16 runs the forward pass under torch.autocast (mixed precision;
-      see bf16_autocast_recommended). Weights, gradients and optimizer state stay float32.
-    - checkpoint_path: a safetensors checkpoint (weights, optimizer, RNG, counters) is written
-      atomically at the end of every epoch, at a stop by max_steps and at the end; also every
-      `save_every` steps and/or every `save_every_minutes` minutes when given. Never at every
-      evaluation: for GPT-2 small a checkpoint (weights + AdamW state, 3 x 163M floats) is ~2 GB.
-      resume=True continues from it when it exists, with the same data order and RNG state: the
-      run ends with the same weights as one that was never interrupted.
-    - max_steps stops after that many optimizer steps in total (counting those before a resume).
-    - callback(state) runs after every optimizer step (and after any checkpoint of that step).
-    - on_epoch_end(state) runs after each finished epoch (state.epoch = epochs done; main process only), in eval mode
-      and without touching the training RNG: the place to print a sample answer (generate_responses
-      on one validation entry, as notebook 06 does).
-    - settings: whatever else shapes the run (learning rate, data, prompt style, ...) as a JSON-able
-      dict; it is stored in the checkpoint, and a resume with other settings is refused.
-    - A NaN or infinite loss, or a step without a single real target, stops the run with a
-      TrainingError; the checkpoint on disk is the last good one (never one written after that).
-    - dist: None (one process) or, under torchrun, finetune.py's DistributedRun (`world_size`,
-      `is_main`, `sum(values)` over all processes), with `model` wrapped in DistributedDataParallel
-      and each loader yielding this process's share of every batch. Only the main process saves.
+    - autocast_dtype=torch.bfloat16: the forward pass runs under torch.autocast (mixed precision).
+    - checkpoint_path: a checkpoint at the end of every epoch and of the run; resume=True continues
+      from it, ending with the same weights as a run never interrupted (support.trainer.TrainingRun).
+    - on_epoch_end(state) runs after each epoch, in eval mode: e.g. print a sample answer.
+    - hooks: anything else (timed saves, max_steps, several processes): see TrainingHooks.
     """
     from tqdm import tqdm
 
-    device = torch.device(device)
+    if hooks is None:
+        hooks = TrainingRun(checkpoint_path, resume) if checkpoint_path is not None else TrainingHooks()
+    elif checkpoint_path is not None:
+        raise ValueError("give checkpoint_path to the hooks (TrainingRun(checkpoint_path, ...)), not to both")
     if grad_accum_steps < 1 or eval_freq < 1:
         raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be at least 1 (or None for every epoch), got {max_steps}")
     if len(train_loader) == 0:
         raise TrainingError("the train loader yields no batches: fewer training examples than the batch size "
                             "(its last, partial batch is dropped)? Use a smaller batch size or more data.")
-    seed_everything(seed)
+    device = torch.device(device)
     model.to(device)
-    module = model if dist is None else model.module  # the model inside DDP: checkpoints and evaluation
-    is_main = dist is None or dist.is_main
-    state = TrainState(seed=seed, grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader),
-                       settings=dict(settings or {}))
-    with torch.random.fork_rng(devices=[]):
-        train_eval_batches = list(itertools.islice(_epoch_batches(train_loader, seed, 0), eval_iter))
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = _resume_from(checkpoint_path, module, optimizer, expected=state)
-        print(f"Resuming from {checkpoint_path} at step {state.step} (epoch {state.epoch + 1}).")
-    elif resume:
-        print(f"No checkpoint at {checkpoint_path}: starting from scratch.")
-
-    steps_per_epoch = math.ceil(len(train_loader) / grad_accum_steps)
-    total_steps = steps_per_epoch * num_epochs if max_steps is None else min(steps_per_epoch * num_epochs, max_steps)
+    state = TrainState(grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader))
+    trained = hooks.on_train_start(model, optimizer, state)  # may resume: weights, optimizer, RNG, state
     history = state.history
+    with torch.random.fork_rng(devices=[]):  # picking them must not shift the training RNG
+        train_eval_batches = list(itertools.islice(hooks.epoch_batches(train_loader, 0), eval_iter))
 
     def evaluate() -> None:
-        if history.steps and history.steps[-1] == state.step:
-            return
-        with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG
-            train_loss, val_loss = evaluate_model(module, train_eval_batches, val_loader, device, eval_iter,
-                                                  autocast_dtype, dist)
-        history.steps.append(state.step)
-        history.train_losses.append(train_loss)
-        history.val_losses.append(val_loss)
-        history.tokens_seen.append(state.tokens_seen)
-        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+        if not history.steps or history.steps[-1] != state.step:
+            with torch.random.fork_rng(devices=[]):
+                losses = evaluate_model(model, train_eval_batches, val_loader, device, eval_iter, autocast_dtype, hooks)
+            history.steps.append(state.step)
+            history.train_losses.append(losses[0])
+            history.val_losses.append(losses[1])
+            history.tokens_seen.append(state.tokens_seen)
+            bar.set_postfix(train=f"{losses[0]:.3f}", val=f"{losses[1]:.3f}")
 
-    last_saved = state.step if resume and state.step else None  # a resumed checkpoint is already on disk
-    last_saved_at = time.monotonic()
-
-    def save() -> None:
-        nonlocal last_saved, last_saved_at
-        if checkpoint_path is not None and last_saved != state.step:
-            if is_main:
-                save_checkpoint(checkpoint_path, module, optimizer, state)
-            last_saved, last_saved_at = state.step, time.monotonic()
-
-    def save_due(epoch_done: bool) -> bool:
-        minutes = (time.monotonic() - last_saved_at) / 60
-        return (epoch_done or stopped or (save_every is not None and state.step % save_every == 0)
-                or (save_every_minutes is not None and minutes >= save_every_minutes))
-
-    def end_epoch() -> None:
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.random.fork_rng(devices=[]):  # a sample must not shift the training RNG
-                on_epoch_end(state)
-        finally:
-            module.train(was_training)
-
+    total_steps = math.ceil(len(train_loader) / grad_accum_steps) * num_epochs
     bar = tqdm(total=total_steps, initial=min(state.step, total_steps), desc="training", unit="step",
-               disable=not (progress and is_main), dynamic_ncols=True)
-    model.train()
-    stopped = state.step >= total_steps
+               disable=not hooks.progress, dynamic_ncols=True)
+    trained.train()
+    stop = hooks.should_stop(state)
     try:
         for epoch in range(state.epoch, num_epochs):
-            if stopped:
-                break
-            skip = state.batches_done if epoch == state.epoch else 0
-            batches = itertools.islice(_epoch_batches(train_loader, seed, epoch), skip, None)
-            state.epoch, state.batches_done = epoch, skip
-            while window := list(itertools.islice(batches, grad_accum_steps)):
-                loss, n_real, n_positions = _optimizer_step(model, window, optimizer, device, autocast_dtype,
-                                                            max_grad_norm, dist)
-                if n_real == 0 or not math.isfinite(loss):  # stop before anything of this step is saved
-                    raise TrainingError(_stop_message(state.step + 1, loss, n_real, last_saved, checkpoint_path,
-                                                      optimizer.param_groups[0]["lr"]))
-                state.step += 1
+            # after a resume, skip the batches of this epoch that were trained on already
+            batches = itertools.islice(hooks.epoch_batches(train_loader, epoch), state.batches_done, None)
+            while not stop and (window := list(itertools.islice(batches, grad_accum_steps))):
+                loss, n_real, n_positions = _optimizer_step(trained, window, optimizer, device, autocast_dtype, hooks)
+                state.step, state.last_loss = state.step + 1, loss
                 state.batches_done += len(window)
                 state.tokens_seen += n_real
                 state.positions_seen += n_positions
-                state.last_loss = loss
                 bar.update(1)
-                stopped = state.step >= total_steps
-                if state.step % eval_freq == 0 or stopped:
+                stop = state.step >= total_steps or hooks.should_stop(state)
+                if state.step % eval_freq == 0 or stop:
                     evaluate()
                 epoch_done = state.batches_done == len(train_loader)
-                if epoch_done:  # a resume starts the next epoch
+                if epoch_done:
                     state.epoch, state.batches_done = epoch + 1, 0
-                if save_due(epoch_done):
-                    save()
-                if epoch_done and on_epoch_end is not None and is_main:
-                    end_epoch()
-                if callback is not None:
-                    callback(state)
-                if stopped:
-                    break
-        evaluate()  # no-ops when the last step was evaluated and saved already
-        save()
+                hooks.on_step_end(state)  # e.g. save a checkpoint
+                if epoch_done and on_epoch_end is not None:
+                    with torch.random.fork_rng(devices=[]):  # a sample must not shift the training RNG
+                        model.eval()
+                        on_epoch_end(state)
+                        trained.train()
+            if stop:
+                break
+        evaluate()  # no-op when the last step was evaluated already
+        hooks.on_train_end(state)
     finally:
         bar.close()
     return history
-
-
-# Checkpoints: safetensors only (plain tensors and a JSON header, nothing is unpickled on load).
-# One file holds everything, so a single os.replace makes a new checkpoint appear atomically:
-#   - model weights under their state_dict names; a tied weight (out_head sharing tok_emb's
-#     tensor) is stored once and named in the metadata, because safetensors refuses shared tensors;
-#   - optimizer tensors as "optimizer.<param index>.<name>", its settings as JSON metadata;
-#   - torch's RNG state as "rng.torch", and TrainState (counters, history, settings) as JSON metadata;
-#   - a CRC-32 of every tensor, so a file damaged on disk is refused rather than trained on.
-# A checkpoint saved without optimizer and state is a plain weights file.
-# Loading checks everything (names, shapes, dtypes, finite values, checksums) before it touches
-# the model, the optimizer or the RNG: a bad file changes nothing and names the culprit.
-CHECKPOINT_FORMAT = "gpt-instruct-checkpoint/1"
-_OPTIMIZER_PREFIX, _RNG_PREFIX = "optimizer.", "rng."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: damaged, or from another model or run. The message names the file."""
-
-
-def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state_dict with each shared tensor once, and {alias: stored name} for the others."""
-    tensors, aliases, seen = {}, {}, {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
-               tuple(tensor.shape), tensor.stride())
-        if key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[name] = tensor.detach().to("cpu").contiguous()
-    return tensors, aliases
-
-
-def _json_default(value):
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _checksum(tensor: torch.Tensor) -> int:
-    """CRC-32 of a CPU tensor's bytes (damage on disk can leave values that look plausible)."""
-    flat = tensor.detach().contiguous().view(-1)
-    return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
-
-
-def _is_finite(tensor: torch.Tensor) -> bool:
-    """No NaN or infinity in `tensor`. A NaN or infinity anywhere makes the sum NaN or infinite, so a finite
-    sum settles it at once (isfinite over every element is several times slower); only an infinite or NaN
-    sum, possibly an overflow of large finite values, needs the element-wise check."""
-    if not tensor.is_floating_point():
-        return True
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
-
-
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    # safetensors writes the file itself: no second copy of a checkpoint (gigabytes) in memory.
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
-    with atomic_destination(path) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except SafetensorError as exc:  # e.g. "I/O error: No space left on device"
-            raise OSError(f"{path} could not be written ({exc}); its previous content is kept") from None
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    state: TrainState | None = None) -> Path:
-    """Write model weights (and optionally optimizer state and TrainState) to one safetensors file, atomically.
-
-    Refuses (CheckpointError) to write NaN or infinite values: the previous file stays as it was.
-    """
-    path = Path(path)
-    tensors, aliases = _model_tensors(model)
-    metadata = {"format": CHECKPOINT_FORMAT, "tied": json.dumps(aliases)}
-    if hasattr(model, "cfg"):
-        metadata["config"] = json.dumps(model.cfg)
-    if optimizer is not None:
-        saved = optimizer.state_dict()
-        scalars = {}
-        for index, param_state in saved["state"].items():
-            for name, value in param_state.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"{_OPTIMIZER_PREFIX}{index}.{name}"] = value.detach().to("cpu").contiguous()
-                else:
-                    scalars[f"{index}.{name}"] = value
-        metadata["optimizer"] = json.dumps({"param_groups": saved["param_groups"], "scalars": scalars},
-                                           default=_json_default)
-    if state is not None:
-        metadata["train_state"] = json.dumps(asdict(state))
-        tensors[f"{_RNG_PREFIX}torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, rng in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"{_RNG_PREFIX}cuda.{i}"] = rng
-    for name, tensor in tensors.items():
-        if not _is_finite(tensor):
-            raise CheckpointError(f"{path} not written: {name} holds NaN or infinite values (did the training "
-                                  "diverge?); the file keeps its previous content")
-    metadata["checksums"] = json.dumps({name: _checksum(tensor) for name, tensor in tensors.items()})
-    _atomic_save_safetensors(tensors, path, metadata)
-    return path
-
-
-def _metadata_json(metadata: dict[str, str], key: str, path: Path, kind: type = dict):
-    """One JSON entry of a checkpoint's metadata, checked to be there and of the right kind."""
-    if key not in metadata:
-        raise CheckpointError(f"{path}: its metadata has no {key!r} entry (not written by save_checkpoint, "
-                              "or damaged)")
-    try:
-        value = json.loads(metadata[key])
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, kind):
-        raise CheckpointError(f"{path}: its metadata entry {key!r} is damaged (not a JSON {kind.__name__})")
-    return value
-
-
-def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor and the metadata of a save_checkpoint file, checked against the file's checksums."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors, metadata = {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if "checksums" in metadata:  # written by save_checkpoint; other weights files have none
-        checksums = _metadata_json(metadata, "checksums", path)
-        for name in sorted(set(checksums) | set(tensors)):
-            if name not in tensors:
-                raise CheckpointError(f"{path}: tensor {name} is missing: the file is damaged")
-            if checksums.get(name) != _checksum(tensors[name]):
-                raise CheckpointError(f"{path}: tensor {name} does not match its checksum: the file is damaged")
-    return tensors, metadata
-
-
-def _checked_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                     path: str | Path) -> dict[str, torch.Tensor]:
-    """The model's state_dict from a checkpoint, every tensor checked: present, shape, dtype, finite."""
-    weights = {k: v for k, v in tensors.items() if not k.startswith((_OPTIMIZER_PREFIX, _RNG_PREFIX))}
-    tied = _metadata_json(metadata, "tied", path) if "tied" in metadata else {}
-    for alias, name in tied.items():
-        if name not in weights:
-            raise CheckpointError(f"{path}: {alias} is tied to {name}, which the file does not hold")
-        weights[alias] = weights[name]
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        hint = ""
-        if any("lora_" in k for k in unexpected):
-            hint = " It holds LoRA weights: call apply_lora(model, rank, alpha) before loading."
-        elif any("lora_" in k for k in missing):
-            hint = " It holds no LoRA weights: load it before apply_lora, or merge_lora before saving."
-        raise CheckpointError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}."
-                              + hint)
-    for name, target in expected.items():
-        tensor = weights[name]
-        if tensor.shape != target.shape:
-            raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model needs "
-                                  f"{tuple(target.shape)}")
-        if tensor.dtype != target.dtype:
-            raise CheckpointError(f"{path}: {name} is {tensor.dtype}, the model needs {target.dtype}")
-        if not _is_finite(tensor):
-            raise CheckpointError(f"{path}: {name} holds NaN or infinite values")
-    for alias, name in _model_tensors(model)[1].items():
-        # Loading two different tensors into one shared tensor would silently keep only the last.
-        if not torch.equal(weights[alias], weights[name]):
-            raise CheckpointError(f"{path} has separate {name} and {alias}, but this model ties them; "
-                                  "load it into an untied model")
-    return weights
-
-
-def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                  path: str | Path) -> None:
-    model.load_state_dict(_checked_weights(model, tensors, metadata, path))
-
-
-def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load the weights of a save_checkpoint file into `model` (same architecture); returns the model.
-
-    Re-ties shared weights. A LoRA checkpoint needs apply_lora() on the model first (same rank).
-    A damaged or unfitting file raises CheckpointError (a ValueError) and leaves the model as it was.
-    """
-    tensors, metadata = _read_checkpoint(path)
-    _load_weights(model, tensors, metadata, path)
-    return model
-
-
-def _checked_train_state(metadata: dict[str, str], path: Path) -> TrainState:
-    saved = _metadata_json(metadata, "train_state", path)
-    names = {f.name for f in dataclasses.fields(TrainState)}
-    unknown, missing = sorted(set(saved) - names), sorted(names - set(saved) - {"settings"})
-    if unknown or missing:
-        raise CheckpointError(f"{path}: its train_state has unknown fields {unknown} and lacks {missing} "
-                              "(written by another version of utils.py, or damaged)")
-    try:
-        state = TrainState.from_dict(saved)
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: its train_state history is damaged ({exc})") from None
-    counters = ("step", "epoch", "batches_done", "tokens_seen", "positions_seen", "grad_accum_steps",
-                "batches_per_epoch")
-    bad = [name for name in counters if type(getattr(state, name)) is not int or getattr(state, name) < 0]
-    if bad or type(state.seed) is not int or not isinstance(state.settings, dict):
-        raise CheckpointError(f"{path}: its train_state is damaged ({', '.join(bad) or 'seed or settings'})")
-    return state
-
-
-def _setting_differences(saved: TrainState, current: TrainState) -> list[str]:
-    """'name: checkpoint X, this run Y' for every setting that differs between a checkpoint and this run."""
-    pairs = {name: (getattr(saved, name), getattr(current, name))
-             for name in ("seed", "grad_accum_steps", "batches_per_epoch")}
-    for key in sorted(set(saved.settings) | set(current.settings)):
-        pairs[key] = (saved.settings.get(key, "(not recorded)"), current.settings.get(key, "(not recorded)"))
-    return [f"{name}: checkpoint {old!r}, this run {new!r}" for name, (old, new) in pairs.items() if old != new]
-
-
-def _checked_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                             metadata: dict[str, str], path: Path) -> dict:
-    """The optimizer's state_dict from a checkpoint, checked against this optimizer's parameters.
-
-    A state tensor of the wrong shape must never reach the optimizer: the fused AdamW kernel
-    would read and write past its end.
-    """
-    saved = _metadata_json(metadata, "optimizer", path)
-    groups, scalars = saved.get("param_groups"), saved.get("scalars", {})
-    current = optimizer.state_dict()["param_groups"]
-    if (not isinstance(groups, list) or len(groups) != len(current) or not isinstance(scalars, dict)
-            or any(not isinstance(g, dict) or g.get("params") != c["params"] for g, c in zip(groups, current))):
-        raise CheckpointError(f"{path}: its optimizer has other parameter groups than this run's "
-                              "(another model, or other LoRA settings?)")
-    for group in groups:
-        numbers = [group.get(key) for key in ("lr", "weight_decay", "eps") if key in group]
-        numbers += list(group.get("betas", []))
-        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
-            raise CheckpointError(f"{path}: its optimizer settings are damaged ({group.get('lr')=})")
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])  # JSON made the tuple a list
-    params = {index: param for c, group in zip(current, optimizer.param_groups)
-              for index, param in zip(c["params"], group["params"])}
-
-    param_state: dict[int, dict] = {}
-    entries = [(key[len(_OPTIMIZER_PREFIX):], tensor) for key, tensor in tensors.items()
-               if key.startswith(_OPTIMIZER_PREFIX)] + list(scalars.items())
-    for key, value in entries:
-        index, _, name = key.partition(".")
-        if not index.isdigit() or int(index) not in params or not name:
-            raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} belongs to no parameter of this optimizer")
-        param = params[int(index)]
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            if value.shape != param.shape or value.dtype != param.dtype:
-                raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} is {value.dtype} {tuple(value.shape)}, "
-                                      f"its parameter {param.dtype} {tuple(param.shape)}")
-        elif isinstance(value, torch.Tensor):
-            value_ok = value.is_floating_point() or value.dtype == torch.int64
-            if not value_ok or not _is_finite(value) or value.item() < 0:
-                raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} is damaged ({value})")
-        if isinstance(value, torch.Tensor) and not _is_finite(value):
-            raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} holds NaN or infinite values")
-        param_state.setdefault(int(index), {})[name] = value
-
-    # Every parameter needs the same complete state (or none, before the first step).
-    required = set().union(*(state.keys() for state in param_state.values())) if param_state else set()
-    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and param_state:
-        required |= {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if current[0].get("amsgrad") else set())
-    for index in (params if param_state else []):
-        lacking = sorted(required - param_state.get(index, {}).keys())
-        if lacking:
-            raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{index}.{lacking[0]} is missing (the optimizer "
-                                  "state is incomplete)")
-    return {"state": param_state, "param_groups": groups}
-
-
-def _checked_rng_state(tensors: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
-    rng = tensors.get(f"{_RNG_PREFIX}torch")
-    expected = torch.get_rng_state()
-    if rng is None or rng.dtype != expected.dtype or rng.shape != expected.shape:
-        raise CheckpointError(f"{path}: {_RNG_PREFIX}torch (the random number generator's state) is missing or "
-                              "damaged")
-    return rng
-
-
-def _resume_from(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 expected: TrainState) -> TrainState:
-    """Restore weights, optimizer state and RNG from a training checkpoint; returns its TrainState.
-
-    Everything is checked first (CheckpointError names the file and what is wrong); the model,
-    the optimizer and the RNG are only touched once the whole checkpoint has passed.
-    """
-    path = Path(path)
-    tensors, metadata = _read_checkpoint(path)
-    if "train_state" not in metadata or "optimizer" not in metadata:
-        raise CheckpointError(f"{path} holds weights only, not a training run to resume")
-    state = _checked_train_state(metadata, path)
-    differences = _setting_differences(state, expected)
-    if differences:
-        raise CheckpointError(f"{path} was written with other settings ({'; '.join(differences)}): resuming "
-                              "would not continue the same run. Use the checkpoint's settings, or start afresh "
-                              "without resume.")
-    weights = _checked_weights(model, tensors, metadata, path)
-    optimizer_state = _checked_optimizer_state(optimizer, tensors, metadata, path)
-    rng = _checked_rng_state(tensors, path)
-
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(optimizer_state)
-    torch.set_rng_state(rng)
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith(f"{_RNG_PREFIX}cuda.")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
-    return state
 
 
 # Okabe-Ito colours (colour-blind safe): the first two of COLOR_CYCLE.
@@ -2176,134 +1461,7 @@ def plot_losses(history: TrainHistory | dict, save_path: str | Path | None = Non
     return fig
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of examples of similar length, in random order: less padding, still shuffled.
-
-    Each epoch: shuffle all indices, cut them into chunks of `chunk_batches` batches, sort each
-    chunk by length and cut it into batches, then shuffle the batches. The order depends only on
-    (seed, epoch); call set_epoch(epoch) before iterating (train_model does).
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 123, chunk_batches: int = 50,
-                 drop_last: bool = False):
-        if batch_size < 1 or chunk_batches < 1:
-            raise ValueError(f"batch_size and chunk_batches must be >= 1, got {batch_size}, {chunk_batches}")
-        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
-        self.chunk_size = batch_size * chunk_batches  # a multiple of batch_size: no batch spans two chunks
-        self.drop_last = drop_last
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(f"{self.seed}:{self.epoch}")
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        batches = []
-        for start in range(0, len(order), self.chunk_size):
-            chunk = sorted(order[start:start + self.chunk_size], key=self.lengths.__getitem__, reverse=True)
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]  # only the last chunk can leave one
-        rng.shuffle(batches)
-        return iter(batches)
-
-    def __len__(self) -> int:
-        n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-
-def length_grouped_loader(loader: DataLoader, seed: int = 123, chunk_batches: int = 50,
-                          drop_last: bool | None = None) -> DataLoader:
-    """The same dataset, batch size and collate function as `loader`, batched by LengthGroupedBatchSampler.
-
-    drop_last defaults to the loader's own (create_dataloaders' train loader drops the last partial batch).
-    """
-    lengths = [len(item.token_ids) if isinstance(item, TokenizedExample) else len(item) for item in loader.dataset]
-    sampler = LengthGroupedBatchSampler(lengths, loader.batch_size, seed, chunk_batches,
-                                        loader.drop_last if drop_last is None else drop_last)
-    # A generator of its own, so starting an epoch never draws from torch's global RNG.
-    return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
-                      num_workers=loader.num_workers, generator=torch.Generator().manual_seed(seed))
-
-
-# --- lora: low-rank adapters on the frozen model ---
-
-LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Linear layers inside a TransformerBlock
-
-
-class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable low-rank update: y = base(x) + (alpha / rank) * x @ A @ B.
-
-    A (in_features, rank) starts random and B (rank, out_features) at zero, so at first the layer
-    computes exactly what `base` does; training moves only A and B.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        self.base, self.rank, self.alpha = base, rank, alpha
-        self.scaling = alpha / rank
-        for param in base.parameters():
-            param.requires_grad_(False)
-        weight = base.weight
-        self.lora_A = nn.Parameter(torch.empty(base.in_features, rank, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(rank, base.out_features, dtype=weight.dtype, device=weight.device))
-        # Initialised through the (rank, in_features) view so fan_in is in_features, as for nn.Linear's own weight.
-        nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_A @ self.lora_B) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> nn.Linear:
-        """Fold (alpha / rank) * A @ B into the base weight and return that plain nn.Linear."""
-        # nn.Linear stores its weight as (out_features, in_features): the transpose of A @ B.
-        self.base.weight += (self.lora_A @ self.lora_B).T.to(self.base.weight.dtype) * self.scaling
-        return self.base
-
-
-def _replace_module(root: nn.Module, dotted_name: str, new: nn.Module) -> None:
-    parent_name, _, child = dotted_name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-
-
-def apply_lora(model: nn.Module, rank: int = 16, alpha: float = 16, targets: Sequence[str] = LORA_TARGETS) -> nn.Module:
-    """Freeze every parameter of `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear.
-
-    Only the LoRA matrices train afterwards; embeddings, LayerNorms and the output head stay frozen.
-    Returns the model (changed in place).
-    """
-    for param in model.parameters():
-        param.requires_grad_(False)
-    for block in model.trf_blocks:
-        for name in targets:
-            try:
-                layer = block.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"no layer {name!r} in a transformer block; LoRA targets are {LORA_TARGETS}") from None
-            if not isinstance(layer, nn.Linear):
-                raise ValueError(f"{name!r} is a {type(layer).__name__}, LoRA wraps nn.Linear layers only")
-            _replace_module(block, name, LoRALinear(layer, rank, alpha))
-    return model
-
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear with its merged nn.Linear: same outputs, no extra matmuls, plain GPT weights."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            _replace_module(model, name, module.merge())
-    return model
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (shared ones once), or of those with requires_grad."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-# --- evaluation: offline metrics, and an LLM judge served by a local Ollama ---
+# --- 08 generation and evaluation: offline metrics, and an LLM judge served by a local Ollama ---
 
 RESPONSE_FIELDS = ("output", "model_response")  # what the offline metrics read from each entry
 
@@ -2317,13 +1475,6 @@ def _check_responses(entries, source: str, fields: Sequence[str] = RESPONSE_FIEL
     for index, entry in enumerate(entries):
         _check_entry(entry, f"{source}: entry {index}", fields)
     return entries
-
-
-def load_responses(path: str | Path) -> list[dict]:
-    """Read a responses file: a JSON list of entries that each have `output` and `model_response`."""
-    path = Path(path)
-    data = read_json_file(path)
-    return _check_responses(data, source=str(path))
 
 
 _TRAILING_PUNCTUATION = " .!?,;:"
@@ -2366,127 +1517,6 @@ def evaluate_responses(entries: list[dict], source: str = "<responses>") -> dict
 
 
 # The judge: a larger model served by Ollama (https://ollama.com) grades every response.
-
-OLLAMA_CHAT_URL = "http://localhost:11434/api/chat"
-OLLAMA_JUDGE_MODEL = "llama3.2"
-
-
-class OllamaUnavailableError(RuntimeError):
-    """No usable judge: the Ollama server is unreachable, lacks the model, or answered something unexpected."""
-
-
-def _ollama_url(url: str, path: str) -> str:
-    """`url` with its path replaced, e.g. .../api/chat -> .../api/tags. A bare http://host:port works too."""
-    return urllib.parse.urlsplit(url)._replace(path=path, query="", fragment="").geturl()
-
-
-def _unreachable_message(url: str, reason: str, model: str) -> str:
-    return (
-        f"No Ollama server answered at {_ollama_url(url, '')} ({reason}).\n"
-        "The LLM judge needs a running Ollama server. Fix:\n"
-        "  1. install Ollama from https://ollama.com\n"
-        "  2. start the server: `ollama serve` (keep it running in another terminal)\n"
-        f"  3. fetch the judge model: `ollama pull {model}`\n"
-        "If your server runs elsewhere, pass its address: --judge-url http://HOST:11434/api/chat "
-        "(url=... in Python)."
-    )
-
-
-def _request_json(url: str, payload: dict | None, timeout: float, model: str = OLLAMA_JUDGE_MODEL) -> dict:
-    """GET (payload None) or POST JSON to an Ollama endpoint; every failure becomes an OllamaUnavailableError.
-
-    `timeout` bounds the whole exchange, not just each wait: a server that drips its answer is cut off too.
-    """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OllamaUnavailableError(f"{url!r} is not a usable URL; expected e.g. {OLLAMA_CHAT_URL}")
-    data = None if payload is None else json.dumps(payload).encode("utf-8")
-    # Like Ollama's own client, never send loopback traffic through an http_proxy from the environment.
-    proxies = {} if parts.hostname in ("localhost", "127.0.0.1", "::1") else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        body = _fetch(request, timeout, timeout, proxies)
-    except urllib.error.HTTPError as exc:  # the server is up but refuses; Ollama explains why in {"error": ...}
-        try:
-            detail = json.loads(exc.error_body).get("error", "")
-        except (ValueError, AttributeError, RecursionError):
-            detail = ""
-        if exc.code == 404 and re.search(r"model .* not found", str(detail)):  # a model never pulled
-            raise OllamaUnavailableError(f"Ollama at {url}: {detail}.\nFix: `ollama pull {model}`") from None
-        raise OllamaUnavailableError(f"Ollama at {url} answered HTTP {exc.code} {exc.reason}: "
-                                     f"{detail or 'no details'}") from None
-    except TimeoutError:  # connected, but the reply is late or comes too slowly
-        raise OllamaUnavailableError(f"Ollama at {url} did not answer within {timeout:g} s. The first request "
-                                     f"loads the model, which can be slow on a CPU: pass a larger timeout.") from None
-    except _ConnectionDropped as exc:  # it answered, then hung up: a crash, a restart or something that is not Ollama
-        raise OllamaUnavailableError(f"Ollama at {url}: {exc}. If the server restarted or ran out of memory, "
-                                     f"its log says why; then try again.") from None
-    except urllib.error.URLError as exc:  # no connection at all (a timeout here happened while connecting)
-        reason = f"no connection within {timeout:g} s" if isinstance(exc.reason, TimeoutError) else str(exc.reason)
-        raise OllamaUnavailableError(_unreachable_message(url, reason, model)) from None
-    except (OSError, http.client.HTTPException) as exc:  # e.g. a server that does not speak HTTP
-        raise OllamaUnavailableError(f"Ollama at {url} gave an unusable answer ({type(exc).__name__}: {exc}); "
-                                     f"is this an Ollama server?") from None
-    try:
-        reply = json.loads(body)
-    except (ValueError, RecursionError):
-        reply = None
-    if not isinstance(reply, dict):
-        raise OllamaUnavailableError(f"{url} did not answer with a JSON object; is this an Ollama server?")
-    return reply
-
-
-def ollama_models(url: str = OLLAMA_CHAT_URL, timeout: float = 5.0, model: str = OLLAMA_JUDGE_MODEL) -> list[str]:
-    """Names of the models the server has pulled, e.g. ["llama3.2:latest"] (via GET /api/tags).
-
-    `model` only goes into the `ollama pull` advice of the error raised when no server answers.
-    """
-    tags_url = _ollama_url(url, "/api/tags")
-    reply = _request_json(tags_url, None, timeout, model)
-    models = reply.get("models")
-    if not isinstance(models, list):
-        raise OllamaUnavailableError(f"{tags_url} has no 'models' list; is this an Ollama server?")
-    return [m.get("name") or m.get("model", "") for m in models if isinstance(m, dict)]
-
-
-def check_ollama(url: str = OLLAMA_CHAT_URL, timeout: float = 5.0) -> bool:
-    """True when an Ollama server answers at `url`'s host (it need not have the judge model yet)."""
-    try:
-        ollama_models(url, timeout)
-    except OllamaUnavailableError:
-        return False
-    return True
-
-
-def _chat_content(prompt: str, model: str, url: str, seed: int, timeout: float):
-    """The message.content of Ollama's reply to one user message, as the server sent it (text, or not)."""
-    chat_url = url if urllib.parse.urlsplit(url).path not in ("", "/") else _ollama_url(url, "/api/chat")
-    payload = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": False,  # one JSON object instead of a stream of chunks
-        "options": {"temperature": 0, "seed": seed, "num_ctx": 2048},
-    }
-    reply = _request_json(chat_url, payload, timeout, model)
-    try:
-        return reply["message"]["content"]
-    except (KeyError, TypeError):
-        raise OllamaUnavailableError(f"{chat_url}: the reply has no message.content; "
-                                     f"is this Ollama's /api/chat?") from None
-
-
-def query_ollama(prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL,
-                 seed: int = 123, timeout: float = 120.0) -> str:
-    """Send one user message to Ollama's /api/chat and return the reply's text.
-
-    Temperature 0 and a fixed seed make the judge repeatable on the same machine and Ollama version.
-    `timeout` (seconds) bounds the whole request.
-    """
-    content = _chat_content(prompt, model, url, seed, timeout)
-    if not isinstance(content, str):
-        raise OllamaUnavailableError(f"{url}: message.content is {type(content).__name__}, not text; "
-                                     f"is this Ollama's /api/chat?")
-    return content
 
 
 def judge_prompt(entry: dict, style: str | PromptStyle = "alpaca") -> str:
@@ -2596,7 +1626,7 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
     n_judged = 0
     for index, entry in enumerate(tqdm(entries, desc=f"judging with {model}", unit="entry", disable=not progress)):
         try:
-            content = _chat_content(judge_prompt(entry, style), model, url, seed, timeout)
+            content = chat_content(judge_prompt(entry, style), model, url, seed, timeout)
         except OllamaUnavailableError as exc:
             error = f"entry {index}: {exc}"
             break
@@ -2642,9 +1672,9 @@ def validate_preference_data(data, source: str = "<data>") -> list[dict]:
         if entry["input"] is None:
             entry["input"] = ""
         _check_fields(entry, where, ("input",))
-        for field in ("instruction", "chosen", "rejected"):
-            if not entry[field].strip():
-                raise DatasetError(f"{where}: field '{field}' is empty")
+        for name in ("instruction", "chosen", "rejected"):
+            if not entry[name].strip():
+                raise DatasetError(f"{where}: field '{name}' is empty")
         if entry["chosen"].strip() == entry["rejected"].strip():
             raise DatasetError(f"{where}: field 'rejected' is the same answer as 'chosen'")
         pairs.append(entry)
@@ -2828,32 +1858,9 @@ class DPOHistory:
     val_accuracies: list[float] = field(default_factory=list)
 
 
-class _NoHooks:
-    """The do-nothing hooks of train_model's protocol (layout's utils.TrainingHooks; at the merge, use that)."""
-    progress = True
-
-    def on_train_start(self, model, optimizer, state):
-        return model
-
-    def epoch_batches(self, loader, epoch):
-        return iter(loader)
-
-    def micro_batch(self, last):
-        return contextlib.nullcontext()
-
-    def should_stop(self, state):
-        return False
-
-    def on_step_end(self, state):
-        pass
-
-    def on_train_end(self, state):
-        pass
-
-
 def train_dpo(policy: nn.Module, reference: nn.Module | None, train_loader: DataLoader, val_loader: Iterable,
               optimizer: torch.optim.Optimizer, device: str | torch.device, num_steps: int, eval_freq: int,
-              eval_iter: int | None = None, beta: float = 0.1, hooks=None) -> DPOHistory:
+              eval_iter: int | None = None, beta: float = 0.1, hooks: TrainingHooks | None = None) -> DPOHistory:
     """Preference-tune `policy` against a frozen `reference` (None: log-probs precomputed) for `num_steps` steps.
 
     The loop of 06 with dpo_loss_batch in place of the next-token loss: the train loader is walked
@@ -2863,7 +1870,7 @@ def train_dpo(policy: nn.Module, reference: nn.Module | None, train_loader: Data
       support.trainer.TrainingRun the DPO run gets its checkpoints, resume and finite-loss stop.
       After a resume, the history holds the evaluations of this session only.
     """
-    hooks = hooks or _NoHooks()
+    hooks = hooks or TrainingHooks()
     if len(train_loader) == 0:
         raise TrainingError("the train loader yields no batches: fewer training pairs than the batch size?")
     device = torch.device(device)
@@ -2909,7 +1916,77 @@ def train_dpo(policy: nn.Module, reference: nn.Module | None, train_loader: Data
     return history
 
 
-# --- experiments: one finetuning run, start to end, for comparisons ---
+# --- 10 exercises: LoRA, low-rank adapters on the frozen model ---
+
+LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Linear layers inside a TransformerBlock
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update: y = base(x) + (alpha / rank) * x @ A @ B.
+
+    A (in_features, rank) starts random and B (rank, out_features) at zero, so at first the layer
+    computes exactly what `base` does; training moves only A and B.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.base, self.rank, self.alpha = base, rank, alpha
+        self.scaling = alpha / rank
+        for param in base.parameters():
+            param.requires_grad_(False)
+        weight = base.weight
+        self.lora_A = nn.Parameter(torch.empty(base.in_features, rank, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(rank, base.out_features, dtype=weight.dtype, device=weight.device))
+        # Initialised through the (rank, in_features) view so fan_in is in_features, as for nn.Linear's own weight.
+        nn.init.kaiming_uniform_(self.lora_A.T, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_A @ self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """Fold (alpha / rank) * A @ B into the base weight and return that plain nn.Linear."""
+        # nn.Linear stores its weight as (out_features, in_features): the transpose of A @ B.
+        self.base.weight += (self.lora_A @ self.lora_B).T.to(self.base.weight.dtype) * self.scaling
+        return self.base
+
+
+def _replace_module(root: nn.Module, dotted_name: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted_name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def apply_lora(model: nn.Module, rank: int = 16, alpha: float = 16, targets: Sequence[str] = LORA_TARGETS) -> nn.Module:
+    """Freeze every parameter of `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear.
+
+    Only the LoRA matrices train afterwards; embeddings, LayerNorms and the output head stay frozen.
+    Returns the model (changed in place).
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for block in model.trf_blocks:
+        for name in targets:
+            try:
+                layer = block.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"no layer {name!r} in a transformer block; LoRA targets are {LORA_TARGETS}") from None
+            if not isinstance(layer, nn.Linear):
+                raise ValueError(f"{name!r} is a {type(layer).__name__}, LoRA wraps nn.Linear layers only")
+            _replace_module(block, name, LoRALinear(layer, rank, alpha))
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear with its merged nn.Linear: same outputs, no extra matmuls, plain GPT weights."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            _replace_module(model, name, module.merge())
+    return model
+
+
+# --- 10 exercises: experiments, one finetuning run start to end, for comparisons ---
 
 @dataclass
 class ExperimentResult:
@@ -2960,36 +2037,6 @@ def score_answers(entries: list[dict]) -> dict:
     return {**scores, "rouge_l_stderr": math.sqrt(variance / n)}
 
 
-def _run_experiment(name: str, train_data, val_data, test_data, tokenizer, *, model_name: str, style,
-                    mask_prompt: bool, allowed_max_length: int | None, lora_rank: int, lora_alpha: float | None,
-                    lr: float, batch_size: int, num_epochs: int, eval_freq: int, eval_iter: int,
-                    max_new_tokens: int, seed: int, device, keep_model: bool, progress: bool) -> ExperimentResult:
-    device = get_device(device)
-    train_loader, val_loader, _ = create_dataloaders(train_data, val_data, test_data, tokenizer,
-                                                     batch_size=batch_size, style=style, mask_prompt=mask_prompt,
-                                                     allowed_max_length=allowed_max_length, seed=seed)
-    if len(train_loader) == 0:
-        raise ValueError(f"{len(train_data)} training examples do not fill one batch of {batch_size}")
-    model, label = load_gpt2_or_standin(model_name)
-    if lora_rank:
-        seed_everything(seed)  # LoRA's A matrices start random
-        apply_lora(model, rank=lora_rank, alpha=lora_alpha if lora_alpha is not None else lora_rank)
-    model.to(device)
-    start = time.perf_counter()
-    with warnings.catch_warnings():  # allowed_max_length cuts are expected here; the caller chose them
-        warnings.filterwarnings("ignore", message=".*longer than allowed_max_length.*")
-        history = train_model(model, train_loader, val_loader, create_optimizer(model, lr=lr), device,
-                              num_epochs=num_epochs, eval_freq=eval_freq, eval_iter=eval_iter, seed=seed,
-                              progress=progress)
-    seconds = time.perf_counter() - start
-    responses = generate_responses(model, test_data, tokenizer, style=style, max_new_tokens=max_new_tokens,
-                                   progress=progress)
-    return ExperimentResult(name, model_label=label, history=history, scores=score_answers(responses),
-                            responses=responses, trainable_parameters=count_parameters(model, trainable_only=True),
-                            train_examples=len(train_data), train_seconds=seconds,
-                            model=model if keep_model else None)
-
-
 def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dict], test_data: Sequence[dict],
                    tokenizer, model_name: str = "gpt2-small", style: str | PromptStyle = "alpaca",
                    mask_prompt: bool = False, allowed_max_length: int | None = 1024, lora_rank: int = 0,
@@ -3007,17 +2054,36 @@ def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dic
     settings = {"model_name": model_name, "style": get_prompt_style(style).name, "mask_prompt": mask_prompt,
                 "allowed_max_length": allowed_max_length, "lora_rank": lora_rank, "lr": lr, "seed": seed}
     try:
-        result = _run_experiment(name, train_data, val_data, test_data, tokenizer, model_name=model_name, style=style,
-                                 mask_prompt=mask_prompt, allowed_max_length=allowed_max_length, lora_rank=lora_rank,
-                                 lora_alpha=lora_alpha, lr=lr, batch_size=batch_size, num_epochs=num_epochs,
-                                 eval_freq=eval_freq, eval_iter=eval_iter, max_new_tokens=max_new_tokens, seed=seed,
-                                 device=device, keep_model=keep_model, progress=progress)
+        device = get_device(device)
+        train_loader, val_loader, _ = create_dataloaders(train_data, val_data, test_data, tokenizer,
+                                                         batch_size=batch_size, style=style, mask_prompt=mask_prompt,
+                                                         allowed_max_length=allowed_max_length, seed=seed)
+        if len(train_loader) == 0:
+            raise ValueError(f"{len(train_data)} training examples do not fill one batch of {batch_size}")
+        model, label = load_gpt2_or_standin(model_name)
+        if lora_rank:
+            seed_everything(seed)  # LoRA's A matrices start random
+            apply_lora(model, rank=lora_rank, alpha=lora_alpha if lora_alpha is not None else lora_rank)
+        model.to(device)
+        start = time.perf_counter()
+        with warnings.catch_warnings():  # allowed_max_length cuts are expected here; the caller chose them
+            warnings.filterwarnings("ignore", message=".*longer than allowed_max_length.*")
+            history = train_model(model, train_loader, val_loader, create_optimizer(model, lr=lr), device,
+                                  num_epochs=num_epochs, eval_freq=eval_freq, eval_iter=eval_iter,
+                                  hooks=TrainingRun(seed=seed, progress=progress))
+        seconds = time.perf_counter() - start
+        responses = generate_responses(model, test_data, tokenizer, style=style, max_new_tokens=max_new_tokens,
+                                       progress=progress)
+        scores = score_answers(responses)
     except Exception as exc:  # noqa: BLE001 - the table reports it; KeyboardInterrupt still stops the run
         print(f"{name}: failed ({type(exc).__name__}: {exc})")
         first_line = next(iter(str(exc).splitlines()), "")  # a table row stays one line
         return ExperimentResult(name, status=f"failed: {type(exc).__name__}: {first_line}", settings=settings)
-    result.settings = settings
-    return result
+    return ExperimentResult(name, model_label=label, settings=settings, history=history,
+                            scores=scores, responses=responses,
+                            trainable_parameters=count_parameters(model, trainable_only=True),
+                            train_examples=len(train_data), train_seconds=seconds,
+                            model=model if keep_model else None)
 
 
 def results_table(results: Sequence[ExperimentResult]) -> str:
@@ -3035,233 +2101,3 @@ def results_table(results: Sequence[ExperimentResult]) -> str:
         rows.append(f"{r.name:24} {r.train_examples:8d} {r.trainable_parameters:11,d} {r.train_seconds:8.0f} "
                     f"{losses:>9} {s['exact_match']:11.1%} {s['rouge_l']:7.3f} ± {s['rouge_l_stderr']:.3f}")
     return "\n".join(rows)
-
-
-# --- plots: pictures for the notebooks, readable on a projector ---
-
-# Okabe-Ito colours: distinguishable with the common forms of colour blindness.
-COLORS = {"prompt": "#56B4E9", "response": "#E69F00", "end": "#009E73", "padding": "#BBBBBB",
-          "masked": "#FFFFFF", "accent": "#D55E00", "text": "#222222"}
-# The order in which a plot's lines and bars take their colours (Okabe-Ito, strongest first).
-COLOR_CYCLE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000"]
-# Font sizes in points for every plot: on a figure 8-10 inches wide, 15 pt ticks and 18 pt labels
-# still read from the back of a room when projected, and stay comfortable on a laptop.
-PLOT_FONT_SIZES = {"tick": 15, "label": 18, "legend": 16, "title": 20}
-
-
-def plot_style() -> dict:
-    """matplotlib settings for plots readable on a projector: big fonts, Okabe-Ito colours, white background."""
-    from cycler import cycler
-
-    sizes = PLOT_FONT_SIZES
-    return {
-        "font.size": sizes["label"], "axes.labelsize": sizes["label"], "axes.titlesize": sizes["title"],
-        "xtick.labelsize": sizes["tick"], "ytick.labelsize": sizes["tick"], "legend.fontsize": sizes["legend"],
-        "legend.frameon": False, "axes.prop_cycle": cycler(color=COLOR_CYCLE), "lines.linewidth": 3,
-        "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
-        "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
-        "figure.autolayout": True,  # labels this big need the room tight_layout makes
-    }
-
-
-def use_plot_style() -> None:
-    """Apply plot_style() to every plot drawn after this call (a notebook calls it once)."""
-    import matplotlib
-
-    matplotlib.rcParams.update(plot_style())
-
-
-def _token_label(token_id: int, tokenizer, width: int = 7) -> str:
-    if token_id == IGNORE_INDEX:
-        return "-100"
-    if token_id == PAD_TOKEN_ID:
-        return "<eot>"
-    text = tokenizer.decode([token_id]).replace("\n", "\\n").replace(" ", "\u2423")
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
-
-
-def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_lengths: Sequence[int] | None = None,
-               lengths: Sequence[int] | None = None, first_column: int = 0, n_columns: int = 16, title: str = ""):
-    """Draw a window of a batch as a grid: for each example an input row and a target row.
-
-    Colours: prompt tokens, response tokens, the end-of-text that is learned, padding, and
-    masked (-100) targets. `lengths` (tokens before padding) tells end-of-text from padding.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
-
-    n_rows, width = inputs.shape
-    columns = range(first_column, min(first_column + n_columns, width))
-    lengths = lengths or [int((row != PAD_TOKEN_ID).nonzero().max()) + 1 if (row != PAD_TOKEN_ID).any() else 0
-                          for row in inputs]
-    prompt_lengths = prompt_lengths or [0] * n_rows
-
-    def category(row: int, pos: int, token: int, is_target: bool) -> str:
-        seq_pos = pos + 1 if is_target else pos  # a target at pos is the token at pos + 1
-        if token == IGNORE_INDEX:
-            return "masked"
-        if seq_pos >= lengths[row]:
-            return "end" if seq_pos == lengths[row] else "padding"
-        return "prompt" if seq_pos < prompt_lengths[row] else "response"
-
-    fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1.6, 1.05 * n_rows * 2 + 0.9), dpi=100)
-    y = 0
-    for row in range(n_rows):
-        for label, tensor, is_target in (("input", inputs, False), ("target", targets, True)):
-            ax.text(-0.15, y + 0.5, f"{label} {row}", ha="right", va="center", fontsize=PLOT_FONT_SIZES["tick"], color=COLORS["text"])
-            for x, pos in enumerate(columns):
-                token = int(tensor[row, pos])
-                kind = category(row, pos, token, is_target)
-                ax.add_patch(Rectangle((x, y), 0.94, 0.9, facecolor=COLORS[kind], edgecolor="#666666",
-                                       hatch="//" if kind == "masked" else None, linewidth=0.8))
-                ax.text(x + 0.47, y + 0.58, _token_label(token, tokenizer), ha="center", va="center", fontsize=9.5,
-                        color=COLORS["accent"] if kind == "masked" else COLORS["text"], fontweight="bold")
-                ax.text(x + 0.47, y + 0.22, "" if token == IGNORE_INDEX else str(token), ha="center", va="center",
-                        fontsize=7.5, color="#333333")
-            y += 1
-        y += 0.35
-    for x, pos in enumerate(columns):
-        ax.text(x + 0.47, -0.25, str(pos), ha="center", va="center", fontsize=8, color="#555555")
-    ax.set_xlim(-1.6, len(columns))
-    ax.set_ylim(y, -0.6)
-    ax.axis("off")
-    legend = [Patch(facecolor=COLORS[k], edgecolor="#666666", hatch="//" if k == "masked" else None, label=label)
-              for k, label in (("prompt", "prompt"), ("response", "response"), ("end", "end-of-text (learned)"),
-                               ("padding", "padding"), ("masked", "masked target (-100)"))]
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False,
-              fontsize=PLOT_FONT_SIZES["tick"])
-    if title:
-        ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"])
-    fig.patch.set_facecolor("white")  # readable on GitHub's dark theme too
-    fig.tight_layout()
-    return fig
-
-
-# --- plumbing: overall deadlines for network reads (downloads, the judge); not part of the course ---
-
-# Downloads and judge requests get an overall deadline. A socket timeout only bounds each single
-# wait, so a server that sends one byte every few seconds would otherwise never time out.
-
-class _DeadlineExceeded(TimeoutError):
-    """The whole exchange took longer than its deadline."""
-
-
-class _ConnectionDropped(ConnectionError):
-    """The server closed or reset the connection before its answer was complete."""
-
-
-# How a connection that was open ends early (RemoteDisconnected is a ConnectionResetError).
-_DROPPED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
-
-
-class _Deadline:
-    """Shuts down the sockets of one request when its time is up, which wakes a blocked read."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.expired, self._finished = seconds, False, False
-        self._sockets: list = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def watch(self, sock):
-        with self._lock:
-            self._sockets.append(sock)
-            if self.expired:
-                self._shutdown(sock)
-        return sock
-
-    def _expire(self) -> None:
-        with self._lock:
-            if not self._finished:
-                self.expired = True
-                for sock in self._sockets:
-                    self._shutdown(sock)
-
-    @staticmethod
-    def _shutdown(sock) -> None:
-        try:  # the plain socket's shutdown, also for TLS: it only has to wake the reader
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:  # already closed
-            pass
-
-    def __enter__(self) -> "_Deadline":
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        with self._lock:
-            self._finished = True
-        self._timer.cancel()
-
-
-def _watched_connection(connection_class, deadline: _Deadline, host, **kwargs):
-    """An http.client connection whose socket `deadline` can shut down."""
-    connection = connection_class(host, **kwargs)
-    # The plain socket, as soon as it exists (a proxy's CONNECT answer is read on it), and after
-    # connect() the socket that carries the request, which for https is a new TLS socket.
-    connection._create_connection = lambda *args, **kw: deadline.watch(socket.create_connection(*args, **kw))
-    connect = connection.connect
-
-    def connect_and_watch():
-        connect()
-        deadline.watch(connection.sock)
-
-    connection.connect = connect_and_watch
-    return connection
-
-
-class _WatchConnections:
-    deadline: _Deadline
-
-    def do_open(self, http_class, request, **kwargs):
-        return super().do_open(partial(_watched_connection, http_class, self.deadline), request, **kwargs)
-
-
-class _WatchedHTTPHandler(_WatchConnections, urllib.request.HTTPHandler):
-    pass
-
-
-class _WatchedHTTPSHandler(_WatchConnections, urllib.request.HTTPSHandler):
-    pass
-
-
-def _fetch(request: str | urllib.request.Request, timeout: float, deadline: float,
-           proxies: dict | None = None) -> bytes:
-    """The whole body of `request`: `timeout` bounds each wait for the server, `deadline` the whole exchange.
-
-    Raises _DeadlineExceeded, _ConnectionDropped, or urllib's own errors. An HTTPError for an error
-    status carries the body the server sent with it as `error_body` (read within the deadline too).
-    """
-    clock = _Deadline(deadline)
-    handlers = [urllib.request.ProxyHandler(proxies), _WatchedHTTPHandler(), _WatchedHTTPSHandler()]
-    for handler in handlers[1:]:
-        handler.deadline = clock
-    opener = urllib.request.build_opener(*handlers)
-    try:
-        with clock:
-            try:
-                with opener.open(request, timeout=min(timeout, deadline)) as response:
-                    body = response.read()
-            except urllib.error.HTTPError as exc:
-                try:
-                    exc.error_body = exc.read()
-                except (OSError, http.client.HTTPException):
-                    exc.error_body = b""
-                raise
-    except (OSError, http.client.HTTPException) as exc:
-        if clock.expired:
-            raise _DeadlineExceeded(f"no complete answer within {deadline:g} s") from None
-        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, _DROPPED):
-            exc = exc.reason  # reset while the request was being sent
-        if isinstance(exc, http.client.IncompleteRead):
-            expected = f" of {len(exc.partial) + exc.expected}" if exc.expected is not None else ""
-            raise _ConnectionDropped(f"the server closed the connection after {len(exc.partial)}"
-                                     f"{expected} bytes of its answer") from None
-        if isinstance(exc, _DROPPED):
-            raise _ConnectionDropped(f"the server closed the connection before answering completely "
-                                     f"({type(exc).__name__}: {exc})") from None
-        raise
-    if clock.expired:  # the cut can look like a normal end of a body sent without a length
-        raise _DeadlineExceeded(f"no complete answer within {deadline:g} s")
-    return body

@@ -1,6 +1,6 @@
 """What the checkpoint checks cost: saving and resuming a gpt2-small training checkpoint, with and without them.
 
-save_checkpoint refuses NaN/infinite values and writes a CRC-32 per tensor; _resume_from checks
+save_checkpoint refuses NaN/infinite values and writes a CRC-32 per tensor; resume_from checks
 the checksums, shapes, dtypes and finite values before it loads. This times both against the
 same calls with those checks switched off (monkeypatched), taking turns round by round so that a
 load spike on this shared machine hits both alike. The model is the gpt2-small architecture with
@@ -23,20 +23,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import support.checkpoints as checkpoints  # noqa: E402
 import utils  # noqa: E402
 
 
 @contextlib.contextmanager
 def checks_off():
-    saved = utils._checksum, utils._is_finite, utils._read_checkpoint
-    utils._checksum = lambda tensor: 0
-    utils._is_finite = lambda tensor: True
+    saved = checkpoints._checksum, checkpoints._is_finite, checkpoints._read_checkpoint
+    checkpoints._checksum = lambda tensor: 0
+    checkpoints._is_finite = lambda tensor: True
 
-    utils._read_checkpoint = _read_raw
+    checkpoints._read_checkpoint = _read_raw
     try:
         yield
     finally:
-        utils._checksum, utils._is_finite, utils._read_checkpoint = saved
+        checkpoints._checksum, checkpoints._is_finite, checkpoints._read_checkpoint = saved
 
 
 def _read_raw(path):
@@ -72,8 +73,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for checks in ("checked", "unchecked"):
                 with checks_off() if checks == "unchecked" else contextlib.nullcontext():
-                    times["save", checks].append(timed(lambda: utils.save_checkpoint(path, model, optimizer, state)))
-                    times["resume", checks].append(timed(lambda: utils._resume_from(path, model, optimizer, state)))
+                    times["save", checks].append(timed(lambda: checkpoints.save_checkpoint(path, model, optimizer, state)))
+                    times["resume", checks].append(timed(lambda: checkpoints.resume_from(path, model, optimizer, state)))
         size = path.stat().st_size
     print(f"{args.model}: checkpoint {size / 1e9:.2f} GB, {args.rounds} rounds, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")

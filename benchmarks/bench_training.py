@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from common import load_both, machine_line, uptime
 
 import utils  # noqa: E402  (common puts the repository on sys.path)
-from utils import GPT_CONFIGS, IGNORE_INDEX, create_optimizer, length_grouped_loader  # noqa: E402
+from support.batching import length_grouped_loader  # noqa: E402
+from utils import GPT_CONFIGS, IGNORE_INDEX, create_optimizer  # noqa: E402
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:

@@ -158,12 +158,13 @@ def check_tokenizer(environ=os.environ, import_module: Callable = importlib.impo
     """The same lookup as utils.get_tokenizer, without touching the network."""
     try:
         utils = import_module("utils")
+        tokenizer_files = import_module("support.tokenizer_files")
     except Exception:
         return Result("WARN", "tokenizer", "not checked: utils.py does not import yet", "make setup, then run again")
     folder = environ.get(utils.TOKENIZER_DIR_ENV)
     if folder:
         try:
-            utils._check_tokenizer_folder(Path(folder).resolve())
+            tokenizer_files.check_tokenizer_folder(Path(folder).resolve())
         except utils.TokenizerUnavailableError as exc:
             return Result("FAIL", "tokenizer", str(exc),
                           f"point {utils.TOKENIZER_DIR_ENV} at a folder with GPT-2's encoder.json and vocab.bpe")
@@ -171,7 +172,7 @@ def check_tokenizer(environ=os.environ, import_module: Callable = importlib.impo
     cache = Path(environ.get("TIKTOKEN_CACHE_DIR") or environ.get("DATA_GYM_CACHE_DIR")
                  or utils.DEFAULT_CACHE_DIR / "tiktoken")
     # tiktoken names each cached file after the sha1 of its URL and checks its sha256.
-    for name, (url, sha256) in utils.GPT2_VOCAB_FILES.items():
+    for name, (url, sha256) in tokenizer_files.GPT2_VOCAB_FILES.items():
         cached = cache / hashlib.sha1(url.encode()).hexdigest()
         if not cached.is_file():
             return Result("WARN", "tokenizer", f"{name} not in {cache}: the notebooks will download it on first use",

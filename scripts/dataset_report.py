@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import utils
+from support.near_duplicates import find_near_duplicates
 
 BOOK_PATH = utils.REPO_ROOT.parent / "shared" / "reference" / "book-ch07-instruction-data.json"
 SHARED_WITH_THE_BOOK = {50, 999}  # the specification takes these two entries from the book on purpose
@@ -60,7 +61,7 @@ def same_questions(ours: list[dict], book: list[dict],
     at least SAME_WORDING) with the same content signature, or a near copy (NEAR_COPY) whatever the content."""
     common = common_words(ours, book)
     return [(i, j, similarity)
-            for i, j, similarity in utils.find_near_duplicates(ours, threshold=SAME_WORDING, other=book)
+            for i, j, similarity in find_near_duplicates(ours, threshold=SAME_WORDING, other=book)
             if i not in shared and (similarity >= NEAR_COPY
                                     or content_signature(ours[i], common) == content_signature(book[j], common))]
 
@@ -77,12 +78,12 @@ def print_statistics(data: list[dict]) -> None:
     output_lengths = [len(utils.encode_text(e["output"], tokenizer)) for e in data]
     print(f"output tokens: median {statistics.median(output_lengths):g}, max {max(output_lengths)}")
     print(f"list-style or multi-line outputs: {sum(chr(10) in e['output'] for e in data)}")
-    pairs = utils.find_near_duplicates(data, threshold=NEAR_COPY)
+    pairs = find_near_duplicates(data, threshold=NEAR_COPY)
     print(f"near-duplicate pairs (3-gram cosine >= {NEAR_COPY}): {len(pairs)}")
 
 
 def print_comparison(data: list[dict], book: list[dict]) -> None:
-    alike = utils.find_near_duplicates(data, threshold=SAME_WORDING, other=book)
+    alike = find_near_duplicates(data, threshold=SAME_WORDING, other=book)
     alike = [(i, j, s) for i, j, s in alike if i not in SHARED_WITH_THE_BOOK]
     book_outputs = {e["output"].strip() for e in book}
     copied = [i for i, e in enumerate(data) if e["output"].strip() in book_outputs]

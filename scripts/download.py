@@ -12,6 +12,7 @@ import os
 import sys
 
 import utils
+from support.network import HUB_FAILURE_FILE
 
 RETRY = "Connect this machine to the network and run this command again"
 
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # This command is the fix the other messages point to, so it checks the network afresh
     # rather than trusting a failure remembered from earlier.
-    utils.HUB_FAILURE_FILE.unlink(missing_ok=True)
+    HUB_FAILURE_FILE.unlink(missing_ok=True)
     problems = []
     try:
         tokenizer = utils.get_tokenizer()

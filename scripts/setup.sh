@@ -114,7 +114,7 @@ fi
 # Skipped once the cache holds both files (get_tokenizer checks their hashes on every load).
 if [ -n "${GPT2_TOKENIZER_DIR:-}" ] && [ -f "$GPT2_TOKENIZER_DIR/encoder.json" ] \
    && [ "$(ls .cache/tiktoken 2>/dev/null | wc -l)" -lt 2 ]; then
-  "$PY" -c 'import sys, utils; utils.install_tokenizer_files(sys.argv[1], utils.DEFAULT_CACHE_DIR / "tiktoken")' \
+  "$PY" -c 'import sys; from support.tokenizer_files import install_tokenizer_files; from support.files import DEFAULT_CACHE_DIR; install_tokenizer_files(sys.argv[1], DEFAULT_CACHE_DIR / "tiktoken")' \
     "$GPT2_TOKENIZER_DIR"
 fi
 echo "setup: ready ($("$PY" -c 'import importlib.metadata as m; print("torch", m.version("torch"))'))"

@@ -20,6 +20,7 @@ if "GPT2_TOKENIZER_DIR" not in os.environ and (SHARED_TOKENIZER / "encoder.json"
     os.environ["GPT2_TOKENIZER_DIR"] = str(SHARED_TOKENIZER)
 
 import utils  # noqa: E402  (after the environment is set)
+from support.tokenizer_files import GPT2_VOCAB_FILES  # noqa: E402
 
 NO_TOKENIZER = ("GPT-2's tokenizer is not available offline, so the tests that need it are skipped. "
                 "Fix: run `make download` once on a machine with network (fills .cache/tiktoken), "
@@ -33,7 +34,7 @@ def _tiktoken_cache_dir() -> Path:
 def _cached_vocab_files() -> dict[str, Path]:
     """GPT-2's two vocabulary files in tiktoken's cache (named by the SHA-1 of their URL), if both are there."""
     folder = _tiktoken_cache_dir()
-    found = {name: folder / hashlib.sha1(url.encode()).hexdigest() for name, (url, _) in utils.GPT2_VOCAB_FILES.items()}
+    found = {name: folder / hashlib.sha1(url.encode()).hexdigest() for name, (url, _) in GPT2_VOCAB_FILES.items()}
     return found if all(path.is_file() for path in found.values()) else {}
 
 

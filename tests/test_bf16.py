@@ -68,9 +68,14 @@ def test_bf16_greedy_token_agrees_with_float32_where_float32_is_not_nearly_tied(
 def test_bf16_copy_keeps_the_head_in_float32():
     model = tiny_model()
     low = utils._model_in_dtype(model, torch.bfloat16)
-    assert low.out_head.weight.dtype == torch.float32
-    assert all(p.dtype == torch.bfloat16 for name, p in low.named_parameters() if not name.startswith("out_head"))
     assert utils._model_in_dtype(model, None) is model and utils._model_in_dtype(model, torch.float32) is model
+    with torch.no_grad():
+        logits = low(torch.tensor([PROMPTS[1]]), last_only=True)[0, -1]
+        rounded = logits.to(torch.bfloat16).float()  # what a bf16 head would return
+    # A float32 head gives (nearly) every token its own logit; bf16's 8-bit mantissa would collapse
+    # the 50,257 logits onto a few thousand values, and greedy decoding would break the ties by index.
+    assert logits.dtype == torch.float32
+    assert logits.unique().numel() > 0.9 * TINY["vocab_size"] > 5 * rounded.unique().numel()
     ref = generate_batch(model, PROMPTS, 6, 64)
     assert [len(t) for t in generate_batch(model, PROMPTS, 6, 64, dtype=torch.bfloat16)] == [len(t) for t in ref]
     cached = generate(model, torch.tensor([PROMPTS[3]]), 6, 64, dtype=torch.bfloat16)
@@ -79,7 +84,18 @@ def test_bf16_copy_keeps_the_head_in_float32():
 
 
 def test_bf16_generation_of_a_lora_model():
-    model = utils.apply_lora(tiny_model(), rank=4)
+    base = tiny_model()
+    model = utils.apply_lora(copy.deepcopy(base), rank=4)
+    torch.manual_seed(3)
+    for module in model.modules():  # B starts at zero; a trained adapter changes the output
+        if isinstance(module, utils.LoRALinear):
+            module.lora_B.data.normal_(std=0.5)
+    idx = torch.tensor([PROMPTS[1]])
+    with torch.no_grad():
+        ref, without_lora = model(idx), base(idx)
+        low = utils._model_in_dtype(model, torch.bfloat16)(idx).float()
+    # the bf16 copy keeps the adapters: close to the LoRA model's float32 logits, not to the base model's
+    assert (low - ref).abs().max() <= 0.05 * ref.abs().max() < (without_lora - ref).abs().max()
     tokens = generate_batch(model, PROMPTS, 4, 64, dtype=torch.bfloat16)
     assert [len(t) for t in tokens] == [4] * len(PROMPTS)
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -90,11 +106,19 @@ def test_generation_dtype_must_be_floating_point():
         generate_batch(tiny_model(), PROMPTS, 2, 64, dtype=torch.int64)
 
 
-def test_generate_responses_in_bf16(tokenizer):
+def test_generate_responses_in_bf16(tokenizer, monkeypatch):
     entries = [{"instruction": "Name a colour.", "input": "", "output": "Blue."}]
-    out = utils.generate_responses(tiny_model(), entries, tokenizer, max_new_tokens=3, progress=False,
+    model = tiny_model()
+    copies = []
+    real_copy = utils._model_in_dtype
+    monkeypatch.setattr(utils, "_model_in_dtype", lambda m, dtype: copies.append(dtype) or real_copy(m, dtype))
+    out = utils.generate_responses(model, entries, tokenizer, max_new_tokens=3, progress=False,
                                    dtype=torch.bfloat16)
-    assert isinstance(out[0]["model_response"], str) and out[0]["output"] == "Blue."
+    assert torch.bfloat16 in copies  # the answers come from a bfloat16 copy of the model
+    prompt = utils.encode_text(utils.format_prompt(entries[0]), tokenizer)
+    expected = generate_batch(model, [prompt], 3, TINY["context_length"], eos_id=utils.PAD_TOKEN_ID,
+                              dtype=torch.bfloat16)[0]
+    assert out[0]["model_response"] == tokenizer.decode(expected).strip() and out[0]["output"] == "Blue."
 
 
 def test_bf16_autocast_training_loss_tracks_float32(tokenizer, dataset):
@@ -116,6 +140,9 @@ def test_bf16_autocast_training_loss_tracks_float32(tokenizer, dataset):
             optimizer.zero_grad(set_to_none=True)
             losses[name].append(loss.item())
         assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps weights float32
+        assert all(s.dtype == torch.float32 for state in optimizer.state.values() for s in state.values()
+                   if torch.is_tensor(s) and s.is_floating_point())  # and AdamW's moments
+    assert losses["bf16"] != losses["fp32"]  # autocast did run in bf16 (identical losses: it was ignored)
     for a, b in zip(losses["fp32"], losses["bf16"]):
         assert abs(a - b) <= 0.02 * a, losses
     assert losses["fp32"][-1] < losses["fp32"][0]  # the steps did train

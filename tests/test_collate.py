@@ -71,8 +71,10 @@ def test_no_warning_when_nothing_is_cut():
 
 
 def test_device_argument_moves_tensors():
-    inputs, targets = custom_collate_fn(TOY_BATCH, device="cpu")
-    assert inputs.device.type == targets.device.type == "cpu"
+    # "meta" differs from the CPU the batch is built on: a collate that ignored `device` would fail here
+    inputs, targets = custom_collate_fn(TOY_BATCH, device="meta")
+    assert inputs.device.type == targets.device.type == "meta"
+    assert inputs.shape == targets.shape == custom_collate_fn(TOY_BATCH)[0].shape
 
 
 # Content tokens stay below 50256 so that every end-of-text in a row comes from the padding.

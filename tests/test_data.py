@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import utils
+from support.tokenizer_files import install_tokenizer_files
 from utils import DatasetError, format_example, format_input, format_prompt, load_instruction_data
 
 GOOD = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
@@ -162,9 +163,10 @@ def test_generation_prompt_is_a_token_prefix_of_the_training_sequence(dataset, t
 
 
 @pytest.mark.parametrize("style", sorted(utils.PROMPT_STYLES))
-def test_extract_response_recovers_the_output(style):
+def test_the_output_follows_the_prompt_unchanged(style):
     entry = GOOD[1]
-    assert utils.extract_response(format_example(entry, style) + "<|endoftext|>", style) == entry["output"]
+    text = format_example(entry, style)
+    assert text.startswith(format_prompt(entry, style)) and text[len(format_prompt(entry, style)):] == entry["output"]
 
 
 # --- tokenizer ---
@@ -197,7 +199,7 @@ def test_tokenizer_folder_with_a_wrong_file(tmp_path, gpt2_vocab_dir):
 def test_seeded_tiktoken_cache_works_offline(tmp_path, monkeypatch, gpt2_vocab_dir):
     import tiktoken
     import tiktoken.registry
-    utils.install_tokenizer_files(gpt2_vocab_dir, tmp_path)
+    install_tokenizer_files(gpt2_vocab_dir, tmp_path)
     monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget encodings loaded earlier
@@ -255,9 +257,12 @@ def test_padding_efficiency_counts_real_targets():
 
 
 def test_get_device_respects_override(monkeypatch):
-    monkeypatch.setenv("LLM_DEVICE", "cpu")
-    assert utils.get_device().type == "cpu"
-    assert utils.get_device("cpu") == torch.device("cpu")
+    # "meta" is never what get_device picks by itself: only the override can produce it
+    monkeypatch.setenv("LLM_DEVICE", "meta")
+    assert utils.get_device().type == "meta"
+    monkeypatch.delenv("LLM_DEVICE")
+    assert utils.get_device("meta") == torch.device("meta")
+    assert utils.get_device().type != "meta"
 
 
 def test_atomic_files_get_ordinary_permissions(tmp_path):

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 import utils
+from support.near_duplicates import find_near_duplicates
 from utils import REPO_ROOT
 
 DATA_PATH = REPO_ROOT / "instruction-data.json"
@@ -88,7 +89,7 @@ def test_list_answers_survive_formatting_and_tokenization(data, tokenizer):
         assert numbers == list(range(1, len(numbers) + 1)), output  # numbered steps count 1, 2, 3, ...
         for style in utils.PROMPT_STYLES:
             text = utils.format_example(entry, style)
-            assert utils.extract_response(text, style) == output
+            assert text.removeprefix(utils.format_prompt(entry, style)) == output
             assert tokenizer.decode(utils.encode_text(text, tokenizer)) == text
         example = utils.InstructionDataset([entry], tokenizer)[0]
         assert tokenizer.decode(example.token_ids[example.prompt_length:]) == output
@@ -119,7 +120,7 @@ def test_no_duplicate_questions(data):
 
 
 def test_no_near_duplicates(data):
-    pairs = utils.find_near_duplicates(data, threshold=0.9)
+    pairs = find_near_duplicates(data, threshold=0.9)
     described = [f"{i} ~ {j} ({s:.2f}): {data[i]['instruction']!r} / {data[j]['instruction']!r}" for i, j, s in pairs]
     assert described == []
 
@@ -128,7 +129,7 @@ def test_near_duplicate_finder_finds_them():
     data = [{"instruction": "What is the capital of France?", "input": ""},
             {"instruction": "What is the capital of Frances?", "input": ""},
             {"instruction": "Sort these numbers.", "input": "3, 1, 2"}]
-    assert [(i, j) for i, j, _ in utils.find_near_duplicates(data)] == [(0, 1)]
+    assert [(i, j) for i, j, _ in find_near_duplicates(data)] == [(0, 1)]
 
 
 def brute_force_near_duplicates(data, other, threshold, n=3):
@@ -165,7 +166,7 @@ def synthetic_entries(count, seed):
 def test_blocked_near_duplicates_match_the_whole_matrix():
     data = synthetic_entries(3000, seed=1)
     expected = {(i, j): s for (i, j), s in brute_force_near_duplicates(data, data, 0.8).items() if i < j}
-    found = utils.find_near_duplicates(data, threshold=0.8, block_size=97)  # blocks that do not divide 3000
+    found = find_near_duplicates(data, threshold=0.8, block_size=97)  # blocks that do not divide 3000
     assert len(found) > 100
     assert {(i, j) for i, j, _ in found} == set(expected)
     assert all(math.isclose(s, expected[i, j], abs_tol=1e-5) for i, j, s in found)
@@ -176,7 +177,7 @@ def test_near_duplicates_between_two_datasets():
     data, other = synthetic_entries(400, seed=2), synthetic_entries(700, seed=3)
     other[5] = dict(data[7])  # one exact copy across the two
     expected = brute_force_near_duplicates(data, other, 0.7)
-    found = utils.find_near_duplicates(data, threshold=0.7, other=other, block_size=64)
+    found = find_near_duplicates(data, threshold=0.7, other=other, block_size=64)
     assert (7, 5) in expected and {(i, j) for i, j, _ in found} == set(expected)
     assert all(math.isclose(s, expected[i, j], abs_tol=1e-5) for i, j, s in found)
 

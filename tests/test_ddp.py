@@ -27,10 +27,10 @@ COMMON = ["--model", "tiny", "--bf16", "off", "--grad-accum", "2", "--epochs", "
 LAUNCHER = '''
 import builtins, contextlib, os, sys
 sys.path.insert(0, os.environ["REPO_ROOT"])
-import finetune, utils
+import finetune, support.checkpoints, support.files, utils
 
 log = open(f"{os.environ['WRITE_LOG']}.rank{os.environ.get('RANK', '0')}", "w")
-real_destination, real_open, real_step = utils.atomic_destination, builtins.open, utils._optimizer_step
+real_destination, real_open, real_step = support.files.atomic_destination, builtins.open, utils._optimizer_step
 
 @contextlib.contextmanager
 def logged_destination(path):
@@ -51,7 +51,8 @@ def step_or_interrupt(*args, **kwargs):
         raise KeyboardInterrupt  # inside the step: its work is lost, as with Ctrl-C
     return real_step(*args, **kwargs)
 
-utils.atomic_destination, builtins.open, utils._optimizer_step = logged_destination, logged_open, step_or_interrupt
+support.files.atomic_destination = support.checkpoints.atomic_destination = logged_destination
+builtins.open, utils._optimizer_step = logged_open, step_or_interrupt
 sys.exit(finetune.main(sys.argv[1:]))
 '''
 
@@ -210,17 +211,20 @@ def gradient_worker(rank: int, world_size: int, port: int, out: str) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "LLM_DEVICE": "cpu"})
     torch.set_num_threads(1)
-    import finetune
-    import utils
     from safetensors.torch import save_file
 
-    ddp = finetune.DistributedRun.from_environment()
+    import finetune
+    import utils
+    from support.trainer import TrainingRun
+
+    ddp = finetune.DistributedRun.from_environment(utils.get_device)
     try:
         model, window = gradient_problem()
         shares = [utils.custom_collate_fn(batch[rank::world_size]) for batch in window]
-        wrapped = ddp.wrap(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # leaves the weights (and .grad) as they are
-        loss, n_real, _ = utils._optimizer_step(wrapped, shares, optimizer, ddp.device, None, None, ddp)
+        hooks = TrainingRun(ddp=ddp)
+        wrapped = hooks.on_train_start(model, optimizer, utils.TrainState())  # DistributedDataParallel
+        loss, n_real, _ = utils._optimizer_step(wrapped, shares, optimizer, ddp.device, None, hooks)
         if ddp.is_main:
             grads = {name: p.grad for name, p in model.named_parameters()}
             save_file(grads, out, metadata={"loss": repr(loss), "n_real": str(n_real)})
@@ -242,6 +246,7 @@ def gradient_problem():
 
 def test_ddp_gradient_is_the_gradient_of_one_big_batch(tmp_path):
     import torch.multiprocessing as mp
+
     import utils
 
     out = tmp_path / "grads.safetensors"
@@ -258,7 +263,7 @@ def test_ddp_gradient_is_the_gradient_of_one_big_batch(tmp_path):
     model, window = gradient_problem()
     batches = [utils.custom_collate_fn(batch) for batch in window]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss, n_real, _ = utils._optimizer_step(model, batches, optimizer, torch.device("cpu"), None, None)
+    loss, n_real, _ = utils._optimizer_step(model, batches, optimizer, torch.device("cpu"), None, utils.TrainingHooks())
     from safetensors import safe_open
 
     with safe_open(str(out), framework="pt") as f:
@@ -287,7 +292,9 @@ def test_shards_are_disjoint_and_make_up_the_one_process_batches(grouped):
     import types
 
     import finetune
+    import support.trainer
     import utils
+    from support.batching import length_grouped_loader
 
     lengths = [(7 * i) % 23 + 1 for i in range(40)]
     # prompt_length holds each item's index: the collate function below returns the indices of a batch
@@ -297,15 +304,15 @@ def test_shards_are_disjoint_and_make_up_the_one_process_batches(grouped):
         plain = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, drop_last=True,
                                             collate_fn=lambda batch: [x.prompt_length for x in batch],
                                             generator=torch.Generator().manual_seed(5))
-        return utils.length_grouped_loader(plain, seed=5, chunk_batches=2) if grouped else plain
+        return length_grouped_loader(plain, seed=5, chunk_batches=2) if grouped else plain
 
     one_process = loader()
     shards = [finetune.DistributedRun.shard(types.SimpleNamespace(rank=r, world_size=3), loader()) for r in range(3)]
     for epoch in (0, 1):
-        batches = list(utils._epoch_batches(one_process, seed=5, epoch=epoch))
-        shares = [list(utils._epoch_batches(s, seed=5, epoch=epoch)) for s in shards]
+        batches = list(support.trainer._epoch_batches(one_process, seed=5, epoch=epoch))
+        shares = [list(support.trainer._epoch_batches(s, seed=5, epoch=epoch)) for s in shards]
         assert all(len(s) == len(batches) == len(one_process) == 5 for s in shares)
         for i, batch in enumerate(batches):
             assert sorted(sum((s[i] for s in shares), [])) == sorted(batch)  # disjoint, and all of it
             assert [len(s[i]) for s in shares] == [3, 3, 2]
-    assert batches != list(utils._epoch_batches(one_process, seed=5, epoch=0))  # epochs differ
+    assert batches != list(support.trainer._epoch_batches(one_process, seed=5, epoch=0))  # epochs differ

@@ -8,8 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from utils import (DatasetError, OllamaUnavailableError, check_ollama, evaluate_responses, exact_match,
-                   format_input, judge_prompt, judge_responses, load_responses, parse_score, query_ollama, rouge_l)
+from support.jsonio import read_json_file
+from support.ollama import ollama_models, query_ollama
+from utils import (
+    DatasetError,
+    OllamaUnavailableError,
+    evaluate_responses,
+    exact_match,
+    format_input,
+    judge_prompt,
+    judge_responses,
+    parse_score,
+    rouge_l,
+)
+
+
+def load_responses(path):
+    """A responses file read strictly and checked as evaluate_responses checks it."""
+    entries = read_json_file(path)
+    evaluate_responses(entries, source=str(path))
+    return entries
 
 RESPONSES = [
     {"instruction": "Name a primary color.", "input": "", "output": "Blue", "model_response": "  blue. "},
@@ -236,7 +254,7 @@ def test_query_ollama_speaks_the_chat_protocol(ollama):
     assert query_ollama("hello", url=ollama.url, seed=7, timeout=2) == "Hi there"
     # a bare server address works too
     assert query_ollama("hello", url=ollama.url.removesuffix("/api/chat"), seed=7, timeout=2) == "Hi there"
-    assert check_ollama(ollama.url, timeout=2)
+    assert ollama_models(ollama.url, timeout=2) == ["llama3.2:latest"]
 
 
 def test_judge_responses_mean_over_parsed_scores(ollama):
@@ -260,8 +278,8 @@ def test_judge_responses_all_unparsed(ollama):
 
 
 def test_no_server_gives_one_clear_message(free_port_url):
-    assert check_ollama(free_port_url, timeout=1) is False
-    for call in (lambda: judge_responses(JUDGED, url=free_port_url, timeout=1, progress=False),
+    for call in (lambda: ollama_models(free_port_url, timeout=1),
+                 lambda: judge_responses(JUDGED, url=free_port_url, timeout=1, progress=False),
                  lambda: query_ollama("hello", url=free_port_url, timeout=1)):
         with pytest.raises(OllamaUnavailableError) as info:
             call()

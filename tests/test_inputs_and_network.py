@@ -19,9 +19,21 @@ import pytest
 import torch
 
 import utils
-from utils import (DatasetError, GPTModel, OllamaUnavailableError, custom_collate_fn, download_file, generate,
-                   generate_batch, judge_responses, load_instruction_data, load_responses, parse_score,
-                   query_ollama, validate_instruction_data)
+from support.jsonio import MAX_JSON_NESTING, read_json_file
+from support.ollama import query_ollama
+from utils import (
+    DatasetError,
+    GPTModel,
+    OllamaUnavailableError,
+    custom_collate_fn,
+    download_file,
+    generate,
+    generate_batch,
+    judge_responses,
+    load_instruction_data,
+    parse_score,
+    validate_instruction_data,
+)
 
 GOOD = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
         {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}]
@@ -350,7 +362,7 @@ def test_a_valid_surrogate_pair_is_fine(tmp_path):
 def test_responses_with_unencodable_text_are_rejected_before_evaluation(tmp_path):
     path = write_bytes(tmp_path, b'[{"output": "o", "model_response": "\\ud800"}]', "responses.json")
     with pytest.raises(DatasetError, match=r"responses\.json: entry 0: field 'model_response': not valid Unicode"):
-        load_responses(path)
+        utils.evaluate_responses(read_json_file(path), source=str(path))
 
 
 def test_in_memory_data_is_checked_too():
@@ -372,7 +384,7 @@ def test_deep_nesting_is_a_dataset_error(tmp_path):
         load_instruction_data(write_bytes(tmp_path, b"[" * 100_000 + b"]" * 100_000))
     meta = "[" * 200 + "]" * 200  # readable, but deeper than any dataset needs (and than writing it back allows)
     text = f'[{{"instruction": "a", "output": "b", "meta": {meta}}}]'
-    with pytest.raises(DatasetError, match=rf"entry 0: field 'meta': nested more than {utils.MAX_JSON_NESTING}"):
+    with pytest.raises(DatasetError, match=rf"entry 0: field 'meta': nested more than {MAX_JSON_NESTING}"):
         load_instruction_data(write_bytes(tmp_path, text.encode()))
 
 

@@ -245,6 +245,7 @@ def test_no_torch_fails_and_says_how_to_fix():
 
 def test_tokenizer_lookup(tmp_path):
     import utils
+    from support.tokenizer_files import install_tokenizer_files
     empty_cache = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
     assert check_setup.check_tokenizer(empty_cache).status == "WARN"            # not downloaded yet
     broken = {utils.TOKENIZER_DIR_ENV: str(tmp_path)}
@@ -252,7 +253,7 @@ def test_tokenizer_lookup(tmp_path):
     local = __import__("os").environ.get(utils.TOKENIZER_DIR_ENV)
     if local:  # the test machines' copy of GPT-2's vocabulary (tests/conftest.py)
         assert check_setup.check_tokenizer({utils.TOKENIZER_DIR_ENV: local}).status == "OK"
-        utils.install_tokenizer_files(local, tmp_path / "cache")
+        install_tokenizer_files(local, tmp_path / "cache")
         assert check_setup.check_tokenizer(empty_cache).status == "OK"          # tiktoken's cache, filled
 
 

@@ -21,7 +21,9 @@ import nbformat
 import pytest
 
 import run_notebooks
+import support.network
 import utils
+from support.tokenizer_files import install_tokenizer_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -247,7 +249,7 @@ def test_kernels_talk_over_ipc_so_no_tcp_warning(tmp_path, capfd):
 @pytest.fixture
 def hub_memo(tmp_path, monkeypatch):
     memo = tmp_path / "hub-unreachable.json"
-    monkeypatch.setattr(utils, "HUB_FAILURE_FILE", memo)
+    monkeypatch.setattr(support.network, "HUB_FAILURE_FILE", memo)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return memo
 
@@ -269,7 +271,7 @@ def test_cached_weights_never_touch_the_network(tmp_path, hub_memo, monkeypatch)
     def no_probe(*args):
         raise AssertionError("the network was probed although the weights are cached")
 
-    monkeypatch.setattr(utils, "_probe", no_probe)
+    monkeypatch.setattr(support.network, "_probe", no_probe)
     assert utils.download_gpt2_weights("gpt2-small", cache_dir=tmp_path / "hub") == expected
 
 
@@ -290,12 +292,12 @@ def test_unreachable_hub_is_known_within_seconds_and_remembered(kind, tmp_path, 
     start = time.monotonic()
     with pytest.raises(utils.WeightsUnavailableError) as info:
         utils.download_gpt2_weights("gpt2-small", cache_dir=tmp_path / "empty")
-    assert time.monotonic() - start < utils.HUB_PROBE_TIMEOUT + 1.5
+    assert time.monotonic() - start < support.network.HUB_PROBE_TIMEOUT + 1.5
     message = str(info.value)
     assert "\n" not in message and "cannot be reached" in message and "make download" in message
     assert hub_memo.is_file()
 
-    monkeypatch.setattr(utils, "_probe", lambda url: pytest.fail("probed again instead of remembering"))
+    monkeypatch.setattr(support.network, "_probe", lambda url: pytest.fail("probed again instead of remembering"))
     start = time.monotonic()
     with pytest.raises(utils.WeightsUnavailableError, match="found .* s ago"):
         utils.download_gpt2_weights("gpt2-small", cache_dir=tmp_path / "empty")
@@ -303,10 +305,10 @@ def test_unreachable_hub_is_known_within_seconds_and_remembered(kind, tmp_path, 
 
 
 def test_an_old_failure_is_forgotten(tmp_path, hub_memo, monkeypatch):
-    hub_memo.write_text(json.dumps({"time": time.time() - utils.HUB_FAILURE_MEMORY - 1, "reason": "old"}))
+    hub_memo.write_text(json.dumps({"time": time.time() - support.network.HUB_FAILURE_MEMORY - 1, "reason": "old"}))
     probed = []
-    monkeypatch.setattr(utils, "_probe", lambda url: probed.append(url) or None)
-    assert utils.hub_unreachable_reason() is None and probed and not hub_memo.exists()
+    monkeypatch.setattr(support.network, "_probe", lambda url: probed.append(url) or None)
+    assert support.network.hub_unreachable_reason() is None and probed and not hub_memo.exists()
 
 
 def test_make_download_offline_does_not_send_the_user_to_make_download(tmp_path, hub_memo, monkeypatch, capsys):
@@ -349,7 +351,7 @@ def test_suite_passes_with_only_the_tiktoken_cache(clone, gpt2_vocab_dir):
     source = gpt2_vocab_dir
     cache = clone / ".cache" / "tiktoken"
     shutil.rmtree(cache, ignore_errors=True)
-    utils.install_tokenizer_files(source, cache)  # exactly what `make download` leaves
+    install_tokenizer_files(source, cache)  # exactly what `make download` leaves
     result = run_pytest_in(clone, *SUBSET)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "KeyError" not in result.stdout and " passed" in result.stdout and "skipped" not in result.stdout
@@ -433,8 +435,14 @@ def test_setup_passes_paths_as_data_not_code(setup_sandbox, tmp_path, gpt2_vocab
 
 def test_readme_stops_advising_to_copy_the_venv():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    # the offline route the README gives is a make target that really builds a wheelhouse ...
     assert "make wheelhouse" in readme
-    assert "`.venv` and `.cache` included" not in readme and "without `.venv`" in readme
+    dry_run = subprocess.run(["make", "-n", "wheelhouse"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert dry_run.returncode == 0 and "setup.sh --wheelhouse" in dry_run.stdout, dry_run.stderr
+    # ... and the command that copies the project leaves the virtual environment out (its paths
+    # point at the machine it was made on)
+    copies = [line for line in readme.splitlines() if re.search(r"^\s*(cp|rsync|scp|tar|zip)\b.* \./? ", line)]
+    assert copies and all(re.search(r"--exclude[ =]\.venv\b", line) for line in copies), copies
 
 
 # --- 10: small things ---
@@ -450,6 +458,9 @@ def test_readme_commands_use_the_venv_python():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     bare = [line for line in readme.splitlines() if re.search(r"(^|`)python3? (benchmarks|scripts|finetune)", line)]
     assert not bare, bare
+    # every script those commands run exists, so each command can be run as written
+    scripts = set(re.findall(r"\.venv/bin/python (?:-m \S+ )?((?:benchmarks|scripts)/\S+\.py|finetune\.py)", readme))
+    assert scripts and not [s for s in sorted(scripts) if not (REPO_ROOT / s).is_file()]
 
 
 # --- issue 9 item 7: "you are here" strips and credits ---
@@ -487,10 +498,19 @@ def test_here_strips_exist_for_every_notebook_and_differ():
 
 def test_one_plot_style_for_projectors():
     import matplotlib
+    import matplotlib.pyplot as plt
 
-    assert min(utils.PLOT_FONT_SIZES.values()) >= 14
     with matplotlib.rc_context():
         utils.use_plot_style()
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0], label="loss")
+        ax.set_xlabel("step")
+        legend = ax.legend()
+        fig.canvas.draw()
+        # what a projected figure shows: tick labels, axis labels and legend text of at least 14 pt
+        sizes = [t.get_fontsize() for t in ax.get_xticklabels() + [ax.xaxis.label] + legend.get_texts()]
+        plt.close(fig)
+        assert min(sizes) >= 14, sizes
         assert matplotlib.rcParams["xtick.labelsize"] == utils.PLOT_FONT_SIZES["tick"]
         assert matplotlib.rcParams["axes.prop_cycle"].by_key()["color"][:2] == list(utils.LOSS_COLORS.values())
     for number in ("02", "04"):

@@ -79,7 +79,7 @@ def test_pipeline_runs_on_the_books_dataset(book, tokenizer):
     for style in utils.PROMPT_STYLES:
         for entry in book:
             text = utils.format_example(entry, style)
-            assert utils.extract_response(text, style) == entry["output"].strip()
+            assert text.removeprefix(utils.format_prompt(entry, style)).strip() == entry["output"].strip()
     lengths = [len(utils.encode_text(utils.format_example(entry), tokenizer)) for entry in book]
     assert max(lengths) < 1024 and statistics.median(lengths) > 20
     train_loader, val_loader, test_loader = utils.create_dataloaders(train, val, test, tokenizer, batch_size=8,

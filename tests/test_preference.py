@@ -269,7 +269,9 @@ def test_finetune_dpo_smoke_runs_from_a_checkpoint(tmp_path, tokenizer, capsys):
     import finetune
 
     start = tmp_path / "model.safetensors"
-    utils.save_checkpoint(start, standin(3))
+    from support.checkpoints import save_checkpoint
+
+    save_checkpoint(start, standin(3))
     assert finetune.main(["--smoke", "--dpo", str(start), "--out", str(tmp_path / "dpo")]) == 0
     metrics = json.loads((tmp_path / "dpo" / "dpo-metrics.json").read_text())
     assert metrics["history"]["steps"] == [0, 4, 8] and metrics["start"] == str(start)
@@ -279,7 +281,7 @@ def test_finetune_dpo_smoke_runs_from_a_checkpoint(tmp_path, tokenizer, capsys):
     # a second run into the same folder is refused, with one line naming the fix
     capsys.readouterr()
     assert finetune.main(["--smoke", "--dpo", str(start), "--out", str(tmp_path / "dpo")]) == 1
-    assert "already holds a run (dpo-model.safetensors, dpo-metrics.json)" in capsys.readouterr().err
+    assert "already holds a run (dpo-model.safetensors, dpo-metrics.json, dpo-checkpoint.safetensors)" in capsys.readouterr().err
 
 
 def test_finetune_dpo_names_a_missing_start(tmp_path, capsys):

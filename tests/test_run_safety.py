@@ -17,14 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_with_hooks
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 import finetune
+import support.checkpoints
+import support.files
 import utils
-from utils import (CheckpointError, GPTModel, TokenizedExample, TrainingError, atomic_write_json, create_optimizer,
-                   custom_collate_fn, load_checkpoint, load_gpt2_weights, save_checkpoint, train_model)
+from support.checkpoints import CheckpointError, save_checkpoint
+from support.files import atomic_write_json
+from support.trainer import TrainingError
+from utils import GPTModel, TokenizedExample, create_optimizer, custom_collate_fn, load_checkpoint, load_gpt2_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 256
@@ -50,8 +55,8 @@ def loader(batch_size: int = 2, n: int = 16, mask_prompt: bool = False, prompt_l
 def train(model, path=None, optimizer=None, train_loader=None, **kwargs):
     optimizer = optimizer or create_optimizer(model, lr=1e-2)
     kwargs = {"num_epochs": 1, "eval_freq": 2, "eval_iter": 1, "progress": False, **kwargs}
-    return train_model(model, loader() if train_loader is None else train_loader, loader(4), optimizer, "cpu",
-                       checkpoint_path=path, **kwargs)
+    return train_with_hooks(model, loader() if train_loader is None else train_loader, loader(4), optimizer, "cpu",
+                            checkpoint_path=path, **kwargs)
 
 
 def rewrite_checkpoint(path: Path, change) -> None:
@@ -62,7 +67,7 @@ def rewrite_checkpoint(path: Path, change) -> None:
     tensors = load_file(path)
     change(tensors, metadata)
     if "checksums" in metadata:
-        metadata["checksums"] = json.dumps({name: utils._checksum(t.contiguous()) for name, t in tensors.items()})
+        metadata["checksums"] = json.dumps({name: support.checkpoints._checksum(t.contiguous()) for name, t in tensors.items()})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
@@ -150,7 +155,7 @@ def test_damaged_checkpoint_is_refused_before_anything_changes(checkpoint, chang
     train(model, optimizer=optimizer, max_steps=1)  # an optimizer with state, to see it is left alone
     before = state_of(model, optimizer)
     with pytest.raises(CheckpointError, match=message) as info:
-        utils._resume_from(checkpoint, model, optimizer, utils.TrainState(seed=5, batches_per_epoch=8))
+        support.checkpoints.resume_from(checkpoint, model, optimizer, utils.TrainState(seed=5, batches_per_epoch=8))
     assert str(checkpoint) in str(info.value) and "\n" not in str(info.value)
     assert_unchanged(before, model, optimizer)
 
@@ -525,10 +530,11 @@ def test_temporaries_left_by_a_killed_save_are_removed_on_the_next_run(tmp_path)
 
 
 KILLED_SAVER = """
-import sys, torch, utils
+import sys, torch
+from support.checkpoints import save_checkpoint
 model = torch.nn.Linear(1000, 4000)  # 16 MB a checkpoint
 while True:
-    utils.save_checkpoint(sys.argv[1], model)
+    save_checkpoint(sys.argv[1], model)
 """
 
 
@@ -544,7 +550,7 @@ def test_sigkill_during_saves_leaves_the_checkpoint_whole_and_temporaries_remova
     finally:
         process.kill()
         process.wait()
-    utils.remove_stale_temporaries(tmp_path, [path.name])
+    support.files.remove_stale_temporaries(tmp_path, [path.name])
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     assert load_checkpoint(torch.nn.Linear(1000, 4000), path)  # whole: every checksum fits
 
@@ -585,7 +591,7 @@ def test_responses_and_metrics_survive_a_failing_judge(tmp_path, monkeypatch, ca
         return reply
 
     monkeypatch.setattr(utils, "_require_judge", lambda *args: None)
-    monkeypatch.setattr(utils, "_chat_content", chat)
+    monkeypatch.setattr(utils, "chat_content", chat)
     with pytest.warns(UserWarning, match="Judging stopped at entry 2"):
         assert finetune.main(["--smoke", "--judge", "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))

@@ -15,16 +15,30 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_with_hooks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 import utils
-from utils import (GPT_CONFIGS, IGNORE_INDEX, GPTModel, LengthGroupedBatchSampler, LoRALinear,
-                   TokenizedExample, apply_lora, calc_loss_batch, calc_loss_loader, count_parameters,
-                   create_optimizer, custom_collate_fn, length_grouped_loader, load_checkpoint, merge_lora,
-                   save_checkpoint, train_model)
+from support.batching import LengthGroupedBatchSampler, length_grouped_loader
+from support.checkpoints import save_checkpoint
+from utils import (
+    GPT_CONFIGS,
+    IGNORE_INDEX,
+    GPTModel,
+    LoRALinear,
+    TokenizedExample,
+    apply_lora,
+    calc_loss_batch,
+    calc_loss_loader,
+    count_parameters,
+    create_optimizer,
+    custom_collate_fn,
+    load_checkpoint,
+    merge_lora,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 256
@@ -60,7 +74,7 @@ def synthetic_loader(batch_size: int, examples=None, shuffle: bool = True, mask_
 def run(model, loader, optimizer=None, **kwargs):
     optimizer = optimizer or create_optimizer(model, lr=1e-2)  # fused AdamW where available
     kwargs = {"num_epochs": 1, "eval_freq": 2, "eval_iter": 1, "progress": False, **kwargs}
-    return train_model(model, loader, synthetic_loader(4, shuffle=False), optimizer, "cpu", **kwargs)
+    return train_with_hooks(model, loader, synthetic_loader(4, shuffle=False), optimizer, "cpu", **kwargs)
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -85,8 +99,8 @@ def test_loss_decreases_on_real_examples(tokenizer, dataset):
     short = sorted(dataset, key=lambda e: len(utils.format_example(e)))[:10]  # cheap steps
     train_loader, val_loader, _ = utils.create_dataloaders(short[:8], short[8:], short[8:], tokenizer, batch_size=4)
     before = calc_loss_loader(train_loader, model, "cpu")
-    history = train_model(model, train_loader, val_loader, create_optimizer(model, lr=3e-3), "cpu", num_epochs=3,
-                          eval_freq=3, eval_iter=1, progress=False)
+    history = train_with_hooks(model, train_loader, val_loader, create_optimizer(model, lr=3e-3), "cpu",
+                               num_epochs=3, eval_freq=3, eval_iter=1, progress=False)
     after = calc_loss_loader(train_loader, model, "cpu")
     assert history.steps == [3, 6]
     assert after < before - 0.5, (before, after)

@@ -1,0 +1,43 @@
+"""The machinery behind the course: what keeps runs safe, and what a learner need not read.
+
+utils.py is the learner's file: the code the notebooks teach, in notebook order. This package holds
+what makes that code dependable outside a notebook (the CLI finetune.py, scripts, CI):
+
+    files.py            atomic writes (temp file, fsync, rename); removing what a killed write left
+    jsonio.py           strict JSON: UTF-8 only, no NaN, no repeated keys, bounded nesting, clear errors
+    network.py          downloads with an overall deadline, the Hugging Face Hub probe
+    ollama.py           the Ollama client behind the LLM judge (utils.judge_responses)
+    tokenizer_files.py  GPT-2's vocabulary files: hashes, checking a folder, installing them for tiktoken
+    checkpoints.py      the checkpoint format (safetensors + CRC-32 per tensor), its validation, resume
+    trainer.py          TrainingRun: the training hooks (checkpoint cadence, timed saves, resume,
+                        finite-loss stop, max_steps, DDP) and seed_everything
+    ddp.py              DistributedRun: torchrun + DistributedDataParallel
+    batching.py         length-grouped batches (finetune.py --group-by-length)
+    near_duplicates.py  near-duplicate entries in a dataset (scripts/dataset_report.py)
+
+Import rule, one direction only: utils imports from support; nothing in support imports utils
+(tests/test_layout.py checks it). Where the machinery needs a course object (the model, the
+training state) it is passed in and used by its attributes.
+
+The training-hook protocol. utils.train_model is the course loop; at fixed points it calls a hooks
+object (utils.TrainingHooks does nothing, support.trainer.TrainingRun does the work):
+
+    progress                              attribute: show a progress bar
+    on_train_start(model, optimizer, state) -> model
+                                          before the first step: seed, maybe load a checkpoint into
+                                          model, optimizer and state (resume); returns the model to
+                                          train (under DDP, the wrapped one)
+    epoch_batches(loader, epoch)          the batches of one epoch (an order fixed by seed and epoch)
+    micro_batch(last)                     context for one micro-batch's forward and backward (DDP
+                                          exchanges gradients after the last one only)
+    sum_over_processes(values)            the values summed over all processes (one process: as given)
+    should_stop(state)                    True ends the run after this step (max_steps)
+    on_step_end(state)                    after each optimizer step and its evaluation: stop on a
+                                          non-finite loss, save a checkpoint when one is due
+    on_train_end(state)                   after the last step and evaluation: the final checkpoint
+
+`state` is utils.TrainState (step, epoch, batches_done, tokens_seen, last_loss, history, ...). A
+new loop (a DPO loop, say) calls the same methods at the same points and gets checkpoints, resume
+and DDP for free; a notebook can subclass utils.TrainingHooks to watch a run (notebook 07 records
+each step's loss that way).
+"""
