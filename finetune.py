@@ -6,6 +6,8 @@ data -> split -> loaders -> model -> finetuning -> loss plot -> test-set respons
     python finetune.py --model gpt2-medium --epochs 2 --out runs/medium
     python finetune.py --model gpt2-small --lora-rank 16 --lora-alpha 16 --mask-prompt --out runs/lora
     torchrun --nproc_per_node=2 finetune.py --smoke --out runs/ddp   # DistributedDataParallel, one process per GPU/CPU
+    python finetune.py --dpo runs/small/model.safetensors --out runs/small-dpo   # preference tuning (notebook 09)
+    python finetune.py --smoke --dpo runs/smoke/model.safetensors --out runs/smoke-dpo
 
 Everything lands in --out, each file written atomically:
     loss.png                 training and validation loss
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -36,10 +39,12 @@ import signal
 import sys
 import tempfile
 import time
+from functools import partial
 import warnings
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from support.batching import length_grouped_loader
 from support.checkpoints import CheckpointError, save_checkpoint
@@ -53,6 +58,8 @@ from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, PROMPT_STYLES, 
                    create_dataloaders, create_optimizer, evaluate_responses, generate_responses, get_device,
                    get_tokenizer, judge_responses, load_instruction_data, merge_lora, plot_losses, split_dataset,
                    train_model)
+from utils import (DEFAULT_PREFERENCE_PATH, PreferenceDataset, load_checkpoint, load_preference_data,
+                   precompute_reference_logprobs, preference_collate_fn, split_preference_data, train_dpo)
 
 # --smoke: the tiny model on a few examples; the whole pipeline offline in seconds.
 SMOKE = {"train": 48, "val": 8, "test": 5, "batch_size": 4, "max_steps": 6, "eval_freq": 2, "eval_iter": 1,
@@ -61,6 +68,10 @@ DEFAULT_LR = 5e-5
 DOWNLOAD_DEADLINE = 120.0  # seconds for the whole --data download (the course data is ~1 MB)
 JUDGE_TIMEOUT = 120.0  # seconds for each judge request as a whole
 DDP_TIMEOUT = 600.0  # seconds; see support/ddp.py
+# --dpo: preference tuning from a finetuned model (notebook 09); --smoke takes a few pairs and steps.
+DPO_SMOKE = {"train": 32, "val": 8, "batch_size": 2, "max_steps": 8, "eval_freq": 4, "lr": 3e-3}
+DPO_LR, DPO_STEPS = 5e-6, 60
+DPO_OUTPUT_NAMES = ("dpo-model.safetensors", "dpo-metrics.json", "dpo-checkpoint.safetensors")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 OUTPUT_NAMES = ("loss.png", "test-responses.json", "metrics.json", "model.safetensors", CHECKPOINT_NAME)
 DEBUG_ENV = "LLM_DEBUG"  # set to 1: errors show their traceback (like --debug)
@@ -158,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="under torchrun: seconds a process waits for the others at each exchange before the job "
                         "stops (a stopped or crashed process)")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory")
+    p.add_argument("--dpo", type=Path, metavar="FINETUNED",
+                   help="instead of finetuning: preference-tune this finetuned model (model.safetensors of a run) "
+                        "with DPO on --preference-data (notebook 09); --max-steps, --lr, --batch-size (pairs), "
+                        "--eval-freq apply")
+    p.add_argument("--preference-data", type=Path, default=DEFAULT_PREFERENCE_PATH,
+                   help="preference pairs for --dpo, split as --data is")
+    p.add_argument("--beta", type=_number(float, 0, strict=True), default=0.1,
+                   help="DPO's beta: how far --dpo may move the model from where it starts")
     p.add_argument("--smoke", action="store_true",
                    help="tiny UNTRAINED model, a few examples and steps: checks the pipeline offline")
     p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
@@ -194,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for name, value in smoke.items():
             if name == "model" or name not in given:
                 setattr(args, name, value)
+    if args.dpo is not None and args.lr is None:
+        args.lr = DPO_SMOKE["lr"] if args.smoke else DPO_LR
     if args.lr is None:  # an --lr the user gave is always honoured, with --smoke too
         args.lr = SMOKE["lr"] if args.smoke else DEFAULT_LR
     return args
@@ -217,7 +238,8 @@ def _not_a_file(path: Path) -> str | None:
     return "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device?)"
 
 
-def check_out_folder(args: argparse.Namespace, main_process: bool = True) -> OutputFolderLock | None:
+def check_out_folder(args: argparse.Namespace, main_process: bool = True,
+                     names: tuple[str, ...] = OUTPUT_NAMES) -> OutputFolderLock | None:
     """Make sure --out can take this run's files; refuse to replace another run's without --resume/--overwrite.
 
     The main process takes the folder's lock (returned; the caller releases it when the run ends) before it
@@ -239,37 +261,37 @@ def check_out_folder(args: argparse.Namespace, main_process: bool = True) -> Out
         except (FolderInUseError, OSError) as exc:
             raise UsageError(f"--out {exc}") from None
     try:
-        _check_out_contents(args)
+        _check_out_contents(args, names)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
     if main_process:
-        for stale in remove_stale_temporaries(out, OUTPUT_NAMES):
+        for stale in remove_stale_temporaries(out, names):
             print(f"removed {stale}, left by an interrupted save")
     return lock
 
 
-def _check_out_contents(args: argparse.Namespace) -> None:
+def _check_out_contents(args: argparse.Namespace, names: tuple[str, ...] = OUTPUT_NAMES) -> None:
     out: Path = args.out
     inputs = {"--weights": args.weights, "--data": None if str(args.data).startswith(("http://", "https://"))
               else Path(args.data)}
     for flag, path in inputs.items():
-        for name in OUTPUT_NAMES:
+        for name in names:
             if path is not None and _same_file(path, out / name):
                 raise UsageError(f"{flag} {path} is {out / name}, a file this run writes: copy it out of --out "
                                  "first, or choose another --out")
-    previous = [name for name in OUTPUT_NAMES if os.path.lexists(out / name)]
+    previous = [name for name in names if os.path.lexists(out / name)]
     if previous and not (args.resume or args.overwrite):
         raise UsageError(f"--out {out} already holds a run ({', '.join(previous)}): pass --resume to continue it, "
                          "--overwrite to replace it, or choose another --out")
-    checkpoint = out / CHECKPOINT_NAME
+    checkpoint = out / names[-1]  # each run's tuple of output names ends with its checkpoint
     if args.resume and (what := _not_a_file(checkpoint)):
         raise UsageError(f"--resume: {checkpoint} is {what}, not a checkpoint: remove it, or start afresh with "
                          "--overwrite")
     if args.resume and not os.path.lexists(checkpoint) and previous:
         raise UsageError(f"--resume: --out {out} holds a run's results ({', '.join(previous)}) but no "
-                         f"{CHECKPOINT_NAME} to continue from: pass --overwrite to start afresh, or choose another "
+                         f"{checkpoint.name} to continue from: pass --overwrite to start afresh, or choose another "
                          "--out")
 
 
@@ -483,6 +505,66 @@ def _run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
     return metrics
 
 
+def run_dpo(args: argparse.Namespace) -> dict:
+    """Preference-tune the finetuned model in --dpo with DPO (notebook 09); returns the metrics.
+
+    The reference is the model as loaded; its log-probs of every pair are computed once and the copy freed,
+    so training holds one model. Writes dpo-model.safetensors (weights) and dpo-metrics.json (held-out
+    loss, reward margin and preference accuracy at every evaluation); dpo-checkpoint.safetensors for --resume.
+    """
+    lock = check_out_folder(args, names=DPO_OUTPUT_NAMES)
+    try:
+        return _run_dpo(args)
+    finally:
+        lock.release()
+
+
+def _run_dpo(args: argparse.Namespace) -> dict:
+    out: Path = args.out
+    device = get_device()
+    seed_everything(args.seed)
+    pairs = load_preference_data(args.preference_data)
+    train, val, _ = split_preference_data(pairs, load_instruction_data(args.data))
+    num_steps, eval_freq, batch_size = args.max_steps or DPO_STEPS, args.eval_freq, args.batch_size
+    if args.smoke:
+        train, val = train[:DPO_SMOKE["train"]], val[:DPO_SMOKE["val"]]
+        num_steps, eval_freq, batch_size = DPO_SMOKE["max_steps"], DPO_SMOKE["eval_freq"], DPO_SMOKE["batch_size"]
+    if len(train) < batch_size or not val:
+        raise UsageError(f"{args.preference_data}: {len(train)} training and {len(val)} validation pairs; DPO needs "
+                         f"one batch of --batch-size {batch_size} and at least one validation pair")
+    print(f"preference data: {len(train)} train, {len(val)} val pairs from {args.preference_data}")
+    tokenizer = get_tokenizer()
+    model = load_checkpoint(GPTModel(GPT_CONFIGS[args.model]), args.dpo).to(device)
+    print(f"model: {args.model} from {args.dpo}")
+    collate = partial(preference_collate_fn, allowed_max_length=model.cfg["context_length"])
+    train_set, val_set = (PreferenceDataset(part, tokenizer, args.style) for part in (train, val))
+    for dataset in (train_set, val_set):  # the model as loaded is the reference
+        # batches as the val loader's: the same padding, so the first evaluation's margins are exactly 0
+        precompute_reference_logprobs(model, dataset, device, batch_size, model.cfg["context_length"])
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+                              generator=torch.Generator().manual_seed(args.seed))
+    val_loader = DataLoader(val_set, batch_size=batch_size, collate_fn=collate)
+    optimizer = create_optimizer(model, lr=args.lr, weight_decay=0.0)
+    start = time.perf_counter()
+    # train_model's hooks: a checkpoint at each epoch's end and the run's, --resume, the finite-loss stop
+    hooks = TrainingRun(out / DPO_OUTPUT_NAMES[2], resume=args.resume, seed=args.seed, save_every=args.save_every,
+                        save_every_minutes=args.save_every_minutes,
+                        settings={"start": str(args.dpo), "beta": args.beta, "lr": args.lr, "batch_size": batch_size})
+    history = train_dpo(model, None, train_loader, val_loader, optimizer, device, num_steps=num_steps,
+                        eval_freq=eval_freq, beta=args.beta, hooks=hooks)
+    seconds = time.perf_counter() - start
+    save_checkpoint(out / DPO_OUTPUT_NAMES[0], model)
+    metrics = {"model": args.model, "start": str(args.dpo), "beta": args.beta, "lr": args.lr, "seed": args.seed,
+               "batch_size": batch_size, "train_pairs": len(train), "val_pairs": len(val), "steps": num_steps,
+               "train_seconds": round(seconds, 1), "history": dataclasses.asdict(history)}
+    atomic_write_json(out / DPO_OUTPUT_NAMES[1], metrics)
+    print(f"held-out pairs: preference accuracy {history.val_accuracies[0]:.2f} -> {history.val_accuracies[-1]:.2f}, "
+          f"reward margin {history.val_margins[0]:.3f} -> {history.val_margins[-1]:.3f} after {num_steps} steps "
+          f"({seconds:.0f} s)")
+    print(f"wrote {out}/: {', '.join(DPO_OUTPUT_NAMES)}")
+    return metrics
+
+
 def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
     """LLM-judge scores; if the judge fails, the reason and whatever scores it gave (the other results still count).
 
@@ -528,7 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
-        run(args, ddp)
+        if args.dpo is not None:
+            if ddp is not None:
+                raise UsageError("--dpo runs in one process: start it with python, not torchrun")
+            run_dpo(args)
+        else:
+            run(args, ddp)
     except (KeyboardInterrupt, Terminated) as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         print(f"\n{what}: rerun with --resume --out {args.out} to continue from the last checkpoint",

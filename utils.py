@@ -1700,6 +1700,271 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
     }
 
 
+# --- 09 preference tuning: DPO on pairs of a better and a worse answer ---
+
+DEFAULT_PREFERENCE_PATH = REPO_ROOT / "preference-data.json"
+
+
+def validate_preference_data(data, source: str = "<data>") -> list[dict]:
+    """Check a preference dataset and return normalised copies of its entries.
+
+    Every entry needs non-empty strings `instruction`, `chosen` and `rejected`, and the two answers must
+    differ; `input` may be missing (it becomes ""). Other keys (`index`, `axis`) are kept as they are.
+    """
+    if not isinstance(data, list):
+        raise DatasetError(f"{source}: expected a JSON list of entries, got {type(data).__name__}")
+    pairs = []
+    for index, entry in enumerate(data):
+        where = f"{source}: entry {index}"
+        _check_entry(entry, where, ("instruction", "chosen", "rejected"))
+        entry = {"input": "", **entry}
+        if entry["input"] is None:
+            entry["input"] = ""
+        _check_fields(entry, where, ("input",))
+        for name in ("instruction", "chosen", "rejected"):
+            if not entry[name].strip():
+                raise DatasetError(f"{where}: field '{name}' is empty")
+        if entry["chosen"].strip() == entry["rejected"].strip():
+            raise DatasetError(f"{where}: field 'rejected' is the same answer as 'chosen'")
+        pairs.append(entry)
+    return pairs
+
+
+def load_preference_data(path: str | Path = DEFAULT_PREFERENCE_PATH) -> list[dict]:
+    """Load and validate a preference dataset (a JSON list of instruction/input/chosen/rejected objects)."""
+    return validate_preference_data(read_json_file(path), source=str(path))
+
+
+def split_preference_data(pairs: Sequence[dict], instruction_data: Sequence[dict],
+                          **split_args) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train/val/test pairs: each pair goes to the split that split_dataset gives its prompt.
+
+    So a question the instruction-finetuned model was tested on is never trained on here either.
+    `split_args` are split_dataset's (train_frac, val_frac, seed).
+    """
+    split_of = {}
+    for part, entries in enumerate(split_dataset(instruction_data, **split_args)):
+        for entry in entries:
+            split_of[(entry["instruction"], entry["input"])] = part
+    parts: tuple[list[dict], list[dict], list[dict]] = ([], [], [])
+    for index, pair in enumerate(pairs):
+        key = (pair["instruction"], pair.get("input", ""))
+        if key not in split_of:
+            raise DatasetError(f"preference pair {index}: its instruction and input are not in the instruction "
+                               "data, so its split is unknown")
+        parts[split_of[key]].append(pair)
+    return parts
+
+
+class PreferenceExample(NamedTuple):
+    """One pair, tokenized: prompt + chosen, prompt + rejected, and (once computed) the reference's log-probs."""
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+    reference_logprobs: tuple[float, float] | None = None
+
+
+class PreferenceDataset(Dataset):
+    """Tokenizes every pair once: the same prompt tokens before each answer, as in InstructionDataset."""
+
+    def __init__(self, pairs: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca"):
+        self.pairs = list(pairs)
+        self.examples = []
+        for pair in self.pairs:
+            prompt_ids = encode_text(format_prompt(pair, style), tokenizer)
+            chosen, rejected = (TokenizedExample(prompt_ids + encode_text(pair[answer], tokenizer), len(prompt_ids))
+                                for answer in ("chosen", "rejected"))
+            self.examples.append(PreferenceExample(chosen, rejected))
+
+    def __getitem__(self, index: int) -> PreferenceExample:
+        return self.examples[index]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+class PreferenceBatch(NamedTuple):
+    """Rows 0..B-1 hold prompt + chosen, rows B..2B-1 prompt + rejected; targets are -100 but for the answers."""
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    reference_logprobs: torch.Tensor | None  # (2B,) in the same row order, when precomputed
+
+
+def preference_collate_fn(batch: Sequence[PreferenceExample],
+                          allowed_max_length: int | None = None) -> PreferenceBatch:
+    """Chosen rows then rejected rows, padded together by custom_collate_fn with the prompt masked.
+
+    mask_prompt=True leaves only the answer's tokens (and its end-of-text) as targets: the log-prob of
+    an answer is then read off the same targets that instruction finetuning trains on.
+    """
+    rows = [pair.chosen for pair in batch] + [pair.rejected for pair in batch]
+    inputs, targets = custom_collate_fn(rows, mask_prompt=True, allowed_max_length=allowed_max_length)
+    reference = None
+    if all(pair.reference_logprobs is not None for pair in batch):
+        reference = torch.tensor([pair.reference_logprobs[0] for pair in batch]
+                                 + [pair.reference_logprobs[1] for pair in batch])
+    return PreferenceBatch(inputs, targets, reference)
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(answer | prompt) per row: the summed log-probs of the real (not -100) targets.
+
+    That is minus the summed cross-entropy of the row, the loss of 06 with reduction="sum";
+    ignored targets add exactly 0. Computed in float32 at least (see _loss_sum).
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    token_losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                   ignore_index=IGNORE_INDEX, reduction="none")
+    return -token_losses.view(targets.shape).sum(dim=-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DPO loss (Rafailov et al. 2023, eq. 7) from sequence log-probs; returns (loss, chosen, rejected rewards).
+
+    The implicit reward of an answer is beta * (log pi(answer) - log pi_ref(answer)); the loss is
+    -log sigmoid(chosen reward - rejected reward), averaged over the batch. Rewards come back
+    detached: they are for watching, the loss is what trains.
+    """
+    chosen_rewards = beta * (policy_chosen - reference_chosen)
+    rejected_rewards = beta * (policy_rejected - reference_rejected)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def pair_logprobs(model: nn.Module, batch: PreferenceBatch, device: str | torch.device) -> torch.Tensor:
+    """Sequence log-probs of every row of a preference batch under `model`: (2B,), chosen rows first."""
+    return sequence_logprobs(model(batch.inputs.to(device)), batch.targets.to(device))
+
+
+def dpo_loss_batch(policy: nn.Module, reference: nn.Module | None, batch: PreferenceBatch,
+                   device: str | torch.device, beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dpo_loss on one batch: the policy's log-probs with gradients, the frozen reference's without.
+
+    With precomputed reference log-probs in the batch, `reference` may be None (the model is not needed).
+    """
+    policy_chosen, policy_rejected = pair_logprobs(policy, batch, device).chunk(2)
+    if batch.reference_logprobs is not None:
+        reference_logprobs = batch.reference_logprobs.to(device)
+    elif reference is None:
+        raise ValueError("no reference model and no precomputed reference log-probs in the batch")
+    else:
+        with torch.no_grad():
+            reference_logprobs = pair_logprobs(reference, batch, device)
+    reference_chosen, reference_rejected = reference_logprobs.chunk(2)
+    return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+
+
+@torch.no_grad()
+def precompute_reference_logprobs(reference: nn.Module, dataset: PreferenceDataset, device: str | torch.device,
+                                  batch_size: int = 8, allowed_max_length: int | None = None) -> PreferenceDataset:
+    """Store the reference model's log-probs in every pair of `dataset` (in place), so the reference can be freed.
+
+    A DPO step then runs one model instead of two: half the memory for weights, and no reference forward pass.
+    Batched as a loader will batch them (same `batch_size`, no shuffling), the values equal what the reference
+    computes during training exactly; other batches pad differently, which changes them by float rounding only.
+    """
+    reference.eval()
+    for start in range(0, len(dataset), batch_size):
+        pairs = dataset.examples[start:start + batch_size]
+        batch = preference_collate_fn([pair._replace(reference_logprobs=None) for pair in pairs], allowed_max_length)
+        chosen, rejected = pair_logprobs(reference, batch, device).cpu().chunk(2)
+        for offset, pair in enumerate(pairs):
+            dataset.examples[start + offset] = pair._replace(
+                reference_logprobs=(chosen[offset].item(), rejected[offset].item()))
+    return dataset
+
+
+@torch.no_grad()
+def evaluate_preferences(policy: nn.Module, reference: nn.Module | None, loader: Iterable, device: str | torch.device,
+                         beta: float = 0.1, num_batches: int | None = None) -> dict[str, float]:
+    """DPO loss, reward margin and preference accuracy over (the first `num_batches` of) a loader of pairs.
+
+    - margin: the mean of chosen reward - rejected reward (0 before training: policy == reference);
+    - accuracy: the share of pairs whose chosen reward is the higher, a tie counting half (so 0.5 at the start).
+    """
+    was_training = policy.training
+    policy.eval()
+    losses, margins = [], []
+    try:
+        for batch in itertools.islice(loader, num_batches):
+            loss, chosen, rejected = dpo_loss_batch(policy, reference, batch, device, beta)
+            losses.append(loss.item() * len(chosen))
+            margins.append(chosen - rejected)
+    finally:
+        policy.train(was_training)
+    margins = torch.cat(margins)
+    accuracy = ((margins > 0).float() + 0.5 * (margins == 0).float()).mean()
+    return {"loss": sum(losses) / len(margins), "margin": margins.mean().item(), "accuracy": accuracy.item()}
+
+
+@dataclass
+class DPOHistory:
+    """Held-out loss, reward margin and preference accuracy at every evaluation, by optimizer step."""
+    steps: list[int] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    val_margins: list[float] = field(default_factory=list)
+    val_accuracies: list[float] = field(default_factory=list)
+
+
+def train_dpo(policy: nn.Module, reference: nn.Module | None, train_loader: DataLoader, val_loader: Iterable,
+              optimizer: torch.optim.Optimizer, device: str | torch.device, num_steps: int, eval_freq: int,
+              eval_iter: int | None = None, beta: float = 0.1, hooks: TrainingHooks | None = None) -> DPOHistory:
+    """Preference-tune `policy` against a frozen `reference` (None: log-probs precomputed) for `num_steps` steps.
+
+    The loop of 06 with dpo_loss_batch in place of the next-token loss: the train loader is walked
+    epoch after epoch until num_steps; every `eval_freq` steps (and at the end) the held-out pairs
+    are scored by evaluate_preferences on `eval_iter` batches (None: all).
+    - hooks: train_model's extension point, called at the same places (TrainingHooks). With
+      support.trainer.TrainingRun the DPO run gets its checkpoints, resume and finite-loss stop.
+      After a resume, the history holds the evaluations of this session only.
+    """
+    hooks = hooks or TrainingHooks()
+    if len(train_loader) == 0:
+        raise TrainingError("the train loader yields no batches: fewer training pairs than the batch size?")
+    device = torch.device(device)
+    policy.to(device)
+    if reference is not None:
+        reference.to(device).eval().requires_grad_(False)
+    state = TrainState(batches_per_epoch=len(train_loader))
+    trained = hooks.on_train_start(policy, optimizer, state)  # may resume: weights, optimizer, RNG, state
+    history = DPOHistory()
+
+    def evaluate(train_loss: float) -> None:
+        with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG
+            scores = evaluate_preferences(policy, reference, val_loader, device, beta, eval_iter)
+        history.steps.append(state.step)
+        history.train_losses.append(train_loss)
+        history.val_losses.append(scores["loss"])
+        history.val_margins.append(scores["margin"])
+        history.val_accuracies.append(scores["accuracy"])
+
+    evaluate(float("nan"))  # where the run starts: margin 0, accuracy 0.5 when policy == reference
+    trained.train()
+    stop = state.step >= num_steps or hooks.should_stop(state)
+    while not stop:
+        # after a resume, skip the batches of this epoch that were trained on already
+        for batch in itertools.islice(hooks.epoch_batches(train_loader, state.epoch), state.batches_done, None):
+            optimizer.zero_grad(set_to_none=True)
+            with hooks.micro_batch(last=True):
+                loss, _, _ = dpo_loss_batch(trained, reference, batch, device, beta)
+                loss.backward()
+            optimizer.step()
+            state.step, state.last_loss = state.step + 1, loss.item()
+            state.batches_done += 1
+            state.tokens_seen += int((batch.targets != IGNORE_INDEX).sum())  # answer tokens: both of each pair
+            stop = state.step >= num_steps or hooks.should_stop(state)
+            if state.step % eval_freq == 0 or stop:
+                evaluate(state.last_loss)
+            if state.batches_done == len(train_loader):
+                state.epoch, state.batches_done = state.epoch + 1, 0
+            hooks.on_step_end(state)  # e.g. the finite-loss stop, a checkpoint
+            if stop:
+                break
+    hooks.on_train_end(state)
+    return history
+
+
 # --- 10 exercises: LoRA, low-rank adapters on the frozen model ---
 
 LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Linear layers inside a TransformerBlock

@@ -1,4 +1,5 @@
-"""Exercises (08) and solutions (09): every solution passes its check, every untouched stub fails it.
+"""Exercises (08) and solutions (09): every solution passes its check, every untouched stub fails it (exercise 7,
+conservative DPO, also in tests/test_exercise_dpo.py).
 
 Also the experiment helpers in utils.py: a run returns its history, and a table never drops a row.
 """
@@ -29,9 +30,9 @@ def printed(cell) -> str:
     return "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
 
 
-def test_both_notebooks_have_the_same_six_checks():
+def test_both_notebooks_have_the_same_seven_checks():
     exercises, solutions = (check_cells(nbformat.read(p, as_version=4)) for p in (EXERCISES, SOLUTIONS))
-    assert sorted(exercises) == sorted(solutions) == [1, 2, 3, 4, 5, 6]
+    assert sorted(exercises) == sorted(solutions) == [1, 2, 3, 4, 5, 6, 7]
     for number in exercises:  # a check the solutions pass is the very check the learner runs
         assert exercises[number].source == solutions[number].source, f"check {number} differs between 08 and 09"
 
@@ -47,13 +48,13 @@ def test_every_solution_passes_its_check(executed):
         results[int(lines[0][0])] = lines[0][1]
     assert results == {number: "PASS" for number in checks}
     all_text = "".join(printed(cell) for cell in nb.cells if cell.cell_type == "code")
-    assert len(re.findall(r"^Exercise \d+: PASS$", all_text, re.MULTILINE)) == len(checks) == 6
+    assert len(re.findall(r"^Exercise \d+: PASS$", all_text, re.MULTILINE)) == len(checks) == 7
 
 
 @pytest.mark.notebooks
 def test_every_untouched_stub_fails_its_check(executed):
     checks = check_cells(executed(EXERCISES))
-    assert len(checks) == 6
+    assert len(checks) == 7
     for number, cell in checks.items():
         text = printed(cell)
         assert f"Exercise {number}: not done yet" in text, text
@@ -65,13 +66,13 @@ def test_committed_exercises_show_failing_checks_and_no_solution():
     for number, cell in check_cells(nb).items():
         assert f"Exercise {number}: not done yet" in printed(cell)
     stubs = [cell.source for cell in nb.cells if "raise NotImplementedError  # your code here" in cell.source]
-    assert len(stubs) == 6  # one stub cell per exercise
+    assert len(stubs) == 7  # one stub cell per exercise
     # The solutions' own code cells (the runs aside, which 08 leaves to the learner) and what they print
     # appear nowhere in 08.
     solution_only = [cell for cell in nbformat.read(SOLUTIONS, as_version=4).cells
                      if cell.cell_type == "code" and "needs-gpt2" not in cell.metadata.get("tags", [])
                      and cell.source not in {c.source for c in nb.cells}]
-    assert len(solution_only) >= 6, "09 should have a solution cell per exercise"
+    assert len(solution_only) >= 7, "09 should have a solution cell per exercise"
     exercise_text = "\n".join(cell.source for cell in nb.cells) + "".join(
         printed(cell) for cell in nb.cells if cell.cell_type == "code")
     for cell in solution_only:
