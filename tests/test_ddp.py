@@ -186,7 +186,9 @@ def load_file_metadata(path: Path) -> dict:
 
 
 def test_only_rank_0_writes_files(ddp_reference):
-    expected = {"loss.png", "test-responses.json", "metrics.json", "model.safetensors", "checkpoint.safetensors"}
+    # .lock: the output folder's lock file, which rank 0 takes for the run
+    expected = {"loss.png", "test-responses.json", "metrics.json", "model.safetensors", "checkpoint.safetensors",
+                ".lock"}
     assert {p.name for p in ddp_reference.iterdir()} == expected  # no stray temporary files either
     rank0, rank1 = written(ddp_reference, 0), written(ddp_reference, 1)
     assert {str(ddp_reference / name) for name in expected} <= rank0
