@@ -79,12 +79,13 @@ function handleEvent(panel, entry, event, data) {
   const text = panel.querySelector(".text");
   if (event === "meta") {
     entry.id = data.id;
-    panel.querySelector(".label").textContent = data.label;
+    panel.querySelector(".label").textContent = `${data.model === "base" ? "Base" : "Finetuned"}: ${data.label}`;
     showPrompt(data.prompt, data.prompt_tokens);
   } else if (event === "queued") {
     panel.dataset.state = "queued";
     panel.querySelector(".stats").textContent = "Waiting: the model is answering someone else…";
   } else if (event === "started") {
+    setStatus("Generating…");
     panel.dataset.state = "streaming";
     panel.querySelector(".stats").textContent = "Generating…";
   } else if (event === "token") {

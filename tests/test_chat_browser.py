@@ -73,15 +73,19 @@ class ScriptTokenizer(SlowTokenizer):
         return f"<script>window.pwned = 1</script><img src=x onerror='window.pwned = 2'> {len(ids)}"
 
 
+TUNED_LABEL = "test run: UNTRAINED tiny model, seed 1, standing in for a finetuned one"
+BASE_LABEL = "test run: UNTRAINED tiny model, seed 123, standing in for GPT-2"
+
+
 @pytest.fixture
 def serve(tokenizer):
     """serve(tokenizer=..., compare=False) -> (url, app): a chat server on a free port, in a thread."""
     servers = []
 
     def start(tok=None, compare: bool = False, delay: float = 0.0):
-        models = {"finetuned": chat.ChatModel("finetuned", "tiny seed 1 (test)", tiny(1))}
+        models = {"finetuned": chat.ChatModel("finetuned", TUNED_LABEL, tiny(1))}
         if compare:
-            models["base"] = chat.ChatModel("base", "tiny seed 123 (test)", tiny(123))
+            models["base"] = chat.ChatModel("base", BASE_LABEL, tiny(123))
         app = chat.ChatApp(models, tok or SlowTokenizer(tokenizer, delay))
         server = chat.make_server(app, port=0)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -136,7 +140,7 @@ def test_page_loads_and_says_which_model_answers(page, serve):
     page.goto(url)
     assert page.title() == "Talk to your model"
     page.wait_for_selector("#models li")
-    assert page.text_content("#models") == "finetuned: tiny seed 1 (test)"
+    assert page.text_content("#models") == f"finetuned: {TUNED_LABEL}"
     assert page.is_hidden("#note") and page.is_disabled("#stop")
 
 
@@ -223,7 +227,7 @@ def test_compare_mode_answers_with_both_models_side_by_side(page, serve, tokeniz
     ask(page, url, "List two fruits.", 10, model="compare")
     for panel, key in enumerate(["base", "finetuned"]):
         page.wait_for_selector(f"#answer-{panel}[data-state=done]")
-        assert page.text_content(f"#answer-{panel} .label") == app.models[key].label
+        assert page.text_content(f"#answer-{panel} .label") == f"{key.capitalize()}: {app.models[key].label}"
         assert shown_tokens(page, panel) == expected_tokens(app.models[key].model, tokenizer, "List two fruits.", 10)
     assert shown_tokens(page, 0) != shown_tokens(page, 1)
 
@@ -274,6 +278,7 @@ def test_screenshot(page, serve, tmp_path):
     """The README's picture: `CHAT_SCREENSHOT=figures/chat.png pytest tests/test_chat_browser.py -k screenshot`."""
     url, _ = serve(compare=True)
     ask(page, url, "Rewrite the sentence in passive voice.", 30, "The chef cooked the meal.", model="compare")
+    page.wait_for_selector("#answer-0[data-state=done]")
     page.wait_for_selector("#answer-1[data-state=done]")
     page.click("#prompt-view summary")
     path = Path(os.environ.get("CHAT_SCREENSHOT") or tmp_path / "chat.png")
