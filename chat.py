@@ -48,6 +48,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 STANDIN_LABEL = "UNTRAINED stand-in ('tiny' config, random weights): gibberish, not GPT-2"
 
 
@@ -214,14 +215,13 @@ class ChatApp:
         try:
             send("meta", {"id": request_id, "model": gen.model.key, "label": gen.model.label,
                           "prompt": gen.prompt, "prompt_tokens": len(gen.prompt_ids)})
-            while not self.model_lock.acquire(timeout=0.2):
-                if gen.stop.is_set() or self.shutting_down.is_set():
-                    self.count("stopped")
-                    send("done", {"reason": "stopped", "text": "", "tokens": 0, "seconds": 0.0})
-                    return
+            while not (holding := self.model_lock.acquire(timeout=0.2)) and not self._ending(gen):
                 # Tells the page why nothing comes yet, and finds a closed page while it waits.
                 send("queued", {"ahead": self.status()["generating"]})
-            holding = True
+            if self._ending(gen):
+                self.count("stopped")
+                send("done", {"reason": "stopped", "text": "", "tokens": 0, "seconds": 0.0})
+                return
             with self.state_lock:
                 self.waiting, self.generating, in_queue = self.waiting - 1, self.generating + 1, False
             send("started", {})
@@ -244,7 +244,7 @@ class ChatApp:
         start = time.perf_counter()
 
         def on_token(row: int, token: int) -> None:
-            if gen.stop.is_set() or self.shutting_down.is_set():
+            if self._ending(gen):
                 raise Stopped
             new_ids.append(token)
             send("token", {"id": token, "text": self.tokenizer.decode(new_ids)})
@@ -260,6 +260,9 @@ class ChatApp:
         self.count("stopped" if reason == "stopped" else "finished")
         send("done", {"reason": reason, "text": self.tokenizer.decode(new_ids), "tokens": len(new_ids),
                       "seconds": round(time.perf_counter() - start, 3)})
+
+    def _ending(self, gen: Generation) -> bool:
+        return gen.stop.is_set() or self.shutting_down.is_set()
 
     def stop(self, request_id: str) -> bool:
         with self.state_lock:
@@ -285,7 +288,18 @@ def _number(value, kind: type, name: str, low, high):
 
 class ChatHandler(BaseHTTPRequestHandler):
     server_version = "course-chat"
+    timeout = 60  # seconds a silent connection may hold its thread
     app: ChatApp  # set on the subclass that make_server creates
+    # On 127.0.0.1 only these Host headers: a web page that points its own name at 127.0.0.1
+    # (DNS rebinding) gets nothing. None: any (listening on the room's network).
+    allowed_hosts: set[str] | None = None
+
+    def _host_refused(self) -> bool:
+        if self.allowed_hosts is None or self.headers.get("Host") in self.allowed_hosts:
+            return False
+        self._send_json(HTTPStatus.FORBIDDEN, {"error": "Open this page at http://127.0.0.1:"
+                                                        f"{self.server.server_port}/"})
+        return True
 
     def log_message(self, format, *args):  # one quiet line per request would flood a workshop terminal
         pass
@@ -305,6 +319,8 @@ class ChatHandler(BaseHTTPRequestHandler):
         super().end_headers()
 
     def do_GET(self) -> None:
+        if self._host_refused():
+            return
         path = urlsplit(self.path).path
         if path in PAGE_FILES:
             name, kind = PAGE_FILES[path]
@@ -342,6 +358,8 @@ class ChatHandler(BaseHTTPRequestHandler):
         return body
 
     def do_POST(self) -> None:
+        if self._host_refused():
+            return
         path = urlsplit(self.path).path
         try:
             body = self._read_json()
@@ -384,6 +402,8 @@ def make_server(app: ChatApp, host: str = "127.0.0.1", port: int = 8000) -> Thre
     """An HTTP server for `app`; call serve_forever() (port 0 picks a free port: server.server_port)."""
     handler = type("BoundChatHandler", (ChatHandler,), {"app": app})
     server = ThreadingHTTPServer((host, port), handler)
+    if host in LOOPBACK_HOSTS:
+        handler.allowed_hosts = {f"{name}:{server.server_port}" for name in ("127.0.0.1", "localhost", "[::1]")}
     server.daemon_threads = True  # Ctrl+C does not wait for a browser that keeps a stream open
     return server
 
@@ -415,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chat: {m.key}: {m.label}")
     if note:
         print(f"chat: {note}")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK_HOSTS:
         print(f"chat: WARNING: listening on {args.host}: anyone on this network can open the page and use this "
               "computer's CPU. Stop with Ctrl+C when the session is over.", file=sys.stderr)
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
@@ -430,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not break the shutdown
         app.shutting_down.set()  # running answers end at their next token
+        # Wait for that, and keep the model: torch must not compute in a thread while Python shuts down.
+        app.model_lock.acquire(timeout=10)
         server.server_close()
     print("chat: stopped", flush=True)
     return 0

@@ -157,6 +157,15 @@ def test_posts_from_another_site_and_oversized_bodies_are_refused(served, app):
     assert app.status()["finished"] == 0
 
 
+def test_on_127_0_0_1_other_host_names_are_refused(served):
+    request = urllib.request.Request(served + "/api/info", headers={"Host": "attacker.example:8000"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=10)
+    assert err.value.code == 403
+    with urllib.request.urlopen(served.replace("127.0.0.1", "localhost") + "/api/info", timeout=10) as reply:
+        assert "finetuned" in json.loads(reply.read())["models"]
+
+
 def test_the_queue_is_bounded(served, app):
     app.limits = chat.Limits(max_waiting=1)
     with app.model_lock:  # the model is busy: the first request waits, the second finds the queue full
