@@ -440,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
               "computer's CPU. Stop with Ctrl+C when the session is over.", file=sys.stderr)
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
     print(f"chat: serving on http://{shown_host}:{server.server_port}/  (Ctrl+C stops)", flush=True)
+    if args.host in ("0.0.0.0", ""):
+        print(f"chat: others open http://<this computer's address>:{server.server_port}/ (`hostname -I` shows it)")
     # Ctrl+C even when started in the background (where a shell ignores it); `kill` stops it as cleanly.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
