@@ -34,8 +34,21 @@ from urllib.parse import urlsplit
 
 import torch
 
-from utils import (GPT_CONFIGS, PAD_TOKEN_ID, PROMPT_STYLES, GPTModel, build_gpt2, cached_gpt2_weights,
-                   encode_text, format_prompt, generate, get_tokenizer, load_checkpoint, model_name_of, smoke_mode)
+from utils import (
+    GPT_CONFIGS,
+    PAD_TOKEN_ID,
+    PROMPT_STYLES,
+    GPTModel,
+    build_gpt2,
+    cached_gpt2_weights,
+    encode_text,
+    format_prompt,
+    generate,
+    get_tokenizer,
+    load_checkpoint,
+    model_name_of,
+    smoke_mode,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent
 PAGE_DIR = REPO_ROOT / "chat_page"

@@ -31,15 +31,17 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="session")
 def browser():
-    path = _chromium()
+    path, missing = _chromium(), None
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        path = None
+        missing = "The playwright package is not installed: `make setup-test` (or pip install -r requirements-test.txt)"
     if path is None:
+        missing = INSTALL_HINT
+    if missing:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI must run the browser tests: {INSTALL_HINT} (and `pip install -r requirements-test.txt`)")
-        pytest.skip(INSTALL_HINT)
+            pytest.fail(f"CI must run the browser tests. {missing}")
+        pytest.skip(missing)
     # Playwright starts every browser with a fresh temporary profile (its own --user-data-dir).
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
