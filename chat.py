@@ -230,7 +230,7 @@ class ChatApp:
                           "prompt": gen.prompt, "prompt_tokens": len(gen.prompt_ids)})
             while not (holding := self.model_lock.acquire(timeout=0.2)) and not self._ending(gen):
                 # Tells the page why nothing comes yet, and finds a closed page while it waits.
-                send("queued", {"ahead": self.status()["generating"]})
+                send("queued", self.status())
             if self._ending(gen):
                 self.count("stopped")
                 send("done", {"reason": "stopped", "text": "", "tokens": 0, "seconds": 0.0})
@@ -247,7 +247,7 @@ class ChatApp:
                 self.running.pop(request_id, None)
                 if in_queue:
                     self.waiting -= 1
-                if holding:
+                else:
                     self.generating -= 1
             if holding:
                 self.model_lock.release()

@@ -202,3 +202,19 @@ def test_ctrl_c_stops_the_server_cleanly_mid_answer(tmp_path):
             proc.kill()
     assert proc.returncode == 0, "".join(lines) + rest
     assert "chat: stopped" in rest and "Traceback" not in rest
+
+
+def test_a_queued_answer_can_be_stopped_before_it_starts(served, app):
+    replies = []
+    with app.model_lock:  # the model is busy
+        waiting = threading.Thread(target=lambda: replies.append(
+            _post(served + "/api/generate", {"instruction": "a", "max_new_tokens": 2})))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while not app.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert app.stop(next(iter(app.running)))
+        waiting.join(timeout=10)
+    status, text = replies[0]
+    assert status == 200 and '"reason": "stopped"' in text and "event: token" not in text
+    assert app.status() == {"generating": 0, "waiting": 0, "finished": 0, "stopped": 1, "disconnected": 0}
