@@ -11,7 +11,7 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 # Where `make wheelhouse` puts every wheel set-up needs; set-up installs from it when it exists.
 export WHEELHOUSE ?= $(CURDIR)/wheelhouse
 
-.PHONY: help setup setup-test run lab test notebooks figures download wheelhouse clean check slides site
+.PHONY: help setup setup-test run lab test notebooks figures download wheelhouse clean check slides site chat
 
 help:
 	@echo "make run        set up, then run every notebook headless (copies with outputs in build/notebooks/)"
@@ -24,6 +24,7 @@ help:
 	@echo "make check      check this machine for the course (works before set-up too)"
 	@echo "make slides     reveal.js slides of every notebook in build/slides/ (offline once built)"
 	@echo "make site       the course as a static website in build/site/ (offline once built)"
+	@echo "make chat       a chat page on your finetuned model at http://127.0.0.1:8000 (CHAT_ARGS=--help)"
 
 setup:
 	@scripts/setup.sh
@@ -65,3 +66,8 @@ slides: setup
 
 site: setup
 	$(PY) scripts/build_site.py --out build/site $(NB)
+
+# The chat page (chat.py): standard library only, so it needs nothing beyond set-up.
+# The room's network: make chat CHAT_ARGS="--host 0.0.0.0" (it warns that anyone there can use it).
+chat: setup
+	$(PY) chat.py $(CHAT_ARGS)

@@ -941,8 +941,11 @@ def _generators(seed: int | None, n: int, device: torch.device) -> list[torch.Ge
 @torch.no_grad()
 def _generate_cached(model: GPTModel, idx: torch.Tensor, pad_mask: torch.Tensor, max_new_tokens: int,
                      context_size: int, temperature: float, top_k: int | None, eos_id: int | None,
-                     seed: int | None) -> list[list[int]]:
-    """New tokens of every row of a left-padded batch, eos excluded, decoded with a KVCache."""
+                     seed: int | None, on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """New tokens of every row of a left-padded batch, eos excluded, decoded with a KVCache.
+
+    on_token(row, token_id), if given, sees each kept token the moment it is chosen (streaming).
+    """
     results: list[list[int]] = [[] for _ in range(idx.size(0))]
     if max_new_tokens <= 0:
         return results
@@ -957,6 +960,8 @@ def _generate_cached(model: GPTModel, idx: torch.Tensor, pad_mask: torch.Tensor,
         for row, token, go in zip(rows, next_tok.tolist(), going.tolist()):
             if go:
                 results[row].append(token)
+                if on_token is not None:
+                    on_token(row, token)
         if step == max_new_tokens - 1 or not going.any():
             break
         if not going.all():  # drop finished rows, so they cost nothing from now on
@@ -1026,7 +1031,7 @@ def _model_in_dtype(model: GPTModel, dtype: torch.dtype | None) -> GPTModel:
 def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_size: int,
              temperature: float = 0.0, top_k: int | None = None, eos_id: int | None = None,
              seed: int | None = None, use_cache: bool = True,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
+             dtype: torch.dtype | None = None, on_token: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """`idx` (batch, tokens) with up to `max_new_tokens` generated tokens appended.
 
     - temperature 0: greedy (argmax); above 0: sampling from softmax(logits / temperature),
@@ -1043,6 +1048,8 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
     - dtype=torch.bfloat16 runs a bfloat16 copy of the model (weights and KV cache): about half
       the memory traffic, faster on CPUs with native bf16 (bf16_autocast_recommended). Greedy
       tokens can differ from float32's where two candidates are nearly tied; None: as the model is.
+    - on_token(row, token_id): called for each new token as soon as it is chosen, for streaming
+      (the chat page); an exception it raises stops generation. Needs use_cache=True.
     Call model.eval() first.
     """
     if idx.dim() != 2:
@@ -1052,12 +1059,14 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
         raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {tuple(idx.shape)}")
     _check_token_ids(idx, "idx", model.cfg["vocab_size"])
     _check_generation_args(max_new_tokens, context_size, temperature, top_k)
+    if on_token is not None and not use_cache:
+        raise ValueError("on_token needs use_cache=True")
     context_size = min(context_size, model.cfg["context_length"])
     model = _model_in_dtype(model, dtype)
     if use_cache:
         pad_mask = torch.ones_like(idx, dtype=torch.bool)
         new = _generate_cached(model, idx, pad_mask, max_new_tokens, context_size,
-                               temperature, top_k, eos_id, seed)
+                               temperature, top_k, eos_id, seed, on_token)
         width = max(len(row) for row in new)
         filler = eos_id if eos_id is not None else 0  # 0 never appears: without eos rows are full
         new = torch.tensor([row + [filler] * (width - len(row)) for row in new],
