@@ -1168,7 +1168,7 @@ def model_name_of(model: GPTModel) -> str:
 
 
 def instruct_checkpoint_path(model: GPTModel) -> Path:
-    """Where notebook 06 saves the finetuned model and notebook 07 looks for it."""
+    """Where notebook 07 saves the finetuned model and notebook 08 looks for it."""
     return REPO_ROOT / "checkpoints" / f"{model_name_of(model)}-instruct.safetensors"
 
 # --- generation: greedy or sampled, with a KV cache, one prompt or many ---
@@ -1684,7 +1684,7 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
     - callback(state) runs after every optimizer step (and after any checkpoint of that step).
     - on_epoch_end(state) runs after each finished epoch (state.epoch = epochs done; main process only), in eval mode
       and without touching the training RNG: the place to print a sample answer (generate_responses
-      on one validation entry, as notebook 06 does).
+      on one validation entry, as notebook 07 does).
     - settings: whatever else shapes the run (learning rate, data, prompt style, ...) as a JSON-able
       dict; it is stored in the checkpoint, and a resume with other settings is refused.
     - A NaN or infinite loss, or a step without a single real target, stops the run with a

@@ -10,8 +10,8 @@ import torch
 import utils
 from run_notebooks import NOTEBOOK_DIR
 
-EXERCISES = NOTEBOOK_DIR / "08-exercises.ipynb"
-SOLUTIONS = NOTEBOOK_DIR / "09-solutions.ipynb"
+EXERCISES = NOTEBOOK_DIR / "10-exercises.ipynb"
+SOLUTIONS = NOTEBOOK_DIR / "11-solutions.ipynb"
 CHECK_CALL = re.compile(r"^check\((\d+), ", re.MULTILINE)
 RESULT_LINE = re.compile(r"^Exercise (\d+): (PASS|FAIL|not done yet)", re.MULTILINE)
 

@@ -285,7 +285,7 @@ def test_ram_and_disk_against_model_sizes(tmp_path):
 
 def test_training_estimate_uses_the_injected_timing():
     # 2 epochs x 116 batches = 232 steps of 2 s, and 46 evaluations of 10 forward batches of 0.5 s: 694 s
-    assert check_setup.estimate_notebook06_minutes(2.0, 0.5, 116) == pytest.approx(694 / 60)
+    assert check_setup.estimate_notebook07_minutes(2.0, 0.5, 116) == pytest.approx(694 / 60)
     fast = check_setup.check_training_speed(lambda: (116, 90, 2.0, 0.5, 3.1))
     assert fast.status == "OK" and "about 12 min" in fast.detail
     slow = check_setup.check_training_speed(lambda: (116, 90, 20.0, 5.0, 3.1))

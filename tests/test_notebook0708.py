@@ -1,5 +1,5 @@
-"""Notebooks 06 and 07: the training loop's checkpoint cadence and per-epoch hook, 06's hand-written
-training step against utils, and the teaching examples of 07.
+"""Notebooks 07 and 08: the training loop's checkpoint cadence and per-epoch hook, 07's hand-written
+training step against utils, and the teaching examples of 08.
 
 The training runs use the very small GPT of test_training (vocabulary of 256, synthetic tokens):
 checkpoint cadence and hooks do not depend on the model's size.
@@ -87,8 +87,8 @@ def test_on_epoch_end_runs_once_per_epoch_in_eval_mode_without_changing_training
 
 
 def test_notebook_training_step_agrees_with_utils():
-    """06's draft of one step gives the loss of calc_loss_batch and the weights of one step of train_model."""
-    training_step = notebook_function("06", "training_step")
+    """07's draft of one step gives the loss of calc_loss_batch and the weights of one step of train_model."""
+    training_step = notebook_function("07", "training_step")
     loader = synthetic_loader(16, shuffle=False)  # one batch: the whole synthetic set, with padding
     inputs, targets = next(iter(loader))
     assert (targets == utils.IGNORE_INDEX).any()
@@ -114,14 +114,14 @@ def notebook_cells(prefix: str):
     return nbformat.read(path, as_version=4).cells
 
 
-def test_notebook06_keeps_the_default_checkpoint_cadence():
-    """06 calls train_model without save_every: one checkpoint per epoch (the tests above count them)."""
-    calls = [cell.source for cell in notebook_cells("06") if "train_model(" in cell.source]
+def test_notebook07_keeps_the_default_checkpoint_cadence():
+    """07 calls train_model without save_every: one checkpoint per epoch (the tests above count them)."""
+    calls = [cell.source for cell in notebook_cells("07") if "train_model(" in cell.source]
     assert calls and not any("save_every=" in source for source in calls)
     assert any("on_epoch_end=" in source for source in calls)
 
 
-@pytest.mark.parametrize("prefix", ["06", "07"])
+@pytest.mark.parametrize("prefix", ["06", "07", "08"])
 def test_each_needs_gpt2_cell_has_an_expectation_beside_it(prefix):
     """Next to every needs-gpt2 cell, a markdown cell says what the reader will see."""
     cells = notebook_cells(prefix)
@@ -133,7 +133,7 @@ def test_each_needs_gpt2_cell_has_an_expectation_beside_it(prefix):
 
 def test_notebooks_cite_loss_figures_with_the_model_size():
     """The book's 3.83 before finetuning and 0.30/0.66 after are gpt2-medium's, never small's."""
-    text = "\n".join(cell.source for cell in notebook_cells("06") if cell.cell_type == "markdown")
+    text = "\n".join(cell.source for cell in notebook_cells("07") if cell.cell_type == "markdown")
     for figure in ("3.8", "0.30", "0.66"):
         for line in text.splitlines():
             if figure in line:
@@ -145,13 +145,13 @@ def printed(cell) -> str:
     return "".join(output.get("text", "") for output in cell.get("outputs", []) if output.output_type == "stream")
 
 
-def test_notebook07_metric_examples_match_utils():
-    """The hand-made pairs of 07 and their committed scores agree with utils' metrics."""
-    cells = [cell for cell in notebook_cells("07") if cell.cell_type == "code"]
+def test_notebook08_metric_examples_match_utils():
+    """The hand-made pairs of 08 and their committed scores agree with utils' metrics."""
+    cells = [cell for cell in notebook_cells("08") if cell.cell_type == "code"]
     (cell,) = [cell for cell in cells if "metric_examples" in cell.source and "exact_match(" in cell.source]
     namespace = {}
     pairs_cell = next(c for c in cells if c.source.lstrip().startswith("metric_examples"))
-    exec(compile(pairs_cell.source, "07", "exec"), namespace)  # noqa: S102 - our own notebook
+    exec(compile(pairs_cell.source, "08", "exec"), namespace)  # noqa: S102 - our own notebook
     pairs = namespace["metric_examples"]
     assert 2 <= len(pairs) <= 4
     output = printed(cell)
@@ -161,22 +161,22 @@ def test_notebook07_metric_examples_match_utils():
         assert re.search(rf"{re.escape(match)}\s+{re.escape(rouge)}", output), (prediction, output)
 
 
-def test_notebook07_prints_the_judge_prompt():
-    cells = [cell for cell in notebook_cells("07") if cell.cell_type == "code" and "judge_prompt(" in cell.source]
+def test_notebook08_prints_the_judge_prompt():
+    cells = [cell for cell in notebook_cells("08") if cell.cell_type == "code" and "judge_prompt(" in cell.source]
     assert cells and NEEDS_GPT2 not in cell_tags(cells[0])
     namespace = {}
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(cells[0].source, "07", "exec"), namespace)  # noqa: S102 - our own notebook
+        exec(compile(cells[0].source, "08", "exec"), namespace)  # noqa: S102 - our own notebook
     entry = next(value for value in namespace.values() if isinstance(value, dict) and "model_response" in value)
     assert printed(cells[0]) == utils.judge_prompt(entry) + "\n"
     assert "### Instruction:" in printed(cells[0])
 
 
-def test_notebook07_prints_answers_compactly():
+def test_notebook08_prints_answers_compactly():
     """The answers cell prints one line per answer: no run of blank lines from a stand-in's output."""
-    (cell,) = [c for c in notebook_cells("07") if c.cell_type == "code" and "shorten(" in c.source]
+    (cell,) = [c for c in notebook_cells("08") if c.cell_type == "code" and "shorten(" in c.source]
     namespace = {}
-    exec(compile(cell.source.split("print(f\"[{model_label}]")[0], "07", "exec"), namespace)  # noqa: S102
+    exec(compile(cell.source.split("print(f\"[{model_label}]")[0], "08", "exec"), namespace)  # noqa: S102
     shorten = namespace["shorten"]
     assert shorten("\n\n\n\n") == repr("\n\n\n\n")
     assert len(shorten("word " * 200)) <= 90 and "\n" not in shorten("a\nb" * 50)
