@@ -181,3 +181,32 @@ def test_notebook08_prints_answers_compactly():
     assert shorten("\n\n\n\n") == repr("\n\n\n\n")
     assert len(shorten("word " * 200)) <= 90 and "\n" not in shorten("a\nb" * 50)
     assert shorten("Lima.") == "'Lima.'"
+
+
+# --- what a reader without GPT-2's weights still sees (issue 21) ---
+
+def _standin_cells(prefix):
+    return [c for c in notebook_cells(prefix) if c.cell_type == "code" and NEEDS_GPT2 not in cell_tags(c)
+            and c.source.startswith("# untrained stand-in")]
+
+
+def test_07_shows_the_standin_loss_plot_in_a_cell_apart():
+    (cell,) = _standin_cells("07")
+    assert "plot_losses(" in cell.source and "untrained stand-in" in printed(cell)
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs), "the committed plot is missing"
+    assert any(NEEDS_GPT2 in cell_tags(c) and "plot_losses(history" in c.source for c in notebook_cells("07"))
+
+
+def test_08_shows_the_standin_score_table_beside_reference_points():
+    (cell,) = _standin_cells("08")
+    table = printed(cell)
+    assert "untrained stand-in" in table and "the reference itself" in table and "100.0%" in table
+    assert any(NEEDS_GPT2 in cell_tags(c) and "evaluate_responses(responses)" in c.source for c in notebook_cells("08"))
+
+
+def test_08_sets_up_ollama_step_by_step():
+    text = "\n".join(c.source for c in notebook_cells("08") if c.cell_type == "markdown")
+    for step in ("ollama.com/install.sh", "ollama serve", "ollama pull llama3.2", "curl http://localhost:11434",
+                 "connection refused", "model not found"):
+        assert step in text, step
+    assert "0.6 s per answer" in text and "ch07.ipynb" in text  # the judge's time, with its source
