@@ -892,7 +892,7 @@ def model_name_of(model: GPTModel) -> str:
 
 
 def instruct_checkpoint_path(model: GPTModel) -> Path:
-    """Where notebook 06 saves the finetuned model and notebook 07 looks for it."""
+    """Where notebook 07 saves the finetuned model and notebook 08 looks for it."""
     return REPO_ROOT / "checkpoints" / f"{model_name_of(model)}-instruct.safetensors"
 
 
@@ -1817,7 +1817,7 @@ def preference_collate_fn(batch: Sequence[PreferenceExample],
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(answer | prompt) per row: the summed log-probs of the real (not -100) targets.
 
-    That is minus the summed cross-entropy of the row, the loss of 06 with reduction="sum";
+    That is minus the summed cross-entropy of the row, the loss of 07 with reduction="sum";
     ignored targets add exactly 0. Computed in float32 at least (see _loss_sum).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -1921,7 +1921,7 @@ def train_dpo(policy: nn.Module, reference: nn.Module | None, train_loader: Data
               eval_iter: int | None = None, beta: float = 0.1, hooks: TrainingHooks | None = None) -> DPOHistory:
     """Preference-tune `policy` against a frozen `reference` (None: log-probs precomputed) for `num_steps` steps.
 
-    The loop of 06 with dpo_loss_batch in place of the next-token loss: the train loader is walked
+    The loop of 07 with dpo_loss_batch in place of the next-token loss: the train loader is walked
     epoch after epoch until num_steps; every `eval_freq` steps (and at the end) the held-out pairs
     are scored by evaluate_preferences on `eval_iter` batches (None: all).
     - hooks: train_model's extension point, called at the same places (TrainingHooks). With

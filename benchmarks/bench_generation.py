@@ -21,7 +21,7 @@ for the trained GPT-2.
 K prompts, extrapolated to all (slow: a few tokens per second).
 
     python benchmarks/bench_generation.py         # 32 prompts x 48 tokens, 2 rounds: 4 min here (--threads 1, load 5)
-    python benchmarks/bench_generation.py --prompts 110 --new-tokens 256 --rounds 1   # notebook 07's size
+    python benchmarks/bench_generation.py --prompts 110 --new-tokens 256 --rounds 1   # notebook 08's size
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ is the real train split in the Alpaca format, batch size 8; every run does what 
 per batch (loss, backward, AdamW step from create_optimizer: fused) on the same batches. Runs:
 
     ours  fp32                     no autocast, everything float32
-    ours  bf16 autocast            train_model(autocast_dtype=torch.bfloat16), what notebook 06 uses
+    ours  bf16 autocast            train_model(autocast_dtype=torch.bfloat16), what notebook 07 uses
     ours  bf16 weights + master    weights and activations in bf16, fp32 master copy in the optimizer
     hf    fp32, hf bf16 autocast   transformers, same loss (float32 cross-entropy, -100 ignored)
 

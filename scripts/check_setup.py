@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIN_PYTHON = (3, 10)  # as scripts/setup.sh demands
 
-# Memory and disk each GPT-2 size needs for notebook 06 (full finetuning, batch 8, AdamW).
+# Memory and disk each GPT-2 size needs for notebook 07 (full finetuning, batch 8, AdamW).
 # RAM, gpt2-small: measured: the peak resident memory of this script's own timing step (data, tokenizer,
 # model, 4 training steps) was 3.5 GB (`make check`, 2-core Linux, torch 2.13.0 CPU, bf16 autocast);
 # 4 GB leaves a little headroom. gpt2-medium, estimated from that: 16 bytes per parameter (fp32
@@ -32,12 +32,12 @@ MIN_PYTHON = (3, 10)  # as scripts/setup.sh demands
 # 355M parameters; the other 1.5 GB (activations, runtime) scaled by layers x width (24 x 1024 vs
 # 12 x 768, 2.7x) gives 4.0 GB; 9.7 GB in all, rounded to 10 GB.
 # Disk: model.safetensors as published on the Hugging Face Hub (548 MB and 1.52 GB) plus
-# notebook 06's checkpoint: weights and AdamW moments, 12 bytes per parameter.
+# notebook 07's checkpoint: weights and AdamW moments, 12 bytes per parameter.
 NEEDS = {
     "gpt2-small": {"params": 124e6, "ram": 4e9, "disk": 0.55e9 + 12 * 124e6},
     "gpt2-medium": {"params": 355e6, "ram": 10e9, "disk": 1.52e9 + 12 * 355e6},
 }
-NOTEBOOK_06 = {"epochs": 2, "batch_size": 8, "eval_freq": 5, "eval_iter": 5}  # its settings cell
+NOTEBOOK_07 = {"epochs": 2, "batch_size": 8, "eval_freq": 5, "eval_iter": 5}  # its settings cell
 TIMED_STEPS = 3
 
 
@@ -193,7 +193,7 @@ def check_weights(import_module: Callable = importlib.import_module) -> Result:
     if "gpt2-small" not in found:
         others = f" (cached: {', '.join(found)})" if found else ""
         return Result("WARN", "gpt2 weights", "gpt2-small is not in the Hugging Face cache" + others +
-                      ": notebooks 05-09 download it (548 MB) or, offline, fall back to an UNTRAINED stand-in",
+                      ": notebooks 06-11 download it (548 MB) or, offline, fall back to an UNTRAINED stand-in",
                       "make download (on a good network, before the workshop)")
     return Result("OK", "gpt2 weights", "cached: " + ", ".join(found))
 
@@ -232,14 +232,14 @@ def check_resources(free_ram: int | None, free_disk: int, where: Path) -> list[R
     return results
 
 
-# --- training speed: a few real steps of GPT-2 small (random weights), turned into notebook 06's time ---
+# --- training speed: a few real steps of GPT-2 small (random weights), turned into notebook 07's time ---
 
-def notebook06_batches(import_module: Callable = importlib.import_module) -> tuple[int, int]:
-    """(training batches per epoch, typical padded length) of notebook 06's training loader."""
+def notebook07_batches(import_module: Callable = importlib.import_module) -> tuple[int, int]:
+    """(training batches per epoch, typical padded length) of notebook 07's training loader."""
     utils = import_module("utils")
     train, val, test = utils.split_dataset(utils.load_instruction_data())
     train_loader, _, _ = utils.create_dataloaders(train, val, test, utils.get_tokenizer(),
-                                                  batch_size=NOTEBOOK_06["batch_size"])
+                                                  batch_size=NOTEBOOK_07["batch_size"])
     lengths = sorted(inputs.shape[1] for inputs, _ in train_loader)
     return len(train_loader), lengths[len(lengths) // 2]
 
@@ -254,7 +254,7 @@ def time_gpt2_small(seq_len: int, steps: int = TIMED_STEPS) -> tuple[float, floa
     model = utils.GPTModel(utils.GPT_CONFIGS["gpt2-small"]).to(device)
     optimizer = utils.create_optimizer(model, lr=5e-5)
     dtype = torch.bfloat16 if utils.bf16_autocast_recommended(device) else None
-    batch = torch.randint(0, 50257, (NOTEBOOK_06["batch_size"], seq_len + 1), device=device)
+    batch = torch.randint(0, 50257, (NOTEBOOK_07["batch_size"], seq_len + 1), device=device)
     inputs, targets = batch[:, :-1], batch[:, 1:]
 
     def step():
@@ -284,12 +284,12 @@ def _peak_rss_gb() -> float:
         return float("nan")
 
 
-def estimate_notebook06_minutes(per_step: float, per_forward: float, batches: int) -> float:
-    """Notebook 06's training cell: its epochs of steps, plus an evaluation (eval_iter train + eval_iter
+def estimate_notebook07_minutes(per_step: float, per_forward: float, batches: int) -> float:
+    """Notebook 07's training cell: its epochs of steps, plus an evaluation (eval_iter train + eval_iter
     validation batches, forward only) every eval_freq steps."""
-    steps = NOTEBOOK_06["epochs"] * batches
-    evaluations = steps // NOTEBOOK_06["eval_freq"]
-    return (steps * per_step + evaluations * 2 * NOTEBOOK_06["eval_iter"] * per_forward) / 60
+    steps = NOTEBOOK_07["epochs"] * batches
+    evaluations = steps // NOTEBOOK_07["eval_freq"]
+    return (steps * per_step + evaluations * 2 * NOTEBOOK_07["eval_iter"] * per_forward) / 60
 
 
 def check_training_speed(measure: Callable[[], tuple[int, int, float, float, float]]) -> Result:
@@ -299,19 +299,19 @@ def check_training_speed(measure: Callable[[], tuple[int, int, float, float, flo
     except Exception as exc:
         return Result("WARN", "training speed", f"not measured ({type(exc).__name__}: {str(exc)[:120]})",
                       "fix the FAIL lines above first")
-    minutes = estimate_notebook06_minutes(per_step, per_forward, batches)
+    minutes = estimate_notebook07_minutes(per_step, per_forward, batches)
     load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if hasattr(os, "getloadavg") else ""
-    detail = (f"{per_step:.2f} s per GPT-2-small step (batch {NOTEBOOK_06['batch_size']}, length {seq_len}, "
-              f"{TIMED_STEPS} steps timed, peak memory {peak_gb:.1f} GB{load}) -> notebook 06 "
-              f"({NOTEBOOK_06['epochs']} epochs x {batches} batches, with evaluations): about {minutes:.0f} min")
+    detail = (f"{per_step:.2f} s per GPT-2-small step (batch {NOTEBOOK_07['batch_size']}, length {seq_len}, "
+              f"{TIMED_STEPS} steps timed, peak memory {peak_gb:.1f} GB{load}) -> notebook 07 "
+              f"({NOTEBOOK_07['epochs']} epochs x {batches} batches, with evaluations): about {minutes:.0f} min")
     if minutes > 60:
         return Result("WARN", "training speed", detail,
-                      "in notebook 06 set TRAIN_SUBSET (e.g. 200) or NUM_EPOCHS = 1, or use a faster machine")
+                      "in notebook 07 set TRAIN_SUBSET (e.g. 200) or NUM_EPOCHS = 1, or use a faster machine")
     return Result("OK", "training speed", detail)
 
 
 def measure_for_real() -> tuple[int, int, float, float, float]:
-    batches, seq_len = notebook06_batches()
+    batches, seq_len = notebook07_batches()
     return (batches, seq_len) + time_gpt2_small(seq_len)
 
 

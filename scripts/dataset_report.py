@@ -8,6 +8,7 @@ The comparison with the book's chapter 7 dataset runs when its file is present (
 """
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -66,6 +67,106 @@ def same_questions(ours: list[dict], book: list[dict],
                                     or content_signature(ours[i], common) == content_signature(book[j], common))]
 
 
+# --- the stronger rule: content words as sets, numbers and quotes normalised, both orders of a pair ---
+
+SAME_CONTENT = 0.8  # share of the smaller side's content (weighted by rarity) found in the other side
+MIN_CONTENT = 8.0   # a side needs this much content (sum of its words' rarity) to be judged at all
+NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+NUMBER_WORDS |= {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split())
+                 if w != "_"}
+SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
+STOP_WORDS = frozenset("""a an the of to in on for and or but is are was were be been being it its this that these
+those with as by at from into than then so such not no nor do does did done have has had having i me my we our you
+your he she they them their his her what which who whom whose when where why how there here can could would should
+will shall may might must also just only very more most some any each every all both either neither other another
+about over under up down out off again further once same own too s t give name tell list provide write find
+identify state explain describe following given word words sentence sentences phrase answer example examples use
+using make""".split())
+TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
+
+
+def _numbers_from_words(tokens: list[str]) -> list[str]:
+    """'two thousand forty five' -> '2045': number words become the digits a question may use instead."""
+    out, total, current, in_number = [], 0, 0, False
+    for token in tokens + [""]:
+        if token in NUMBER_WORDS:
+            current, in_number = current + NUMBER_WORDS[token], True
+        elif token in SCALES and in_number:
+            if token == "hundred":
+                current *= 100
+            else:
+                total, current = total + current * SCALES[token], 0
+        elif token == "and" and in_number:
+            continue
+        else:
+            if in_number:
+                out.append(str(total + current))
+            total, current, in_number = 0, 0, False
+            if token:
+                out.append(token)
+    return out
+
+
+def _stem(word: str) -> str:
+    if word[0].isdigit() or len(word) <= 3:
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+def content_words(text: str) -> frozenset[str]:
+    """A text's content as a set: lower case, quotes and possessives dropped, "2,000" and "two thousand" both
+    "2000", plurals folded, function words and instruction verbs (give, name, write, ...) left out."""
+    text = text.lower().replace("\u2019", "'").replace("\u2018", "'")
+    text = re.sub(r"'s\b", "", text)
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text).replace("-", " ")
+    return frozenset(_stem(t) for t in _numbers_from_words(TOKEN.findall(text)) if t not in STOP_WORDS)
+
+
+def entry_content(entry: dict) -> tuple[frozenset[str], frozenset[str]]:
+    """(question, whole entry): instruction and input together, then with the output too."""
+    question = content_words(f"{entry['instruction']} {entry.get('input', '')}")
+    return question, question | content_words(entry["output"])
+
+
+def same_content(ours: list[dict], book: list[dict], shared: set[int] = SHARED_WITH_THE_BOOK,
+                 threshold: float = SAME_CONTENT) -> list[tuple[int, int, float]]:
+    """(i, j, score) for each entry of ours whose content is book entry j's.
+
+    Two sides match when at least `threshold` of the smaller side's content, each word weighted by its rarity
+    over both datasets (log N/df), is found in the other side, they share two words or more, and their numbers
+    agree. Compared: question with question (instruction + input together, so a phrase moved into the input
+    counts the same), and whole entry with whole entry, which also catches a reversed pair (our question is the
+    book's answer and our answer its question).
+    """
+    ours_content, book_content = [entry_content(e) for e in ours], [entry_content(e) for e in book]
+    documents = Counter(word for _, whole in ours_content + book_content for word in whole)
+    rarity = {word: math.log((len(ours) + len(book)) / n) for word, n in documents.items()}
+
+    def weight(words):
+        return sum(rarity[w] for w in words)
+
+    def score(a: frozenset[str], b: frozenset[str]) -> float:
+        small = min(weight(a), weight(b))
+        numbers_a, numbers_b = {w for w in a if w[0].isdigit()}, {w for w in b if w[0].isdigit()}
+        if small < MIN_CONTENT or len(a & b) < 2 or not (numbers_a <= numbers_b or numbers_b <= numbers_a):
+            return 0.0
+        return weight(a & b) / small
+
+    found = []
+    for i, (question, whole) in enumerate(ours_content):
+        if i in shared:
+            continue
+        for j, (book_question, book_whole) in enumerate(book_content):
+            best = max(score(question, book_question), score(whole, book_whole))
+            if best >= threshold:
+                found.append((i, j, round(best, 3)))
+    return found
+
+
 def print_statistics(data: list[dict]) -> None:
     tokenizer = utils.get_tokenizer()
     no_input = sum(not e["input"] for e in data)
@@ -93,6 +194,9 @@ def print_comparison(data: list[dict], book: list[dict]) -> None:
           f"highest {top:.2f}")
     print(f"same question (cosine >= {SAME_WORDING} and same content signature, or >= {NEAR_COPY}): "
           f"{len(same_questions(data, book))}")
+    strong = same_content(data, book)
+    print(f"same content (content words as sets, numbers and quotes normalised, both orders; share >= "
+          f"{SAME_CONTENT}): {len(strong)} pairs (entries: {len({i for i, _, _ in strong})})")
     print(f"outputs identical to a book output: {len(copied)} (entries {copied})")
 
 

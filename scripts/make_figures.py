@@ -54,7 +54,7 @@ TOY_BATCH = [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]  # notebook 03's toy batch (fig
 
 # Notebook numbers on the boxes of pipeline.png.
 PIPELINE_NOTEBOOKS = {"dataset": "01", "format": "02", "tokenize": "03", "batches": "03\u201304",
-                      "model": "05", "finetune": "06", "generate": "07", "evaluate": "07"}
+                      "model": "05\u201306", "finetune": "07", "generate": "08", "evaluate": "08"}
 
 # --- style ---
 
@@ -821,10 +821,12 @@ HERE = {  # notebook number -> (title, highlighted pipeline boxes)
     "03": ("Tokenization and batching", ("tokenize", "batches")),
     "04": ("DataLoaders", ("batches",)),
     "05": ("The GPT-2 model", ("model",)),
-    "06": ("Finetuning", ("finetune",)),
-    "07": ("Generation and evaluation", ("generate", "evaluate")),
-    "08": ("Exercises on the highlighted steps", ("format", "batches", "finetune", "generate")),
-    "09": ("Solutions to the exercises", ("format", "batches", "finetune", "generate")),
+    "06": ("Pretrained weights and generation", ("model",)),
+    "07": ("Finetuning", ("finetune",)),
+    "08": ("Generation and evaluation", ("generate", "evaluate")),
+    "09": ("Preference tuning (DPO)", ("finetune",)),
+    "10": ("Exercises on the highlighted steps", ("format", "batches", "finetune", "generate")),
+    "11": ("Solutions to the exercises", ("format", "batches", "finetune", "generate")),
 }
 
 

@@ -109,12 +109,12 @@ def check_prerequisites() -> tuple[bool, list[str]]:
         ready = False
     cached = utils.cached_gpt2_weights("gpt2-small")
     if utils.smoke_mode():
-        lines.append(f"GPT-2 weights: not used ({utils.SMOKE_ENV} is set: notebooks 05-09 use the UNTRAINED "
+        lines.append(f"GPT-2 weights: not used ({utils.SMOKE_ENV} is set: notebooks 06-11 use the UNTRAINED "
                      "stand-in model and a few training steps)")
     elif cached:
         lines.append(f"GPT-2 weights: cached ({cached})")
     else:
-        lines.append("GPT-2 weights: not cached, so notebooks 05-09 use the UNTRAINED stand-in model and say "
+        lines.append("GPT-2 weights: not cached, so notebooks 06-11 use the UNTRAINED stand-in model and say "
                      "so. To get them: run `make download` on a machine with network.")
     return ready, lines
 

@@ -1,4 +1,4 @@
-"""Exercise 7 (conservative DPO): the check accepts the solution of 09 and rejects plausible wrong answers.
+"""Exercise 7 (conservative DPO): the check accepts the solution of 11 and rejects plausible wrong answers.
 
 Only the cells of exercise 7 run (with the notebook's `check`), not the experiments of the other exercises.
 """
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from run_notebooks import NOTEBOOK_DIR
 
-SOLUTIONS = NOTEBOOK_DIR / "09-solutions.ipynb"
-EXERCISES = NOTEBOOK_DIR / "08-exercises.ipynb"
+SOLUTIONS = NOTEBOOK_DIR / "11-solutions.ipynb"
+EXERCISES = NOTEBOOK_DIR / "10-exercises.ipynb"
 
 
 def exercise_7_namespace(path) -> dict:

@@ -1,5 +1,5 @@
-"""Exercises (08) and solutions (09): every solution passes its check, every untouched stub fails it (exercise 7,
-conservative DPO, also in tests/test_exercise_dpo.py).
+"""Exercises (10) and solutions (11): every solution passes its check, every untouched stub fails it, and every
+check rejects plausible wrong answers (exercise 7, conservative DPO, also in tests/test_exercise_dpo.py).
 
 Also the experiment helpers in utils.py: a run returns its history, and a table never drops a row.
 """
@@ -11,8 +11,8 @@ import torch
 import utils
 from run_notebooks import NOTEBOOK_DIR
 
-EXERCISES = NOTEBOOK_DIR / "08-exercises.ipynb"
-SOLUTIONS = NOTEBOOK_DIR / "09-solutions.ipynb"
+EXERCISES = NOTEBOOK_DIR / "10-exercises.ipynb"
+SOLUTIONS = NOTEBOOK_DIR / "11-solutions.ipynb"
 CHECK_CALL = re.compile(r"^check\((\d+), ", re.MULTILINE)
 RESULT_LINE = re.compile(r"^Exercise (\d+): (PASS|FAIL|not done yet)", re.MULTILINE)
 
@@ -34,7 +34,7 @@ def test_both_notebooks_have_the_same_seven_checks():
     exercises, solutions = (check_cells(nbformat.read(p, as_version=4)) for p in (EXERCISES, SOLUTIONS))
     assert sorted(exercises) == sorted(solutions) == [1, 2, 3, 4, 5, 6, 7]
     for number in exercises:  # a check the solutions pass is the very check the learner runs
-        assert exercises[number].source == solutions[number].source, f"check {number} differs between 08 and 09"
+        assert exercises[number].source == solutions[number].source, f"check {number} differs between 10 and 11"
 
 
 @pytest.mark.notebooks
@@ -67,12 +67,12 @@ def test_committed_exercises_show_failing_checks_and_no_solution():
         assert f"Exercise {number}: not done yet" in printed(cell)
     stubs = [cell.source for cell in nb.cells if "raise NotImplementedError  # your code here" in cell.source]
     assert len(stubs) == 7  # one stub cell per exercise
-    # The solutions' own code cells (the runs aside, which 08 leaves to the learner) and what they print
-    # appear nowhere in 08.
+    # The solutions' own code cells (the runs aside, which 10 leaves to the learner) and what they print
+    # appear nowhere in 10.
     solution_only = [cell for cell in nbformat.read(SOLUTIONS, as_version=4).cells
                      if cell.cell_type == "code" and "needs-gpt2" not in cell.metadata.get("tags", [])
                      and cell.source not in {c.source for c in nb.cells}]
-    assert len(solution_only) >= 7, "09 should have a solution cell per exercise"
+    assert len(solution_only) >= 7, "11 should have a solution cell per exercise"
     exercise_text = "\n".join(cell.source for cell in nb.cells) + "".join(
         printed(cell) for cell in nb.cells if cell.cell_type == "code")
     for cell in solution_only:
@@ -86,7 +86,7 @@ def test_committed_solutions_pass_every_check():
 
 
 def _solutions_namespace(upto: int) -> dict:
-    """09's cells run in order up to (not including) the check of exercise `upto`: its solution is defined."""
+    """11's cells run in order up to (not including) the check of exercise `upto`: its solution is defined."""
     namespace = {}
     for cell in nbformat.read(SOLUTIONS, as_version=4).cells:
         if cell.cell_type != "code" or "needs-gpt2" in cell.metadata.get("tags", []):
@@ -102,45 +102,218 @@ def _solutions_namespace(upto: int) -> dict:
     raise AssertionError(f"no check for exercise {upto}")
 
 
-def test_a_check_catches_an_off_by_one_in_prompt_masking(capsys):
-    namespace = _solutions_namespace(2)
-    capsys.readouterr()  # what the earlier cells printed
-    right = namespace["masked_collate"]
+# --- every check rejects plausible wrong answers and accepts the reference solution ---
+# Each wrong answer below is a mistake a learner could make; its check must print FAIL (or report the
+# exception it raises), and with the reference solution of 11 back in place it must print PASS.
 
-    def off_by_one(batch, **kwargs):  # masks the first response token too
-        inputs, targets = right(batch, **kwargs)
+@pytest.fixture(scope="module")
+def solved():
+    """11's namespace: every solution defined and every check function (problems_1 ... problems_6) ready."""
+    namespace = _solutions_namespace(6)  # runs 11 up to check 6, defining problems_6 too
+    return namespace
+
+
+def run_check(namespace, number, capsys) -> str:
+    capsys.readouterr()
+    namespace["check"](number, namespace[f"problems_{number}"])
+    return capsys.readouterr().out
+
+
+def _wrong_phi3_no_newline_before_input(entry):
+    text = "<|user|>\n" + entry["instruction"]
+    return text + (" " + entry["input"] if entry["input"] else "")
+
+
+def _wrong_phi3_input_always(entry):
+    return "<|user|>\n" + entry["instruction"] + "\n" + entry["input"]
+
+
+def _wrong_phi3_space_after_tag(entry):
+    text = "<|user|> " + entry["instruction"]
+    return text + ("\n" + entry["input"] if entry["input"] else "")
+
+
+def _wrong_tokens_prompt_only(namespace):
+    def example_tokens(entry, style):
+        return len(utils.encode_text(utils.format_prompt(entry, style), namespace["tokenizer"]))
+    return example_tokens
+
+
+def _wrong_tokens_plus_end_of_text(namespace):
+    right = namespace["example_tokens"]
+    return lambda entry, style: right(entry, style) + 1
+
+
+WRONG_1 = {  # name -> {namespace key: a function of the namespace giving the wrong replacement}
+    "no newline before the input": {"phi3_prompt": lambda ns: _wrong_phi3_no_newline_before_input},
+    "an empty input still adds a newline": {"phi3_prompt": lambda ns: _wrong_phi3_input_always},
+    "a space instead of a newline after <|user|>": {"phi3_prompt": lambda ns: _wrong_phi3_space_after_tag},
+    "counts the prompt only": {"example_tokens": _wrong_tokens_prompt_only},
+    "counts an end-of-text token too": {"example_tokens": _wrong_tokens_plus_end_of_text},
+}
+
+
+def _masked_collate_variant(ns, *, prompt_shift=-1, mask_padding=True, first_eos_kept=True, shift=1):
+    def collate(batch, pad_token_id=utils.PAD_TOKEN_ID, ignore_index=utils.IGNORE_INDEX):
+        padded = torch.full((len(batch), max(len(ex.token_ids) for ex in batch) + 1), pad_token_id)
         for row, ex in enumerate(batch):
-            targets[row, :ex.prompt_length] = utils.IGNORE_INDEX
+            padded[row, :len(ex.token_ids)] = torch.tensor(ex.token_ids)
+        if shift == 1:
+            inputs, targets = padded[:, :-1], padded[:, 1:].clone()
+        else:  # no shift: the targets are the inputs themselves
+            inputs, targets = padded[:, :-1], padded[:, :-1].clone()
+        for row, ex in enumerate(batch):
+            if mask_padding:
+                targets[row, len(ex.token_ids) - (0 if first_eos_kept else 1):] = ignore_index
+            targets[row, :max(ex.prompt_length + prompt_shift, 0)] = ignore_index
         return inputs, targets
-
-    namespace["check"](2, namespace["problems_2"])
-    assert capsys.readouterr().out == "Exercise 2: PASS\n"
-    namespace["masked_collate"] = off_by_one
-    namespace["check"](2, namespace["problems_2"])
-    assert capsys.readouterr().out.startswith("Exercise 2: FAIL\n  - targets differ")
+    return collate
 
 
-def test_a_check_catches_lora_without_scaling(capsys):
-    namespace = _solutions_namespace(5)
-    capsys.readouterr()  # what the earlier cells printed
+WRONG_2 = {
+    "masks the first response token too": {"masked_collate": lambda ns: _masked_collate_variant(ns, prompt_shift=0)},
+    "leaves the prompt's last target unmasked": {
+        "masked_collate": lambda ns: _masked_collate_variant(ns, prompt_shift=-2)},
+    "masks the end-of-text target too": {
+        "masked_collate": lambda ns: _masked_collate_variant(ns, first_eos_kept=False)},
+    "keeps the padding as targets": {"masked_collate": lambda ns: _masked_collate_variant(ns, mask_padding=False)},
+    "forgets to shift the targets": {"masked_collate": lambda ns: _masked_collate_variant(ns, shift=0)},
+}
 
-    class Unscaled(namespace["MyLoRALinear"]):
+
+def _truncating_variant(*, cut_before_shift=False, limit_offset=0, mask_end_of_text=False):
+    def collate(batch, allowed_max_length, pad_token_id=utils.PAD_TOKEN_ID, ignore_index=utils.IGNORE_INDEX):
+        limit = allowed_max_length + limit_offset
+        if cut_before_shift:  # cut the token lists first, then shift: the cut row gets end-of-text again
+            batch = [ids[:limit] for ids in batch]
+        padded_length = max(len(ids) for ids in batch) + 1
+        padded = torch.tensor([ids + [pad_token_id] * (padded_length - len(ids)) for ids in batch])
+        inputs, targets = padded[:, :-1], padded[:, 1:].clone()
+        for row, ids in enumerate(batch):
+            targets[row, len(ids) - (1 if mask_end_of_text else 0):] = ignore_index
+        return inputs[:, :limit], targets[:, :limit]
+    return collate
+
+
+WRONG_3 = {
+    "cuts the token lists before shifting": {"truncating_collate": lambda ns: _truncating_variant(cut_before_shift=True)},
+    "keeps one position too many": {"truncating_collate": lambda ns: _truncating_variant(limit_offset=1)},
+    "keeps one position too few": {"truncating_collate": lambda ns: _truncating_variant(limit_offset=-1)},
+    "masks the end-of-text target": {"truncating_collate": lambda ns: _truncating_variant(mask_end_of_text=True)},
+}
+
+
+def _sampler(*, threshold="row", divide=True, strict=True, dim=-1):
+    def sample_next_token(logits, temperature=0.0, top_k=None):
+        if top_k is not None:
+            kth = torch.topk(logits, top_k, dim=-1).values
+            kth = {"row": kth[:, [-1]], "first row": kth[0, -1], "min over rows": kth[:, -1].min()}[threshold]
+            drop = logits < kth if strict else logits <= kth
+            logits = logits.masked_fill(drop, float("-inf"))
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        scaled = logits / temperature if divide else logits * temperature
+        probabilities = torch.softmax(scaled, dim=dim)
+        return torch.multinomial(probabilities, num_samples=1).squeeze(1)
+    return sample_next_token
+
+
+WRONG_4 = {
+    "top-k threshold from the first row only": {"sample_next_token": lambda ns: _sampler(threshold="first row")},
+    "top-k threshold as the minimum over all rows": {
+        "sample_next_token": lambda ns: _sampler(threshold="min over rows")},
+    "top-k keeps k-1 tokens (<= instead of <)": {"sample_next_token": lambda ns: _sampler(strict=False)},
+    "temperature multiplied instead of divided": {"sample_next_token": lambda ns: _sampler(divide=False)},
+    "softmax over the batch instead of the vocabulary": {"sample_next_token": lambda ns: _sampler(dim=0)},
+}
+
+
+def _lora_variant(ns, *, scaling="alpha / rank", transpose_merge=True, b_zero=True, freeze=True):
+    nn = torch.nn
+
+    class WrongLoRA(nn.Module):
+        def __init__(self, base, rank, alpha):
+            super().__init__()
+            self.base = base
+            self.scaling = {"alpha / rank": alpha / rank, "alpha // rank": alpha // rank,
+                            "rank / alpha": rank / alpha, "none": 1.0}[scaling]
+            for param in base.parameters():
+                param.requires_grad_(not freeze)
+            self.lora_A = nn.Parameter(torch.randn(base.in_features, rank) / rank ** 0.5)
+            b = torch.zeros(rank, base.out_features) if b_zero else torch.randn(rank, base.out_features)
+            self.lora_B = nn.Parameter(b)
+
         def forward(self, x):
-            return self.base(x) + x @ self.lora_A @ self.lora_B
+            return self.base(x) + self.scaling * (x @ self.lora_A @ self.lora_B)
 
-    namespace["MyLoRALinear"] = Unscaled
-    namespace["check"](5, namespace["problems_5"])
-    assert "forward differs from utils.LoRALinear" in capsys.readouterr().out
+        @torch.no_grad()
+        def merge(self):
+            merged = nn.Linear(self.base.in_features, self.base.out_features)
+            update = self.scaling * (self.lora_A @ self.lora_B)
+            merged.weight.copy_(self.base.weight + (update.T if transpose_merge else update))
+            merged.bias.copy_(self.base.bias)
+            return merged
+    return WrongLoRA
 
 
-def test_a_check_catches_temperature_multiplied_instead_of_divided(capsys):
-    namespace = _solutions_namespace(4)
-    capsys.readouterr()  # what the earlier cells printed
-    right = namespace["sample_next_token"]
-    namespace["sample_next_token"] = lambda logits, temperature=0.0, top_k=None: right(
-        logits, 1 / temperature if temperature else 0.0, top_k)
-    namespace["check"](4, namespace["problems_4"])
-    assert capsys.readouterr().out.startswith("Exercise 4: FAIL\n  - temperature=0.5")
+def _lora_count_without_feed_forward(cfg, rank):
+    d = cfg["emb_dim"]
+    return cfg["n_layers"] * rank * ((d + 3 * d) + (d + d))
+
+
+WRONG_5 = {
+    "alpha // rank (integer division)": {"MyLoRALinear": lambda ns: _lora_variant(ns, scaling="alpha // rank")},
+    "rank / alpha": {"MyLoRALinear": lambda ns: _lora_variant(ns, scaling="rank / alpha")},
+    "no scaling": {"MyLoRALinear": lambda ns: _lora_variant(ns, scaling="none")},
+    "merge without the transpose": {"MyLoRALinear": lambda ns: _lora_variant(ns, transpose_merge=False)},
+    "B starts random": {"MyLoRALinear": lambda ns: _lora_variant(ns, b_zero=False)},
+    "base left trainable": {"MyLoRALinear": lambda ns: _lora_variant(ns, freeze=False)},
+    "count without the feed-forward layers": {"lora_parameter_count": lambda ns: _lora_count_without_feed_forward},
+}
+
+
+def _subset_variant(ns, *, strict=False, sort=False, prompt_only=False, slice_first=False):
+    def short_subset(data, n, max_tokens):
+        text = utils.format_prompt if prompt_only else utils.format_example
+        lengths = [len(utils.encode_text(text(entry), ns["tokenizer"])) for entry in data]
+        pool = list(zip(data, lengths))[:n] if slice_first else list(zip(data, lengths))
+        if sort:
+            pool = sorted(pool, key=lambda pair: pair[1])
+        return [entry for entry, length in pool if (length < max_tokens if strict else length <= max_tokens)][:n]
+    return short_subset
+
+
+WRONG_6 = {
+    "< instead of <=": {"short_subset": lambda ns: _subset_variant(ns, strict=True)},
+    "the n shortest instead of the first n": {"short_subset": lambda ns: _subset_variant(ns, sort=True)},
+    "measures the prompt only": {"short_subset": lambda ns: _subset_variant(ns, prompt_only=True)},
+    "filters the first n entries instead of taking n": {"short_subset": lambda ns: _subset_variant(ns, slice_first=True)},
+}
+
+WRONG = {1: WRONG_1, 2: WRONG_2, 3: WRONG_3, 4: WRONG_4, 5: WRONG_5, 6: WRONG_6}
+
+
+def test_every_exercise_has_three_or_more_wrong_answers():
+    assert sorted(WRONG) == [1, 2, 3, 4, 5, 6] and all(len(wrong) >= 3 for wrong in WRONG.values())
+
+
+@pytest.mark.parametrize("number", sorted(WRONG))
+def test_check_accepts_the_reference_solution(solved, number, capsys):
+    assert run_check(solved, number, capsys) == f"Exercise {number}: PASS\n"
+
+
+@pytest.mark.parametrize("number,name", [(n, name) for n, wrong in WRONG.items() for name in wrong])
+def test_check_rejects_a_wrong_answer(solved, number, name, capsys, monkeypatch):
+    for key, make in WRONG[number][name].items():
+        assert key in solved, f"exercise {number}: 11 defines no {key}"
+        monkeypatch.setitem(solved, key, make(solved))
+    out = run_check(solved, number, capsys)
+    assert out.startswith(f"Exercise {number}: FAIL"), f"{name!r} passed the check of exercise {number}: {out}"
+
+
+def test_lora_check_names_the_scaling(solved, capsys, monkeypatch):
+    monkeypatch.setitem(solved, "MyLoRALinear", _lora_variant(solved, scaling="alpha // rank"))
+    assert "forward differs from utils.LoRALinear" in run_check(solved, 5, capsys)
 
 
 # --- the experiment helpers ---

@@ -286,7 +286,7 @@ def test_ram_and_disk_against_model_sizes(tmp_path):
 
 def test_training_estimate_uses_the_injected_timing():
     # 2 epochs x 116 batches = 232 steps of 2 s, and 46 evaluations of 10 forward batches of 0.5 s: 694 s
-    assert check_setup.estimate_notebook06_minutes(2.0, 0.5, 116) == pytest.approx(694 / 60)
+    assert check_setup.estimate_notebook07_minutes(2.0, 0.5, 116) == pytest.approx(694 / 60)
     fast = check_setup.check_training_speed(lambda: (116, 90, 2.0, 0.5, 3.1))
     assert fast.status == "OK" and "about 12 min" in fast.detail
     slow = check_setup.check_training_speed(lambda: (116, 90, 20.0, 5.0, 3.1))
@@ -308,3 +308,16 @@ def test_exit_status_is_nonzero_on_fail(monkeypatch, capsys):
     assert "FAIL  torch" in out and "-> fix: make setup" in out
     monkeypatch.setattr(check_setup, "run_checks", lambda timing: iter([Result("WARN", "gpt2 weights", "none")]))
     assert check_setup.main(["--no-timing"]) == 0
+
+
+# --- issue 21: every teaching notebook fits one sitting ---
+
+MAX_SLIDES = 30  # about 30-45 minutes presented; the exercises and their solutions are worked through, not presented
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "exercises" not in p.name and "solutions" not in p.name],
+                         ids=lambda p: p.name)
+def test_teaching_notebook_fits_one_sitting(path):
+    nb = nbformat.read(path, as_version=4)
+    count = sum(cell.metadata.get("slideshow", {}).get("slide_type") in ("slide", "subslide") for cell in nb.cells)
+    assert count <= MAX_SLIDES, f"{path.name}: {count} slides; split it or say in the README why it runs longer"

@@ -476,7 +476,7 @@ def test_notebook_header_has_strip_credit_and_exercises(number):
     assert header.startswith(f"# {number} \u00b7 ")
     assert f'<img src="../figures/here-{number}.png" width="900" alt="You are here' in header
     assert CREDIT in header and "https://github.com/rasbt/LLM-workshop-2024" in header
-    assert "Exercises" in cells[-1].source and "(08-exercises.ipynb)" in cells[-1].source
+    assert "Exercises" in cells[-1].source and "(10-exercises.ipynb)" in cells[-1].source
     links = {"02": ["https://crfm.stanford.edu/2023/03/13/alpaca.html", "https://arxiv.org/abs/2404.14219"],
              "03": ["https://github.com/openai/tiktoken"]}
     for link in links.get(number, []):
@@ -487,7 +487,7 @@ def test_here_strips_exist_for_every_notebook_and_differ():
     import make_figures
     from matplotlib.image import imread
 
-    names = [f"here-{n:02d}.png" for n in range(1, 10)]
+    names = [f"here-{n:02d}.png" for n in range(1, 12)]
     assert set(names) <= set(make_figures.FIGURES)
     images = [imread(REPO_ROOT / "figures" / name) for name in names[:7]]
     for a, b in zip(images, images[1:]):

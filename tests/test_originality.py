@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import utils
-from dataset_report import BOOK_PATH, SHARED_WITH_THE_BOOK, content_signature, same_questions
+from dataset_report import (BOOK_PATH, SHARED_WITH_THE_BOOK, content_signature, content_words, same_content,
+                            same_questions)
 
 pytestmark = pytest.mark.skipif(not BOOK_PATH.exists(), reason=f"the book's dataset is not at {BOOK_PATH}")
 
@@ -47,6 +48,65 @@ def described(pairs: list[tuple[int, int, float]], ours: list[dict], book: list[
 
 def test_no_entry_asks_a_book_question(ours, book):
     assert described(same_questions(ours, book), ours, book) == []
+
+
+def test_no_entry_has_a_book_entrys_content(ours, book):
+    """The stronger rule: content words as sets, numbers and quotes normalised, both orders of a pair."""
+    assert described(same_content(ours, book), ours, book) == []
+
+
+def test_content_words_normalise_numbers_quotes_and_plurals():
+    assert content_words("Convert two thousand forty-five meters.") == content_words("Convert 2,045 meter")
+    assert content_words("What is the opposite of 'hot'?") == content_words("What is the opposite of hot?")
+    assert content_words("Name the capital of Japan.") == content_words("Japan's capital?") == {"capital", "japan"}
+    assert content_words("twenty one") == {"21"} and content_words("one hundred and five") == {"105"}
+
+
+def book_entry(book, instruction):
+    return next(j for j, entry in enumerate(book) if entry["instruction"] == instruction)
+
+
+# Planted copies of book entries, one per way of disguising them; each has its own output, so the
+# identical-output check cannot be what catches it. Facts only: no book sentence is kept whole.
+PLANTED = {
+    "an added word": ("What is the capital of Japan?",
+                      {"instruction": "What is the capital city of Japan?", "input": "", "output": "Tokyo."}),
+    "'two' for '2'": ("Convert 2 liters to milliliters.",
+                      {"instruction": "Convert two liters into milliliters.", "input": "",
+                       "output": "That makes 2,000 milliliters."}),
+    "dropped quotes": ("What is the opposite of 'hot'?",
+                       {"instruction": "What is the opposite of hot?", "input": "", "output": "Cold."}),
+    "a phrase moved into the input": ("Name the author of 'Pride and Prejudice'.",
+                                      {"instruction": "Name the author of this novel.",
+                                       "input": "Pride and Prejudice", "output": "It was written by Jane Austen."}),
+    "a reversed pair (conversion)": ("Convert 3 meters to centimeters.",
+                                     {"instruction": "How many meters are 300 centimeters?", "input": "",
+                                      "output": "300 centimeters are 3 meters."}),
+    "a reversed pair (capital)": ("What is the capital of Japan?",
+                                  {"instruction": "Tokyo is the capital of which country?", "input": "",
+                                   "output": "Japan."}),
+    "a paraphrase": ("What is the largest planet in our solar system?",
+                     {"instruction": "In the solar system, which planet is the largest one?", "input": "",
+                      "output": "Jupiter."}),
+}
+
+
+@pytest.mark.parametrize("kind", PLANTED)
+def test_the_stronger_check_catches_a_planted_copy(ours, book, kind):
+    instruction, planted = PLANTED[kind]
+    target = book_entry(book, instruction)
+    assert planted["output"].strip() != book[target]["output"].strip()
+    found = same_content([*ours, planted], book)
+    assert [(i, j) for i, j, _ in found if i == len(ours)] and all(i == len(ours) for i, _, _ in found), found
+    assert target in {j for i, j, _ in found}, f"{kind}: matched {found}, not book entry {target}"
+
+
+def test_the_stronger_check_lets_other_content_through(ours, book):
+    """The same task with other content is not a copy: another capital, other numbers, another word."""
+    others = [{"instruction": "What is the capital of Peru?", "input": "", "output": "Lima."},
+              {"instruction": "Convert 7 liters to milliliters.", "input": "", "output": "That makes 7,000 milliliters."},
+              {"instruction": "What is the opposite of 'sturdy'?", "input": "", "output": "Flimsy."}]
+    assert same_content([*ours, *others], book) == []
 
 
 def test_the_check_finds_a_book_question_in_other_words(ours, book):

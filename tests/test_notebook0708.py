@@ -1,5 +1,5 @@
-"""Notebooks 06 and 07: the training loop's checkpoint cadence and per-epoch hook, 06's hand-written
-training step against utils, and the teaching examples of 07.
+"""Notebooks 07 and 08: the training loop's checkpoint cadence and per-epoch hook, 07's hand-written
+training step against utils, and the teaching examples of 08.
 
 The training runs use the very small GPT of test_training (vocabulary of 256, synthetic tokens):
 checkpoint cadence and hooks do not depend on the model's size.
@@ -88,8 +88,8 @@ def test_on_epoch_end_runs_once_per_epoch_in_eval_mode_without_changing_training
 
 
 def test_notebook_training_step_agrees_with_utils():
-    """06's draft of one step gives the loss of calc_loss_batch and the weights of one step of train_model."""
-    training_step = notebook_function("06", "training_step")
+    """07's draft of one step gives the loss of calc_loss_batch and the weights of one step of train_model."""
+    training_step = notebook_function("07", "training_step")
     loader = synthetic_loader(16, shuffle=False)  # one batch: the whole synthetic set, with padding
     inputs, targets = next(iter(loader))
     assert (targets == utils.IGNORE_INDEX).any()
@@ -115,21 +115,21 @@ def notebook_cells(prefix: str):
     return nbformat.read(path, as_version=4).cells
 
 
-def test_notebook06_training_call_writes_one_checkpoint_per_epoch(tmp_path, checkpoint_writes):
-    """06's train_model call, with the keywords it passes, checkpoints once per epoch and shows a sample each epoch."""
+def test_notebook07_training_call_writes_one_checkpoint_per_epoch(tmp_path, checkpoint_writes):
+    """07's train_model call, with the keywords it passes, checkpoints once per epoch and shows a sample each epoch."""
     import ast
 
-    calls = [node for cell in notebook_cells("06") if cell.cell_type == "code" and "checkpoint_path=" in cell.source
+    calls = [node for cell in notebook_cells("07") if cell.cell_type == "code" and "checkpoint_path=" in cell.source
              for node in ast.walk(ast.parse(cell.source))
              if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "train_model"]
-    assert len(calls) == 1, "06 trains the model with one train_model call that saves checkpoints"
+    assert len(calls) == 1, "07 trains the model with one train_model call that saves checkpoints"
     # the same keywords with small values: a keyword added to the notebook's call must be added here too
     values = {"num_epochs": 2, "eval_freq": 1, "eval_iter": 1, "autocast_dtype": None,
               "checkpoint_path": tmp_path / "checkpoint.safetensors", "resume": False}
     samples = []
     values["on_epoch_end"] = lambda state: samples.append(state.epoch)
     keywords = {k.arg for k in calls[0].keywords}
-    assert keywords <= set(values), f"06 passes {sorted(keywords - set(values))}: extend this test"
+    assert keywords <= set(values), f"07 passes {sorted(keywords - set(values))}: extend this test"
     model = small_model()
     utils.train_model(model, synthetic_loader(2), synthetic_loader(4, shuffle=False), create_optimizer(model, lr=1e-2),
                       "cpu", **{k: values[k] for k in keywords})
@@ -137,7 +137,7 @@ def test_notebook06_training_call_writes_one_checkpoint_per_epoch(tmp_path, chec
     assert samples == ([1, 2] if "on_epoch_end" in keywords else [])
 
 
-@pytest.mark.parametrize("prefix", ["06", "07"])
+@pytest.mark.parametrize("prefix", ["06", "07", "08"])
 def test_each_needs_gpt2_cell_has_an_expectation_beside_it(prefix):
     """Next to every needs-gpt2 cell, a markdown cell says what the reader will see."""
     cells = notebook_cells(prefix)
@@ -149,7 +149,7 @@ def test_each_needs_gpt2_cell_has_an_expectation_beside_it(prefix):
 
 def test_notebooks_cite_loss_figures_with_the_model_size():
     """The book's 3.83 before finetuning and 0.30/0.66 after are gpt2-medium's, never small's."""
-    text = "\n".join(cell.source for cell in notebook_cells("06") if cell.cell_type == "markdown")
+    text = "\n".join(cell.source for cell in notebook_cells("07") if cell.cell_type == "markdown")
     for figure in ("3.8", "0.30", "0.66"):
         for line in text.splitlines():
             if figure in line:
@@ -160,13 +160,13 @@ def printed(cell) -> str:
     return "".join(output.get("text", "") for output in cell.get("outputs", []) if output.output_type == "stream")
 
 
-def test_notebook07_metric_examples_match_utils():
-    """The hand-made pairs of 07 and their committed scores agree with utils' metrics."""
-    cells = [cell for cell in notebook_cells("07") if cell.cell_type == "code"]
+def test_notebook08_metric_examples_match_utils():
+    """The hand-made pairs of 08 and their committed scores agree with utils' metrics."""
+    cells = [cell for cell in notebook_cells("08") if cell.cell_type == "code"]
     (cell,) = [cell for cell in cells if "metric_examples" in cell.source and "exact_match(" in cell.source]
     namespace = {}
     pairs_cell = next(c for c in cells if c.source.lstrip().startswith("metric_examples"))
-    exec(compile(pairs_cell.source, "07", "exec"), namespace)  # noqa: S102 - our own notebook
+    exec(compile(pairs_cell.source, "08", "exec"), namespace)  # noqa: S102 - our own notebook
     pairs = namespace["metric_examples"]
     assert 2 <= len(pairs) <= 4
     output = printed(cell)
@@ -176,23 +176,52 @@ def test_notebook07_metric_examples_match_utils():
         assert re.search(rf"{re.escape(match)}\s+{re.escape(rouge)}", output), (prediction, output)
 
 
-def test_notebook07_prints_the_judge_prompt():
-    cells = [cell for cell in notebook_cells("07") if cell.cell_type == "code" and "judge_prompt(" in cell.source]
+def test_notebook08_prints_the_judge_prompt():
+    cells = [cell for cell in notebook_cells("08") if cell.cell_type == "code" and "judge_prompt(" in cell.source]
     assert cells and NEEDS_GPT2 not in cell_tags(cells[0])
     namespace = {}
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(cells[0].source, "07", "exec"), namespace)  # noqa: S102 - our own notebook
+        exec(compile(cells[0].source, "08", "exec"), namespace)  # noqa: S102 - our own notebook
     entry = next(value for value in namespace.values() if isinstance(value, dict) and "model_response" in value)
     assert printed(cells[0]) == utils.judge_prompt(entry) + "\n"
     assert "### Instruction:" in printed(cells[0])
 
 
-def test_notebook07_prints_answers_compactly():
+def test_notebook08_prints_answers_compactly():
     """The answers cell prints one line per answer: no run of blank lines from a stand-in's output."""
-    (cell,) = [c for c in notebook_cells("07") if c.cell_type == "code" and "shorten(" in c.source]
+    (cell,) = [c for c in notebook_cells("08") if c.cell_type == "code" and "shorten(" in c.source]
     namespace = {}
-    exec(compile(cell.source.split("print(f\"[{model_label}]")[0], "07", "exec"), namespace)  # noqa: S102
+    exec(compile(cell.source.split("print(f\"[{model_label}]")[0], "08", "exec"), namespace)  # noqa: S102
     shorten = namespace["shorten"]
     assert shorten("\n\n\n\n") == repr("\n\n\n\n")
     assert len(shorten("word " * 200)) <= 90 and "\n" not in shorten("a\nb" * 50)
     assert shorten("Lima.") == "'Lima.'"
+
+
+# --- what a reader without GPT-2's weights still sees (issue 21) ---
+
+def _standin_cells(prefix):
+    return [c for c in notebook_cells(prefix) if c.cell_type == "code" and NEEDS_GPT2 not in cell_tags(c)
+            and c.source.startswith("# untrained stand-in")]
+
+
+def test_07_shows_the_standin_loss_plot_in_a_cell_apart():
+    (cell,) = _standin_cells("07")
+    assert "plot_losses(" in cell.source and "untrained stand-in" in printed(cell)
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs), "the committed plot is missing"
+    assert any(NEEDS_GPT2 in cell_tags(c) and "plot_losses(history" in c.source for c in notebook_cells("07"))
+
+
+def test_08_shows_the_standin_score_table_beside_reference_points():
+    (cell,) = _standin_cells("08")
+    table = printed(cell)
+    assert "untrained stand-in" in table and "the reference itself" in table and "100.0%" in table
+    assert any(NEEDS_GPT2 in cell_tags(c) and "evaluate_responses(responses)" in c.source for c in notebook_cells("08"))
+
+
+def test_08_sets_up_ollama_step_by_step():
+    text = "\n".join(c.source for c in notebook_cells("08") if c.cell_type == "markdown")
+    for step in ("ollama.com/install.sh", "ollama serve", "ollama pull llama3.2", "curl http://localhost:11434",
+                 "connection refused", "model not found"):
+        assert step in text, step
+    assert "0.6 s per answer" in text and "ch07.ipynb" in text  # the judge's time, with its source

@@ -1,4 +1,4 @@
-"""Notebook 05's drafts (attention, block, whole model) compute what utils' modules compute.
+"""Notebook 05's drafts (attention, block, whole model) compute what utils' modules compute; 06's weight cells.
 
 Each draft is loaded from the notebook itself, given the same weights as its utils counterpart
 (the parameter names match, so load_state_dict copies them), and fed random inputs.
@@ -74,7 +74,7 @@ def test_draft_gpt_agrees_with_utils(drafts, cfg):
 
 
 def test_checkpoint_names_match_a_transformers_gpt2():
-    """gpt2_checkpoint_name and is_conv1d_weight (shown in notebook 05) fit a checkpoint transformers builds."""
+    """gpt2_checkpoint_name and is_conv1d_weight (shown in notebook 06) fit a checkpoint transformers builds."""
     transformers = pytest.importorskip("transformers")
     cfg = utils.GPT_CONFIGS["tiny"]
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
@@ -97,7 +97,7 @@ def test_weight_dependent_cells_are_tagged_and_explained():
     import nbformat
     from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, cell_tags
 
-    cells = nbformat.read(next(NOTEBOOK_DIR.glob("05*.ipynb")), as_version=4).cells
+    cells = nbformat.read(next(NOTEBOOK_DIR.glob("06*.ipynb")), as_version=4).cells
     uses_model = re.compile(r"(?<![\w.])(model|model_label)\b")
     tagged = 0
     for i, cell in enumerate(cells):
