@@ -17,10 +17,10 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 import build_site
-import check_setup
+import machine_checks as check_setup  # scripts/check_setup.py checks the Python version, then runs these
 import notebook_html
 import slides
-from check_setup import Result
+from machine_checks import Result
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -209,8 +209,9 @@ def test_broken_links_are_reported(tmp_path):
 
 # --- the machine check ---
 
-def test_check_setup_imports_only_the_standard_library():
-    tree = ast.parse((REPO_ROOT / "scripts" / "check_setup.py").read_text())
+@pytest.mark.parametrize("name", ["check_setup.py", "machine_checks.py"])
+def test_check_setup_imports_only_the_standard_library(name):
+    tree = ast.parse((REPO_ROOT / "scripts" / name).read_text())
     top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_level |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     assert top_level - {"__future__"} <= set(sys.stdlib_module_names)
@@ -246,14 +247,16 @@ def test_no_torch_fails_and_says_how_to_fix():
 def test_tokenizer_lookup(tmp_path):
     import utils
     empty_cache = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
-    assert check_setup.check_tokenizer(empty_cache).status == "WARN"            # not downloaded yet
+    online, offline = (lambda url: True), (lambda url: False)
+    assert check_setup.check_tokenizer(empty_cache, reachable=online).status == "WARN"  # not downloaded yet
+    assert check_setup.check_tokenizer(empty_cache, reachable=offline).status == "FAIL"  # and cannot be
     broken = {utils.TOKENIZER_DIR_ENV: str(tmp_path)}
     assert check_setup.check_tokenizer(broken).status == "FAIL"                 # folder without the files
     local = __import__("os").environ.get(utils.TOKENIZER_DIR_ENV)
     if local:  # the test machines' copy of GPT-2's vocabulary (tests/conftest.py)
         assert check_setup.check_tokenizer({utils.TOKENIZER_DIR_ENV: local}).status == "OK"
         utils.install_tokenizer_files(local, tmp_path / "cache")
-        assert check_setup.check_tokenizer(empty_cache).status == "OK"          # tiktoken's cache, filled
+        assert check_setup.check_tokenizer(empty_cache, reachable=offline).status == "OK"  # tiktoken's cache, filled
 
 
 def test_tokenizer_before_set_up_warns():
