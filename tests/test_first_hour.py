@@ -296,3 +296,38 @@ def test_link_check_finds_missing_files_and_headings(tmp_path, monkeypatch):
 def test_github_anchors_match_how_github_names_headings():
     assert lint_docs.github_anchor("Preparing an offline workshop") == "preparing-an-offline-workshop"
     assert lint_docs.github_anchor("`make check`: is this machine ready?") == "make-check-is-this-machine-ready"
+
+
+# --- make download offline: which part failed, which is fine; missing weights alone are not an error ---
+
+
+def offline_download(monkeypatch, tokenizer_ok: bool):
+    import download
+
+    def no_weights(name):
+        raise utils.WeightsUnavailableError(name, "https://huggingface.co cannot be reached (test)")
+
+    def tokenizer():
+        if not tokenizer_ok:
+            raise utils.TokenizerUnavailableError("Could not load GPT-2's tokenizer (test)")
+        return type("T", (), {"n_vocab": 50257})()
+
+    monkeypatch.setattr(utils, "HUB_FAILURE_FILE", Path("/nonexistent/memo"))
+    monkeypatch.setattr(utils, "get_tokenizer", tokenizer)
+    monkeypatch.setattr(utils, "download_gpt2_weights", no_weights)
+    return download
+
+
+def test_download_offline_with_the_tokenizer_exits_0_and_names_each_part(monkeypatch, capsys):
+    download = offline_download(monkeypatch, tokenizer_ok=True)
+    assert download.main([]) == 0
+    out, err = capsys.readouterr()
+    assert "ok       tokenizer (50257 tokens)" in out and "MISSING  gpt2-small weights (optional" in err
+    assert download.main(["--require-weights"]) == 1
+
+
+def test_download_without_the_tokenizer_fails_and_says_so(monkeypatch, capsys):
+    download = offline_download(monkeypatch, tokenizer_ok=False)
+    assert download.main([]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED  tokenizer (every notebook needs it)" in err and "MISSING  gpt2-small weights" in err

@@ -318,7 +318,7 @@ def test_make_download_offline_does_not_send_the_user_to_make_download(tmp_path,
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(utils, "cached_gpt2_weights", lambda *a, **k: None)
     monkeypatch.setattr(utils, "get_tokenizer", lambda: type("T", (), {"n_vocab": 50257})())
-    assert download.main(["--models", "gpt2-small"]) == 1
+    assert download.main(["--models", "gpt2-small"]) == 0  # the weights are optional (issue 25)
     err = capsys.readouterr().err
     assert "make download" not in err and "stale" not in err
     assert "cannot be reached" in err and "run this command again" in err
