@@ -331,3 +331,23 @@ def test_download_without_the_tokenizer_fails_and_says_so(monkeypatch, capsys):
     assert download.main([]) == 1
     err = capsys.readouterr().err
     assert "FAILED  tokenizer (every notebook needs it)" in err and "MISSING  gpt2-small weights" in err
+
+
+# --- finetune.py: a run that fails before writing anything leaves no empty folder ---
+
+
+def test_failed_finetune_leaves_no_empty_out_folder(tmp_path, monkeypatch, capsys):
+    import finetune
+
+    def unavailable(*args, **kwargs):
+        raise utils.WeightsUnavailableError("gpt2-small: https://huggingface.co cannot be reached (test)")
+
+    monkeypatch.setattr(finetune, "load_splits", unavailable)  # the first step after the folder check
+    out = tmp_path / "runs" / "small"
+    assert finetune.main(["--model", "gpt2-small", "--out", str(out)]) == 1
+    assert "cannot be reached" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    assert finetune.main(["--model", "gpt2-small", "--out", str(kept)]) == 1
+    assert kept.is_dir()  # a folder the user made stays
