@@ -351,3 +351,28 @@ def test_failed_finetune_leaves_no_empty_out_folder(tmp_path, monkeypatch, capsy
     kept.mkdir()
     assert finetune.main(["--model", "gpt2-small", "--out", str(kept)]) == 1
     assert kept.is_dir()  # a folder the user made stays
+
+
+# --- CI: the same commands locally (.ci/run) and on the public host (.github/workflows) ---
+
+
+def test_ci_runs_lint_and_the_readme_test_command():
+    readme = (REPO_ROOT / "README.md").read_text()
+    test_command = re.search(r"## Tests\s+```bash\n(.+?)\n```", readme).group(1).strip()
+    assert test_command == "make test"
+    ci_run = (REPO_ROOT / ".ci" / "run").read_text()
+    workflow = (REPO_ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    for text in (ci_run, workflow):
+        assert "make lint" in text and test_command in text
+    assert re.search(r"^on:\s*\n\s+push:\s*\n\s+pull_request:", workflow, re.MULTILINE)
+    assert "links --external" in workflow and "--external" not in ci_run  # external links: hosted CI only
+    assert "[CONTRIBUTING.md](CONTRIBUTING.md)" in readme
+
+
+def test_lint_tools_are_in_the_test_requirements_with_ranges():
+    wanted = {
+        name: specs
+        for name, specs in machine_checks.parse_requirements((REPO_ROOT / "requirements-test.txt").read_text())
+    }
+    for tool in ("ruff", "codespell"):
+        assert {op for op, _ in wanted[tool]} == {">=", "<"}
