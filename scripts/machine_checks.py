@@ -279,7 +279,7 @@ def check_weights(import_module: Callable = importlib.import_module) -> Result:
             "gpt2 weights",
             "gpt2-small is not in the Hugging Face cache"
             + others
-            + ": notebooks 05-09 download it (548 MB) or, offline, fall back to an UNTRAINED stand-in",
+            + ": notebooks 06-11 download it (548 MB) or, offline, fall back to an UNTRAINED stand-in",
             "make download (on a good network, before the workshop)",
         )
     return Result("OK", "gpt2 weights", "cached: " + ", ".join(found))

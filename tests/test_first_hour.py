@@ -376,3 +376,38 @@ def test_lint_tools_are_in_the_test_requirements_with_ranges():
     }
     for tool in ("ruff", "codespell"):
         assert {op for op, _ in wanted[tool]} == {">=", "<"}
+
+
+# --- slides and site: npm out of reach gives one line and the fix ---
+
+
+def test_unreachable_npm_registry_gives_one_line_and_the_fix(tmp_path, monkeypatch, capsys):
+    import notebook_html
+
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed here; test_missing_npm_says_what_to_do covers that case")
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:9/")  # nothing listens there
+    monkeypatch.setenv("npm_config_fetch_retries", "0")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
+    with pytest.raises(notebook_html.AssetsUnavailableError) as info:
+        notebook_html.ensure_assets(tmp_path / "assets")
+    message = str(info.value)
+    assert "\n" not in message and "ECONNREFUSED" in message and "Fix:" in message
+    assert "from the npm registry (once" in capsys.readouterr().out  # the fetch announced itself
+
+
+@pytest.mark.parametrize("script", ["slides", "build_site"])
+def test_slides_and_site_report_missing_assets_without_traceback(script, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    import notebook_html
+
+    def unavailable(*args, **kwargs):
+        raise notebook_html.AssetsUnavailableError("npm could not fetch reveal.js@5 (ECONNREFUSED). Fix: ...")
+
+    monkeypatch.setattr(notebook_html, "ensure_assets", unavailable)
+    module = importlib.import_module(script)
+    args = ["--build"] if script == "slides" else []
+    assert module.main([*args, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Fix:" in err and "Traceback" not in err

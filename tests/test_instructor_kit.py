@@ -187,6 +187,13 @@ def test_site_has_front_page_and_every_notebook(site):
     assert 'href="notebooks/01-instruction-dataset.html"' in front  # README's notebook links, rewritten
 
 
+def test_site_renders_dataset_md_as_a_page(site):
+    front = (site / "index.html").read_text()
+    assert 'href="dataset.html"' in front and 'href="DATASET.md"' not in front
+    page = (site / "dataset.html").read_text()
+    assert "<h1" in page  # rendered Markdown, not the raw file
+
+
 def test_site_links_and_images_resolve(site):
     assert build_site.broken_links(site) == []
     pages = list(site.rglob("*.html"))
