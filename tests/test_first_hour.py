@@ -411,3 +411,47 @@ def test_slides_and_site_report_missing_assets_without_traceback(script, tmp_pat
     assert module.main([*args, "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Fix:" in err and "Traceback" not in err
+
+
+# --- set-up: pip says what it does; a wheelhouse for another Python is named as such ---
+
+
+def setup_with_fake_pip(tmp_path: Path, pip_script: str, wheels: list[str]) -> subprocess.CompletedProcess:
+    root = tmp_path / "course"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("scripts/setup.sh", "requirements.txt", "requirements-test.txt", "utils.py"):
+        shutil.copy2(REPO_ROOT / name, root / name)
+    (root / ".venv" / "bin").mkdir(parents=True)
+    fake = root / ".venv" / "bin" / "python"
+    fake.write_text(
+        f'#!/bin/sh\ncase "$*" in\n  "-m pip "*) {pip_script} ;;\n  *course.pth*) exit 0 ;;\nesac\n'
+        f"exec '{VENV_PYTHON}' \"$@\"\n"
+    )
+    fake.chmod(0o755)
+    if wheels:
+        (root / "wheelhouse").mkdir()
+        for wheel in wheels:
+            (root / "wheelhouse" / wheel).write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if k not in ("GPT2_TOKENIZER_DIR", "WHEELHOUSE")}
+    return subprocess.run(
+        ["bash", str(root / "scripts" / "setup.sh")], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_setup_shows_a_line_per_package_pip_installs(tmp_path):
+    pip = "printf 'Collecting numpy\\nRequirement already satisfied: tqdm\\nInstalling collected packages: numpy\\n'"
+    result = setup_with_fake_pip(tmp_path, pip, wheels=[])
+    assert result.returncode == 0, result.stderr
+    assert "  pip: Collecting numpy" in result.stdout and "  pip: Installing collected packages" in result.stdout
+    assert "Requirement already satisfied" not in result.stdout
+
+
+def test_wheelhouse_for_another_python_is_named_with_both_versions(tmp_path):
+    other = 12 if sys.version_info[:2] != (3, 12) else 11
+    pip = "echo 'ERROR: No matching distribution found for torch==2.13.0'; exit 1"
+    wheels = [f"torch-2.13.0-cp3{other}-cp3{other}-linux_x86_64.whl", "tqdm-4.67.1-py3-none-any.whl"]
+    result = setup_with_fake_pip(tmp_path, pip, wheels)
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert result.returncode != 0
+    assert f"holds wheels built for Python 3.{other}, but .venv runs Python {here}" in result.stderr
+    assert "No matching distribution" in result.stdout  # pip's own line, shown once
