@@ -156,8 +156,9 @@ def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: 
         except DatasetError as exc:  # e.g. written by an older version that cached anything
             stale = exc
             warnings.warn(f"The cached copy is not usable, downloading it again: {exc}", stacklevel=2)
+    shown = local_path.relative_to(REPO_ROOT) if local_path.is_relative_to(REPO_ROOT) else local_path  # no machine paths
     fix = (f"Fix: download it on a machine with network and pass the local path instead, "
-           f"or copy it to {local_path}.")
+           f"or copy it to {shown}.")
     if stale is not None:
         fix = f"The cached copy is not usable either: {stale}\n{fix}"
     try:

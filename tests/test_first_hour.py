@@ -455,3 +455,25 @@ def test_wheelhouse_for_another_python_is_named_with_both_versions(tmp_path):
     assert result.returncode != 0
     assert f"holds wheels built for Python 3.{other}, but .venv runs Python {here}" in result.stderr
     assert "No matching distribution" in result.stdout  # pip's own line, shown once
+
+
+# --- committed notebook outputs: nothing of the machine that made them ---
+
+MACHINE_PATH = re.compile(
+    r"(?<![\w.])(?:/home/|/root/|/Users/|/tmp/|/work/|/private/var/|[A-Z]:\\\\Users\\\\)"
+    r"|site-packages|\.venv/"
+)
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_outputs_hold_no_machine_paths(path):
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    found = []
+    for number, cell in enumerate(notebook["cells"], start=1):
+        for output in cell.get("outputs", []):
+            text = json.dumps({k: v for k, v in output.items() if k != "metadata"})
+            found += [
+                f"cell {number}: ...{text[max(0, m.start() - 40) : m.end() + 40]}..."
+                for m in MACHINE_PATH.finditer(text)
+            ]
+    assert not found, "\n".join(found[:5])
