@@ -28,7 +28,7 @@ HOSTILE_NAME = 'it\'s $(touch pwned1) `touch pwned2` "q"'
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "GPT2_TOKENIZER_DIR")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "GPT2_TOKENIZER_DIR")}
     env.update(extra)
     return env
 
@@ -57,7 +57,7 @@ def test_make_lab_in_a_folder_named_like_shell_code_runs_nothing(make_sandbox):
     result = subprocess.run(["make", "lab"], cwd=make_sandbox, env=clean_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert not list(make_sandbox.parent.rglob("pwned*")) and not Path("pwned1").exists()
-    started = json.loads(result.stdout.splitlines()[-1])
+    started = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
     assert started["argv"][:3] == ["-m", "jupyter", "lab"]
     assert "--ServerApp.root_dir=." in started["argv"] and started["cwd"] == str(make_sandbox)
     assert ("--allow-root" in started["argv"]) == (os.getuid() == 0)
@@ -71,7 +71,7 @@ def test_lab_args_as_root_keep_allow_root(make_sandbox):
         capture_output=True,
         text=True,
     )
-    argv = json.loads(result.stdout.splitlines()[-1])["argv"]
+    argv = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))["argv"]
     assert argv[-3:] == ["--port", "8899", "--no-browser"]
     assert ("--allow-root" in argv) == (os.getuid() == 0)
 
