@@ -13,8 +13,7 @@ LAB_ARGS ?=
 # Where `make wheelhouse` puts every wheel set-up needs; set-up installs from it when it exists.
 export WHEELHOUSE ?= $(CURDIR)/wheelhouse
 
-.PHONY: help setup setup-test run lab test lint format notebooks figures download wheelhouse clean clean-runs \
-	check slides site
+.PHONY: help setup setup-test run lab test lint format notebooks figures download wheelhouse clean clean-runs check slides site
 
 help:
 	@echo "make check      check this machine for the course (works before set-up too)"
