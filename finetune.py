@@ -248,6 +248,10 @@ def check_out_folder(args: argparse.Namespace, main_process: bool = True,
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder: choose another --out")
+    created = out  # the topmost folder this run creates, removed again if the run fails before writing into it
+    while not created.parent.exists() and created.parent != created:
+        created = created.parent
+    args.created_out = None if created.exists() else created
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -600,6 +604,22 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def _remove_empty_out(args: argparse.Namespace) -> None:
+    """A run that failed before writing anything leaves no empty --out folder behind (nor the parents it made)."""
+    created = getattr(args, "created_out", None)
+    if created is None:
+        return
+    folder = args.out
+    while True:
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        if folder == created:
+            return
+        folder = folder.parent
+
+
 def main(argv: list[str] | None = None) -> int:
     ddp_timeout = parse_args_quietly(argv).ddp_timeout
     # None unless torchrun started more than one process
@@ -638,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not isinstance(exc, (UsageError, *EXPECTED_ERRORS)):
             print(f"  (an unexpected {type(exc).__name__}: rerun with --debug or {DEBUG_ENV}=1 for the traceback)",
                   file=sys.stderr)
+        _remove_empty_out(args)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous_handler)

@@ -233,6 +233,13 @@ def get_tokenizer(local_dir: str | Path | None = None):
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as exc:  # tiktoken raises requests' errors, or ValueError on a bad hash
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename:  # the disk, not the network
+            cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+            raise TokenizerUnavailableError(
+                f"Could not save GPT-2's tokenizer in {cache} ({exc.strerror}). Fix: make that folder writable, "
+                f"or set TIKTOKEN_CACHE_DIR to a writable folder, or {TOKENIZER_DIR_ENV} to a folder holding "
+                "encoder.json and vocab.bpe."
+            ) from None
         raise TokenizerUnavailableError(
             "Could not load GPT-2's tokenizer: tiktoken needs to download encoder.json and vocab.bpe "
             f"and that failed ({type(exc).__name__}).\n"

@@ -99,6 +99,9 @@ def _exporter():
     return exporter
 
 
+SITE_DOCUMENTS = ("DATASET.md", "CONTRIBUTING.md")  # rendered as pages beside the front page
+
+
 def build_site(notebooks: list[Path], out: Path, assets_cache: Path = notebook_html.ASSETS_CACHE) -> list[Path]:
     """Write the site into `out` (replaced); returns the HTML pages written."""
     notebooks = sorted(notebooks, key=lambda p: p.name)
@@ -108,6 +111,10 @@ def build_site(notebooks: list[Path], out: Path, assets_cache: Path = notebook_h
     (staging / "notebooks").mkdir(parents=True)
     shutil.copytree(assets, staging / "assets", ignore=shutil.ignore_patterns("reveal.js"))
     notebook_pages = {nb.resolve(): staging / "notebooks" / f"{nb.stem}.html" for nb in notebooks}
+    # README's other documents become pages too (a link to DATASET.md opens a rendered page, not the raw file).
+    document_pages = {REPO_ROOT / name: staging / f"{Path(name).stem.lower()}.html"
+                      for name in SITE_DOCUMENTS if (REPO_ROOT / name).is_file()}
+    notebook_pages.update(document_pages)
     exporter, to_copy, written = _exporter(), set(), []
 
     def export(nb, page_path: Path, source_dir: Path, current: int | None, name: str) -> None:
@@ -124,6 +131,9 @@ def build_site(notebooks: list[Path], out: Path, assets_cache: Path = notebook_h
     # The front page: README.md, rendered by the same template as one markdown cell.
     readme = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell((REPO_ROOT / "README.md").read_text())])
     export(readme, staging / "index.html", REPO_ROOT, None, SITE_TITLE)
+    for source, page_path in document_pages.items():
+        document = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(source.read_text())])
+        export(document, page_path, REPO_ROOT, None, f"{SITE_TITLE}: {source.name}")
     for i, path in enumerate(notebooks):
         nb = nbformat.read(path, as_version=4)
         notebook_html.static_outputs(nb)
@@ -187,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/[0-9]*.ipynb")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "site")
     args = parser.parse_args(argv)
-    pages = build_site(args.notebooks or sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb")), args.out)
+    try:
+        pages = build_site(args.notebooks or sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb")), args.out)
+    except notebook_html.AssetsUnavailableError as err:
+        print(f"site: {err}", file=sys.stderr)
+        return 1
     broken = broken_links(args.out)
     for line in broken:
         print("broken link:", line, file=sys.stderr)

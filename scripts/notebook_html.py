@@ -67,6 +67,15 @@ def _extract(tarball: Path, target: Path, keep: tuple[str, ...]) -> None:
                 shutil.copyfileobj(src, dst)
 
 
+def _npm_reason(stderr: str) -> str:
+    """npm's error code and summary in a few words (its full output is a stack of 15 lines)."""
+    code = re.search(r"npm (?:ERR!|error) code (\S+)", stderr)
+    summary = next((line.split(" ", 2)[-1] for line in stderr.splitlines()
+                    if re.match(r"npm (?:ERR!|error) (?!code)\S", line)), "")
+    text = " ".join(part for part in (code.group(1) if code else "", summary[:160]) if part)
+    return text or (stderr.strip().splitlines() or ["no message"])[-1][:160]
+
+
 def ensure_assets(cache: Path = ASSETS_CACHE) -> Path:
     """The folder holding reveal.js, require.js, jQuery and MathJax; fetched once with `npm pack`."""
     missing = [pkg for pkg, (version, _, folder, _) in NPM_ASSETS.items()
@@ -84,11 +93,13 @@ def ensure_assets(cache: Path = ASSETS_CACHE) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         for pkg in missing:
             version, integrity, folder, keep = NPM_ASSETS[pkg]
+            print(f"fetching {pkg}@{version} from the npm registry (once; later builds work offline) ...", flush=True)
             done = subprocess.run([npm, "pack", f"{pkg}@{version}", "--pack-destination", tmp, "--json"],
                                   capture_output=True, text=True)
             if done.returncode != 0:
-                raise AssetsUnavailableError(f"npm pack {pkg}@{version} failed (no network?):\n{done.stderr[-800:]}\n"
-                                             f"Fix: run this once with network, or copy {cache} from another machine.")
+                raise AssetsUnavailableError(
+                    f"npm could not fetch {pkg}@{version} ({_npm_reason(done.stderr)}). Fix: run this once with "
+                    f"the npm registry in reach, or copy {cache} from a machine where `make slides` ran.")
             tarball = Path(tmp) / json.loads(done.stdout)[0]["filename"]
             if _integrity(tarball) != integrity:
                 raise AssetsUnavailableError(f"{tarball.name}: integrity differs from the pinned one; not used")

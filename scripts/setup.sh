@@ -61,11 +61,27 @@ has_file() {  # has_file FOLDER PATTERN: a file matching PATTERN exists in FOLDE
   for f in "$1"/$2; do [ -e "$f" ] && return 0; done
   return 1
 }
+pip_progress() {  # pip install, one line per package it fetches or installs (a first set-up takes minutes)
+  "$PY" -m pip install --progress-bar off "$@" 2>&1 \
+    | awk '/^(Collecting|Downloading|Installing collected|Successfully installed|ERROR|error:)/ {print "  pip: " $0; fflush()}'
+}
+wheelhouse_python_hint() {  # after a failed wheelhouse install: were the wheels made for another Python?
+  "$PY" - "$WHEELHOUSE" >&2 <<'EOF' || true
+import pathlib, re, sys
+have = f"{sys.version_info[0]}.{sys.version_info[1]}"
+tags = {m.group(1) for p in pathlib.Path(sys.argv[1]).glob("*.whl") if (m := re.search(r"-cp3(\d+)-", p.name))}
+built = sorted({f"3.{t}" for t in tags}, key=lambda v: int(v[2:]))
+if built and have not in built:
+    print(f"setup: the wheelhouse {sys.argv[1]} holds wheels built for Python {', '.join(built)}, "
+          f"but .venv runs Python {have}.\n       Fix: rebuild it with Python {have} (make wheelhouse, with network), "
+          f"or use Python {built[-1]}: rm -rf .venv && PYTHON=/path/to/python{built[-1]} make setup")
+EOF
+}
 pip_install() {  # from the wheelhouse alone when there is one, else from the configured index
   if has_file "$WHEELHOUSE" "*.whl"; then
-    "$PY" -m pip install --quiet --no-index --find-links "$WHEELHOUSE" "$@"
+    pip_progress --no-index --find-links "$WHEELHOUSE" "$@" || { wheelhouse_python_hint; return 1; }
   else
-    "$PY" -m pip install --quiet "$@"
+    pip_progress "$@"
   fi
 }
 
@@ -79,11 +95,11 @@ if ! has_torch; then
     echo "setup: installing PyTorch $TORCH_VERSION from $WHEELHOUSE"
     pip_install "torch==$TORCH_VERSION"
   elif wants_cpu_build && cpu_index_reachable; then
-    echo "setup: installing PyTorch $TORCH_VERSION (CPU build, from $CPU_INDEX)"
-    "$PY" -m pip install --quiet "torch==$TORCH_VERSION" --index-url "$CPU_INDEX"
+    echo "setup: installing PyTorch $TORCH_VERSION (CPU build, from $CPU_INDEX; about 200 MB)"
+    pip_progress "torch==$TORCH_VERSION" --index-url "$CPU_INDEX"
   else
     echo "setup: installing PyTorch $TORCH_VERSION from the configured index"
-    "$PY" -m pip install --quiet "torch==$TORCH_VERSION"
+    pip_progress "torch==$TORCH_VERSION"
   fi
   torch_installed_now=1
 fi

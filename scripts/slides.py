@@ -202,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
     if args.build:
-        for html in build_slides(paths, args.out):
+        try:
+            written = build_slides(paths, args.out)
+        except notebook_html.AssetsUnavailableError as err:
+            print(f"slides: {err}", file=sys.stderr)
+            return 1
+        for html in written:
             print(f"wrote {html.relative_to(Path.cwd()) if html.is_relative_to(Path.cwd()) else html}")
         return 0
     missing = 0

@@ -17,10 +17,10 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 import build_site
-import check_setup
+import machine_checks as check_setup  # scripts/check_setup.py checks the Python version, then runs these
 import notebook_html
 import slides
-from check_setup import Result
+from machine_checks import Result
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -187,6 +187,13 @@ def test_site_has_front_page_and_every_notebook(site):
     assert 'href="notebooks/01-instruction-dataset.html"' in front  # README's notebook links, rewritten
 
 
+def test_site_renders_dataset_md_as_a_page(site):
+    front = (site / "index.html").read_text()
+    assert 'href="dataset.html"' in front and 'href="DATASET.md"' not in front
+    page = (site / "dataset.html").read_text()
+    assert "<h1" in page  # rendered Markdown, not the raw file
+
+
 def test_site_links_and_images_resolve(site):
     assert build_site.broken_links(site) == []
     pages = list(site.rglob("*.html"))
@@ -209,8 +216,9 @@ def test_broken_links_are_reported(tmp_path):
 
 # --- the machine check ---
 
-def test_check_setup_imports_only_the_standard_library():
-    tree = ast.parse((REPO_ROOT / "scripts" / "check_setup.py").read_text())
+@pytest.mark.parametrize("name", ["check_setup.py", "machine_checks.py"])
+def test_check_setup_imports_only_the_standard_library(name):
+    tree = ast.parse((REPO_ROOT / "scripts" / name).read_text())
     top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top_level |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     assert top_level - {"__future__"} <= set(sys.stdlib_module_names)
@@ -247,14 +255,16 @@ def test_tokenizer_lookup(tmp_path):
     import utils
     from support.tokenizer_files import install_tokenizer_files
     empty_cache = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
-    assert check_setup.check_tokenizer(empty_cache).status == "WARN"            # not downloaded yet
+    online, offline = (lambda url: True), (lambda url: False)
+    assert check_setup.check_tokenizer(empty_cache, reachable=online).status == "WARN"  # not downloaded yet
+    assert check_setup.check_tokenizer(empty_cache, reachable=offline).status == "FAIL"  # and cannot be
     broken = {utils.TOKENIZER_DIR_ENV: str(tmp_path)}
     assert check_setup.check_tokenizer(broken).status == "FAIL"                 # folder without the files
     local = __import__("os").environ.get(utils.TOKENIZER_DIR_ENV)
     if local:  # the test machines' copy of GPT-2's vocabulary (tests/conftest.py)
         assert check_setup.check_tokenizer({utils.TOKENIZER_DIR_ENV: local}).status == "OK"
         install_tokenizer_files(local, tmp_path / "cache")
-        assert check_setup.check_tokenizer(empty_cache).status == "OK"          # tiktoken's cache, filled
+        assert check_setup.check_tokenizer(empty_cache, reachable=offline).status == "OK"  # tiktoken's cache, filled
 
 
 def test_tokenizer_before_set_up_warns():
@@ -285,10 +295,11 @@ def test_ram_and_disk_against_model_sizes(tmp_path):
 
 
 def test_training_estimate_uses_the_injected_timing():
-    # 2 epochs x 116 batches = 232 steps of 2 s, and 46 evaluations of 10 forward batches of 0.5 s: 694 s
-    assert check_setup.estimate_notebook07_minutes(2.0, 0.5, 116) == pytest.approx(694 / 60)
+    # 2 epochs x 116 batches = 232 steps of 2 s, and 11 evaluations (every 20 steps, as notebook 07's settings)
+    # of 10 forward batches of 0.5 s: 519 s
+    assert check_setup.estimate_notebook07_minutes(2.0, 0.5, 116) == pytest.approx(519 / 60)
     fast = check_setup.check_training_speed(lambda: (116, 90, 2.0, 0.5, 3.1))
-    assert fast.status == "OK" and "about 12 min" in fast.detail
+    assert fast.status == "OK" and "about 9 min" in fast.detail
     slow = check_setup.check_training_speed(lambda: (116, 90, 20.0, 5.0, 3.1))
     assert slow.status == "WARN" and "TRAIN_SUBSET" in slow.fix
 

@@ -436,7 +436,7 @@ def test_room_estimate_covers_a_real_checkpoint(tmp_path, monkeypatch):
 # --- 4. an existing run is never overwritten silently ---
 
 @pytest.fixture(scope="module")
-def _smoke_run(tmp_path_factory) -> Path:
+def _smoke_run(tmp_path_factory, tokenizer) -> Path:  # `tokenizer`: skipped with the fix when there is none
     out = tmp_path_factory.mktemp("smoke") / "run"
     assert finetune.main(["--smoke", "--out", str(out)]) == 0
     return out
