@@ -52,12 +52,17 @@ from utils import (
 
 REPO_ROOT = Path(__file__).resolve().parent
 PAGE_DIR = REPO_ROOT / "chat_page"
-PAGE_FILES = {"/": ("index.html", "text/html"), "/chat.js": ("chat.js", "text/javascript"),
-              "/chat.css": ("chat.css", "text/css")}
+PAGE_FILES = {
+    "/": ("index.html", "text/html"),
+    "/chat.js": ("chat.js", "text/javascript"),
+    "/chat.css": ("chat.css", "text/css"),
+}
 # The page's scripts come only from this server; even text that slipped into the page as HTML could not run.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                                "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -68,17 +73,18 @@ STANDIN_LABEL = "UNTRAINED stand-in ('tiny' config, random weights): gibberish, 
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for; anything beyond is refused with a message that says so."""
-    max_chars: int = 2000          # instruction and input together
+
+    max_chars: int = 2000  # instruction and input together
     max_new_tokens: int = 500
     max_temperature: float = 2.0
-    max_waiting: int = 8           # requests queued behind the one generating
+    max_waiting: int = 8  # requests queued behind the one generating
     max_body_bytes: int = 64_000
 
 
 @dataclass
 class ChatModel:
-    key: str     # "finetuned" or "base"
-    label: str   # shown on the page: what this model really is
+    key: str  # "finetuned" or "base"
+    label: str  # shown on the page: what this model really is
     model: GPTModel
 
 
@@ -93,6 +99,7 @@ class Stopped(Exception):
 @dataclass
 class Generation:
     """One validated request."""
+
     model: ChatModel
     prompt: str
     prompt_ids: list[int]
@@ -103,6 +110,7 @@ class Generation:
 
 
 # --- which models: checkpoint discovery and loading ---
+
 
 def find_finetuned_checkpoint(root: Path = REPO_ROOT) -> Path | None:
     """The newest finetuned model notebook 07-finetuning or finetune.py wrote under `root`, if any."""
@@ -135,16 +143,18 @@ def base_model(model_name: str) -> ChatModel:
     weights = None if smoke_mode() else cached_gpt2_weights(model_name)
     if weights is None:
         return ChatModel("base", STANDIN_LABEL, standin_model())
-    return ChatModel("base", f"{model_name} base (OpenAI's pretrained weights, not finetuned)",
-                     build_gpt2(model_name, weights))
+    return ChatModel(
+        "base", f"{model_name} base (OpenAI's pretrained weights, not finetuned)", build_gpt2(model_name, weights)
+    )
 
 
 def load_models(checkpoint: Path | None, model_name: str = "gpt2-small") -> tuple[dict[str, ChatModel], str]:
     """The finetuned model (if there is a checkpoint) and its base model; plus a note for the page."""
     if checkpoint is None:
         base = base_model(model_name)
-        return {"base": base}, ("No finetuned checkpoint found (run notebook 07-finetuning or finetune.py): "
-                                f"answering with {base.label}.")
+        return {"base": base}, (
+            f"No finetuned checkpoint found (run notebook 07-finetuning or finetune.py): answering with {base.label}."
+        )
     config = checkpoint_config(checkpoint)
     model = GPTModel(config)
     try:
@@ -161,6 +171,7 @@ def load_models(checkpoint: Path | None, model_name: str = "gpt2-small") -> tupl
 
 # --- the server ---
 
+
 class ChatApp:
     """The models, the tokenizer and the lock that lets one answer use the model at a time."""
 
@@ -175,8 +186,12 @@ class ChatApp:
         self.shutting_down = threading.Event()
 
     def info(self) -> dict:
-        return {"models": {key: m.label for key, m in self.models.items()}, "note": self.note,
-                "styles": sorted(PROMPT_STYLES), "limits": vars(self.limits)}
+        return {
+            "models": {key: m.label for key, m in self.models.items()},
+            "note": self.note,
+            "styles": sorted(PROMPT_STYLES),
+            "limits": vars(self.limits),
+        }
 
     def status(self) -> dict:
         with self.state_lock:
@@ -195,8 +210,10 @@ class ChatApp:
         if not instruction.strip():
             raise RequestError("Type an instruction first.")
         if len(instruction) + len(extra) > lim.max_chars:
-            raise RequestError(f"Too long: instruction and input have {len(instruction) + len(extra):,} characters "
-                               f"together; the limit is {lim.max_chars:,}.")
+            raise RequestError(
+                f"Too long: instruction and input have {len(instruction) + len(extra):,} characters "
+                f"together; the limit is {lim.max_chars:,}."
+            )
         key = body.get("model") or next(iter(self.models))
         if key not in self.models:
             raise RequestError(f"No {key!r} model here; this page has: {', '.join(self.models)}.")
@@ -212,8 +229,10 @@ class ChatApp:
         ids = encode_text(prompt, self.tokenizer)
         context = self.models[key].model.cfg["context_length"]
         if len(ids) + max_new > context:
-            raise RequestError(f"Too long for the model: the prompt is {len(ids)} tokens and {max_new} new tokens "
-                               f"would pass its {context}-token window; shorten the text or lower max new tokens.")
+            raise RequestError(
+                f"Too long for the model: the prompt is {len(ids)} tokens and {max_new} new tokens "
+                f"would pass its {context}-token window; shorten the text or lower max new tokens."
+            )
         return Generation(self.models[key], prompt, ids, max_new, temperature, top_k)
 
     def run(self, gen: Generation, send) -> None:
@@ -226,8 +245,16 @@ class ChatApp:
             self.waiting += 1
         in_queue, holding = True, False
         try:
-            send("meta", {"id": request_id, "model": gen.model.key, "label": gen.model.label,
-                          "prompt": gen.prompt, "prompt_tokens": len(gen.prompt_ids)})
+            send(
+                "meta",
+                {
+                    "id": request_id,
+                    "model": gen.model.key,
+                    "label": gen.model.label,
+                    "prompt": gen.prompt,
+                    "prompt_tokens": len(gen.prompt_ids),
+                },
+            )
             while not (holding := self.model_lock.acquire(timeout=0.2)) and not self._ending(gen):
                 # Tells the page why nothing comes yet, and finds a closed page while it waits.
                 send("queued", self.status())
@@ -264,15 +291,29 @@ class ChatApp:
 
         reason = "stopped"
         try:
-            generate(gen.model.model, torch.tensor([gen.prompt_ids]), gen.max_new_tokens,
-                     context_size=gen.model.model.cfg["context_length"], temperature=gen.temperature,
-                     top_k=gen.top_k, eos_id=PAD_TOKEN_ID, on_token=on_token)
+            generate(
+                gen.model.model,
+                torch.tensor([gen.prompt_ids]),
+                gen.max_new_tokens,
+                context_size=gen.model.model.cfg["context_length"],
+                temperature=gen.temperature,
+                top_k=gen.top_k,
+                eos_id=PAD_TOKEN_ID,
+                on_token=on_token,
+            )
             reason = "max_new_tokens" if len(new_ids) == gen.max_new_tokens else "end_of_text"
         except Stopped:
             pass
         self.count("stopped" if reason == "stopped" else "finished")
-        send("done", {"reason": reason, "text": self.tokenizer.decode(new_ids), "tokens": len(new_ids),
-                      "seconds": round(time.perf_counter() - start, 3)})
+        send(
+            "done",
+            {
+                "reason": reason,
+                "text": self.tokenizer.decode(new_ids),
+                "tokens": len(new_ids),
+                "seconds": round(time.perf_counter() - start, 3),
+            },
+        )
 
     def _ending(self, gen: Generation) -> bool:
         return gen.stop.is_set() or self.shutting_down.is_set()
@@ -292,8 +333,9 @@ def _number(value, kind: type, name: str, low, high):
         if kind is int and number != float(value):
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise RequestError(f"{name} must be {'a whole number' if kind is int else 'a number'}, "
-                           f"got {str(value)[:20]!r}.") from None
+        raise RequestError(
+            f"{name} must be {'a whole number' if kind is int else 'a number'}, got {str(value)[:20]!r}."
+        ) from None
     if not low <= number <= high:  # also refuses NaN
         raise RequestError(f"{name} must be between {low} and {high}, got {number}.")
     return number
@@ -310,8 +352,9 @@ class ChatHandler(BaseHTTPRequestHandler):
     def _host_refused(self) -> bool:
         if self.allowed_hosts is None or self.headers.get("Host") in self.allowed_hosts:
             return False
-        self._send_json(HTTPStatus.FORBIDDEN, {"error": "Open this page at http://127.0.0.1:"
-                                                        f"{self.server.server_port}/"})
+        self._send_json(
+            HTTPStatus.FORBIDDEN, {"error": f"Open this page at http://127.0.0.1:{self.server.server_port}/"}
+        )
         return True
 
     def log_message(self, format, *args):  # one quiet line per request would flood a workshop terminal
@@ -360,8 +403,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         except ValueError:
             raise RequestError("The request has no length.") from None
         if not 0 <= length <= self.app.limits.max_body_bytes:
-            raise RequestError(f"The request is too large ({length:,} bytes; the limit is "
-                               f"{self.app.limits.max_body_bytes:,}).")
+            raise RequestError(
+                f"The request is too large ({length:,} bytes; the limit is {self.app.limits.max_body_bytes:,})."
+            )
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except (ValueError, UnicodeDecodeError):
@@ -423,13 +467,21 @@ def make_server(app: ChatApp, host: str = "127.0.0.1", port: int = 8000) -> Thre
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="A local chat page on your finetuned GPT-2.")
-    p.add_argument("--checkpoint", type=Path, help="a finetuned model (default: the newest one in checkpoints/ "
-                                                   "or runs/)")
+    p.add_argument(
+        "--checkpoint", type=Path, help="a finetuned model (default: the newest one in checkpoints/ or runs/)"
+    )
     p.add_argument("--no-checkpoint", action="store_true", help="ignore finetuned checkpoints: the base model only")
-    p.add_argument("--model", default="gpt2-small", choices=[n for n in GPT_CONFIGS if n != "tiny"],
-                   help="base model when there is no checkpoint (default: gpt2-small)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: the whole network)")
+    p.add_argument(
+        "--model",
+        default="gpt2-small",
+        choices=[n for n in GPT_CONFIGS if n != "tiny"],
+        help="base model when there is no checkpoint (default: gpt2-small)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: the whole network)",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     args = p.parse_args(argv)
 
@@ -441,16 +493,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = make_server(app, args.host, args.port)
     except OSError as exc:
-        print(f"chat: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); try another --port",
-              file=sys.stderr)
+        print(
+            f"chat: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); try another --port",
+            file=sys.stderr,
+        )
         return 1
     for m in models.values():
         print(f"chat: {m.key}: {m.label}")
     if note:
         print(f"chat: {note}")
     if args.host not in LOOPBACK_HOSTS:
-        print(f"chat: WARNING: listening on {args.host}: anyone on this network can open the page and use this "
-              "computer's CPU. Stop with Ctrl+C when the session is over.", file=sys.stderr)
+        print(
+            f"chat: WARNING: listening on {args.host}: anyone on this network can open the page and use this "
+            "computer's CPU. Stop with Ctrl+C when the session is over.",
+            file=sys.stderr,
+        )
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
     print(f"chat: serving on http://{shown_host}:{server.server_port}/  (Ctrl+C stops)", flush=True)
     if args.host in ("0.0.0.0", ""):

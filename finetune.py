@@ -39,8 +39,8 @@ import signal
 import sys
 import tempfile
 import time
-from functools import partial
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,17 +53,52 @@ from support.files import FolderInUseError, OutputFolderLock, atomic_write_json,
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError
 from support.tokenizer_files import TokenizerUnavailableError
 from support.trainer import TrainingError, TrainingRun, seed_everything
-from utils import (DEFAULT_DATA_PATH, GPT_CONFIGS, IGNORE_INDEX, PROMPT_STYLES, DatasetError, GPTModel,
-                   WeightsUnavailableError, apply_lora, bf16_autocast_recommended, build_gpt2, count_parameters,
-                   create_dataloaders, create_optimizer, evaluate_responses, generate_responses, get_device,
-                   get_tokenizer, judge_responses, load_instruction_data, merge_lora, plot_losses, split_dataset,
-                   train_model)
-from utils import (DEFAULT_PREFERENCE_PATH, PreferenceDataset, load_checkpoint, load_preference_data,
-                   precompute_reference_logprobs, preference_collate_fn, split_preference_data, train_dpo)
+from utils import (
+    DEFAULT_DATA_PATH,
+    DEFAULT_PREFERENCE_PATH,
+    GPT_CONFIGS,
+    IGNORE_INDEX,
+    PROMPT_STYLES,
+    DatasetError,
+    GPTModel,
+    PreferenceDataset,
+    WeightsUnavailableError,
+    apply_lora,
+    bf16_autocast_recommended,
+    build_gpt2,
+    count_parameters,
+    create_dataloaders,
+    create_optimizer,
+    evaluate_responses,
+    generate_responses,
+    get_device,
+    get_tokenizer,
+    judge_responses,
+    load_checkpoint,
+    load_instruction_data,
+    load_preference_data,
+    merge_lora,
+    plot_losses,
+    precompute_reference_logprobs,
+    preference_collate_fn,
+    split_dataset,
+    split_preference_data,
+    train_dpo,
+    train_model,
+)
 
 # --smoke: the tiny model on a few examples; the whole pipeline offline in seconds.
-SMOKE = {"train": 48, "val": 8, "test": 5, "batch_size": 4, "max_steps": 6, "eval_freq": 2, "eval_iter": 1,
-         "max_new_tokens": 12, "lr": 1e-3}  # a higher learning rate: visible progress in a handful of steps
+SMOKE = {
+    "train": 48,
+    "val": 8,
+    "test": 5,
+    "batch_size": 4,
+    "max_steps": 6,
+    "eval_freq": 2,
+    "eval_iter": 1,
+    "max_new_tokens": 12,
+    "lr": 1e-3,
+}  # a higher learning rate: visible progress in a handful of steps
 DEFAULT_LR = 5e-5
 DOWNLOAD_DEADLINE = 120.0  # seconds for the whole --data download (the course data is ~1 MB)
 JUDGE_TIMEOUT = 120.0  # seconds for each judge request as a whole
@@ -76,8 +111,16 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 OUTPUT_NAMES = ("loss.png", "test-responses.json", "metrics.json", "model.safetensors", CHECKPOINT_NAME)
 DEBUG_ENV = "LLM_DEBUG"  # set to 1: errors show their traceback (like --debug)
 # Errors whose message already says what went wrong and how to fix it: shown as they are.
-EXPECTED_ERRORS = (DatasetError, TokenizerUnavailableError, WeightsUnavailableError, CheckpointError, TrainingError,
-                   OllamaUnavailableError, DistributedStall, OSError)
+EXPECTED_ERRORS = (
+    DatasetError,
+    TokenizerUnavailableError,
+    WeightsUnavailableError,
+    CheckpointError,
+    TrainingError,
+    OllamaUnavailableError,
+    DistributedStall,
+    OSError,
+)
 
 
 class UsageError(Exception):
@@ -99,6 +142,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _number(kind: type, minimum: float, strict: bool = False, maximum: float | None = None):
     """An argparse type: a finite `kind` that is at least (or, if strict, above) `minimum`, at most `maximum`."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -109,47 +153,81 @@ def _number(kind: type, minimum: float, strict: bool = False, maximum: float | N
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"{text} must be a finite number {'>' if strict else '>='} {minimum:g}")
         return value
+
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     count, at_least_0 = _number(int, 1), _number(int, 0)
-    p.add_argument("--model", choices=sorted(GPT_CONFIGS), default="gpt2-small",
-                   help="GPT-2 size with OpenAI's weights; 'tiny' is UNTRAINED (random weights, offline)")
-    p.add_argument("--weights", type=Path,
-                   help="a local model.safetensors instead of downloading (default: download OpenAI's weights)")
-    p.add_argument("--data", default=str(DEFAULT_DATA_PATH),
-                   help=f"instruction data: JSON file path or URL (default: {DEFAULT_DATA_PATH.name} beside this "
-                        "script)")
+    p.add_argument(
+        "--model",
+        choices=sorted(GPT_CONFIGS),
+        default="gpt2-small",
+        help="GPT-2 size with OpenAI's weights; 'tiny' is UNTRAINED (random weights, offline)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="a local model.safetensors instead of downloading (default: download OpenAI's weights)",
+    )
+    p.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA_PATH),
+        help=f"instruction data: JSON file path or URL (default: {DEFAULT_DATA_PATH.name} beside this script)",
+    )
     p.add_argument("--style", choices=sorted(PROMPT_STYLES), default="alpaca", help="prompt template")
     p.add_argument("--mask-prompt", action="store_true", help="train on the response tokens only")
     p.add_argument("--lora-rank", type=at_least_0, default=0, help="LoRA rank; 0 = full finetuning")
-    p.add_argument("--lora-alpha", type=_number(float, 0, strict=True), default=16.0,
-                   help="LoRA scaling numerator (alpha / rank)")
+    p.add_argument(
+        "--lora-alpha", type=_number(float, 0, strict=True), default=16.0, help="LoRA scaling numerator (alpha / rank)"
+    )
     p.add_argument("--epochs", type=count, default=2, help="passes over the training split")
-    p.add_argument("--lr", type=_number(float, 0, strict=True),
-                   help=f"AdamW learning rate, a positive number (default: {DEFAULT_LR:g}; {SMOKE['lr']:g} with "
-                        "--smoke; LoRA usually wants ~1e-4 or more)")
+    p.add_argument(
+        "--lr",
+        type=_number(float, 0, strict=True),
+        help=f"AdamW learning rate, a positive number (default: {DEFAULT_LR:g}; {SMOKE['lr']:g} with "
+        "--smoke; LoRA usually wants ~1e-4 or more)",
+    )
     p.add_argument("--weight-decay", type=_number(float, 0), default=0.1, help="AdamW weight decay")
     p.add_argument("--batch-size", type=count, default=8, help="examples per micro-batch")
     p.add_argument("--grad-accum", type=count, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--max-length", type=count,
-                   help="cut longer training sequences to this many tokens (default: the model's context length)")
+    p.add_argument(
+        "--max-length",
+        type=count,
+        help="cut longer training sequences to this many tokens (default: the model's context length)",
+    )
     p.add_argument("--group-by-length", action="store_true", help="batch examples of similar length (less padding)")
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                   help="bfloat16 autocast; auto = where the hardware has bf16 (see bf16_autocast_recommended)")
-    p.add_argument("--gen-bf16", action="store_true",
-                   help="generate the test answers with a bfloat16 copy of the model (faster on CPUs with native "
-                        "bf16; greedy tokens can differ from float32's on near-ties)")
-    p.add_argument("--eval-freq", type=count, default=20,
-                   help="evaluate every N optimizer steps (each evaluation costs about 2 x eval-iter x 0.26 steps)")
+    p.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="bfloat16 autocast; auto = where the hardware has bf16 (see bf16_autocast_recommended)",
+    )
+    p.add_argument(
+        "--gen-bf16",
+        action="store_true",
+        help="generate the test answers with a bfloat16 copy of the model (faster on CPUs with native "
+        "bf16; greedy tokens can differ from float32's on near-ties)",
+    )
+    p.add_argument(
+        "--eval-freq",
+        type=count,
+        default=20,
+        help="evaluate every N optimizer steps (each evaluation costs about 2 x eval-iter x 0.26 steps)",
+    )
     p.add_argument("--eval-iter", type=at_least_0, default=5, help="batches per evaluation (0: no evaluation)")
-    p.add_argument("--save-every", type=count,
-                   help="also checkpoint every N optimizer steps (default: at the end of each epoch only; "
-                        "a GPT-2 small checkpoint is about 2 GB)")
-    p.add_argument("--save-every-minutes", type=_number(float, 0, strict=True),
-                   help="also checkpoint when this many minutes have passed since the last one")
+    p.add_argument(
+        "--save-every",
+        type=count,
+        help="also checkpoint every N optimizer steps (default: at the end of each epoch only; "
+        "a GPT-2 small checkpoint is about 2 GB)",
+    )
+    p.add_argument(
+        "--save-every-minutes",
+        type=_number(float, 0, strict=True),
+        help="also checkpoint when this many minutes have passed since the last one",
+    )
     p.add_argument("--max-steps", type=count, help="stop after N optimizer steps (default: no limit)")
     p.add_argument("--resume", action="store_true", help=f"continue the run in --out from its {CHECKPOINT_NAME}")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are deleted)")
@@ -158,27 +236,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", action="store_true", help="also score the responses with an LLM judge served by Ollama")
     p.add_argument("--judge-model", default=OLLAMA_JUDGE_MODEL, help="the Ollama model that judges")
     p.add_argument("--judge-url", default=OLLAMA_CHAT_URL, help="the Ollama server's /api/chat address")
-    p.add_argument("--seed", type=_number(int, 0, maximum=2**32 - 1), default=123,
-                   help="seeds the model's start, data order and dropout (0 to 4294967295)")
+    p.add_argument(
+        "--seed",
+        type=_number(int, 0, maximum=2**32 - 1),
+        default=123,
+        help="seeds the model's start, data order and dropout (0 to 4294967295)",
+    )
     seconds = _number(float, 0, strict=True)
-    p.add_argument("--download-deadline", type=seconds, default=DOWNLOAD_DEADLINE,
-                   help="seconds a --data URL download may take in all (a server that drips is cut off)")
-    p.add_argument("--judge-timeout", type=seconds, default=JUDGE_TIMEOUT,
-                   help="seconds each --judge request may take in all (the first one loads the model)")
-    p.add_argument("--ddp-timeout", type=seconds, default=DDP_TIMEOUT,
-                   help="under torchrun: seconds a process waits for the others at each exchange before the job "
-                        "stops (a stopped or crashed process)")
+    p.add_argument(
+        "--download-deadline",
+        type=seconds,
+        default=DOWNLOAD_DEADLINE,
+        help="seconds a --data URL download may take in all (a server that drips is cut off)",
+    )
+    p.add_argument(
+        "--judge-timeout",
+        type=seconds,
+        default=JUDGE_TIMEOUT,
+        help="seconds each --judge request may take in all (the first one loads the model)",
+    )
+    p.add_argument(
+        "--ddp-timeout",
+        type=seconds,
+        default=DDP_TIMEOUT,
+        help="under torchrun: seconds a process waits for the others at each exchange before the job "
+        "stops (a stopped or crashed process)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory")
-    p.add_argument("--dpo", type=Path, metavar="FINETUNED",
-                   help="instead of finetuning: preference-tune this finetuned model (model.safetensors of a run) "
-                        "with DPO on --preference-data (notebook 09); --max-steps, --lr, --batch-size (pairs), "
-                        "--eval-freq apply")
-    p.add_argument("--preference-data", type=Path, default=DEFAULT_PREFERENCE_PATH,
-                   help="preference pairs for --dpo, split as --data is")
-    p.add_argument("--beta", type=_number(float, 0, strict=True), default=0.1,
-                   help="DPO's beta: how far --dpo may move the model from where it starts")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny UNTRAINED model, a few examples and steps: checks the pipeline offline")
+    p.add_argument(
+        "--dpo",
+        type=Path,
+        metavar="FINETUNED",
+        help="instead of finetuning: preference-tune this finetuned model (model.safetensors of a run) "
+        "with DPO on --preference-data (notebook 09); --max-steps, --lr, --batch-size (pairs), "
+        "--eval-freq apply",
+    )
+    p.add_argument(
+        "--preference-data",
+        type=Path,
+        default=DEFAULT_PREFERENCE_PATH,
+        help="preference pairs for --dpo, split as --data is",
+    )
+    p.add_argument(
+        "--beta",
+        type=_number(float, 0, strict=True),
+        default=0.1,
+        help="DPO's beta: how far --dpo may move the model from where it starts",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny UNTRAINED model, a few examples and steps: checks the pipeline offline",
+    )
     p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
     return p
 
@@ -207,9 +316,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.model != "tiny":
             print(f"--smoke: using the tiny model instead of {args.model}")
         # --smoke's small settings, except those given on the command line: those are honoured.
-        smoke = {"model": "tiny", "epochs": 1, "batch_size": SMOKE["batch_size"], "max_steps": SMOKE["max_steps"],
-                 "eval_freq": SMOKE["eval_freq"], "eval_iter": SMOKE["eval_iter"],
-                 "max_new_tokens": min(args.max_new_tokens, SMOKE["max_new_tokens"])}
+        smoke = {
+            "model": "tiny",
+            "epochs": 1,
+            "batch_size": SMOKE["batch_size"],
+            "max_steps": SMOKE["max_steps"],
+            "eval_freq": SMOKE["eval_freq"],
+            "eval_iter": SMOKE["eval_iter"],
+            "max_new_tokens": min(args.max_new_tokens, SMOKE["max_new_tokens"]),
+        }
         for name, value in smoke.items():
             if name == "model" or name not in given:
                 setattr(args, name, value)
@@ -221,6 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- the output folder: checked before anything is trained ---
+
 
 def _same_file(a: Path, b: Path) -> bool:
     try:
@@ -238,8 +354,9 @@ def _not_a_file(path: Path) -> str | None:
     return "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device?)"
 
 
-def check_out_folder(args: argparse.Namespace, main_process: bool = True,
-                     names: tuple[str, ...] = OUTPUT_NAMES) -> OutputFolderLock | None:
+def check_out_folder(
+    args: argparse.Namespace, main_process: bool = True, names: tuple[str, ...] = OUTPUT_NAMES
+) -> OutputFolderLock | None:
     """Make sure --out can take this run's files; refuse to replace another run's without --resume/--overwrite.
 
     The main process takes the folder's lock (returned; the caller releases it when the run ends) before it
@@ -257,7 +374,7 @@ def check_out_folder(args: argparse.Namespace, main_process: bool = True,
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
-        raise UsageError(f"--out {out} cannot hold the results ({exc.strerror or exc}): choose another --out")
+        raise UsageError(f"--out {out} cannot hold the results ({exc.strerror or exc}): choose another --out") from None
     lock = None
     if main_process:
         try:
@@ -278,25 +395,34 @@ def check_out_folder(args: argparse.Namespace, main_process: bool = True,
 
 def _check_out_contents(args: argparse.Namespace, names: tuple[str, ...] = OUTPUT_NAMES) -> None:
     out: Path = args.out
-    inputs = {"--weights": args.weights, "--data": None if str(args.data).startswith(("http://", "https://"))
-              else Path(args.data)}
+    inputs = {
+        "--weights": args.weights,
+        "--data": None if str(args.data).startswith(("http://", "https://")) else Path(args.data),
+    }
     for flag, path in inputs.items():
         for name in names:
             if path is not None and _same_file(path, out / name):
-                raise UsageError(f"{flag} {path} is {out / name}, a file this run writes: copy it out of --out "
-                                 "first, or choose another --out")
+                raise UsageError(
+                    f"{flag} {path} is {out / name}, a file this run writes: copy it out of --out "
+                    "first, or choose another --out"
+                )
     previous = [name for name in names if os.path.lexists(out / name)]
     if previous and not (args.resume or args.overwrite):
-        raise UsageError(f"--out {out} already holds a run ({', '.join(previous)}): pass --resume to continue it, "
-                         "--overwrite to replace it, or choose another --out")
+        raise UsageError(
+            f"--out {out} already holds a run ({', '.join(previous)}): pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
     checkpoint = out / names[-1]  # each run's tuple of output names ends with its checkpoint
     if args.resume and (what := _not_a_file(checkpoint)):
-        raise UsageError(f"--resume: {checkpoint} is {what}, not a checkpoint: remove it, or start afresh with "
-                         "--overwrite")
+        raise UsageError(
+            f"--resume: {checkpoint} is {what}, not a checkpoint: remove it, or start afresh with --overwrite"
+        )
     if args.resume and not os.path.lexists(checkpoint) and previous:
-        raise UsageError(f"--resume: --out {out} holds a run's results ({', '.join(previous)}) but no "
-                         f"{checkpoint.name} to continue from: pass --overwrite to start afresh, or choose another "
-                         "--out")
+        raise UsageError(
+            f"--resume: --out {out} holds a run's results ({', '.join(previous)}) but no "
+            f"{checkpoint.name} to continue from: pass --overwrite to start afresh, or choose another "
+            "--out"
+        )
 
 
 def weights_bytes(model: torch.nn.Module) -> int:
@@ -316,20 +442,25 @@ def check_room(out: Path, model: torch.nn.Module, reclaimable: int = 0) -> None:
     needed = int(1.05 * 2 * (weights_bytes(model) + moments))  # 5% for headers, metadata and the file system
     free = shutil.disk_usage(out).free + reclaimable
     if free < needed:
-        raise UsageError(f"--out {out}: {free / 1e6:,.0f} MB free, but two checkpoints side by side need about "
-                         f"{needed / 1e6:,.0f} MB: free some space or choose another --out")
+        raise UsageError(
+            f"--out {out}: {free / 1e6:,.0f} MB free, but two checkpoints side by side need about "
+            f"{needed / 1e6:,.0f} MB: free some space or choose another --out"
+        )
 
 
 # --- the run ---
+
 
 def load_splits(args) -> tuple[list[dict], list[dict], list[dict]]:
     # The split has its own fixed seed: runs with different --seed are scored on the same test set.
     train, val, test = split_dataset(load_instruction_data(args.data, download_deadline=args.download_deadline))
     if args.smoke:
-        train, val, test = train[:SMOKE["train"]], val[:SMOKE["val"]], test[:SMOKE["test"]]
+        train, val, test = train[: SMOKE["train"]], val[: SMOKE["val"]], test[: SMOKE["test"]]
     if not (train and val and test):
-        raise DatasetError(f"{args.data}: {len(train)}/{len(val)}/{len(test)} train/val/test entries; "
-                           "each split needs at least one (use a larger dataset)")
+        raise DatasetError(
+            f"{args.data}: {len(train)}/{len(val)}/{len(test)} train/val/test entries; "
+            "each split needs at least one (use a larger dataset)"
+        )
     print(f"data: {len(train)} train, {len(val)} val, {len(test)} test entries from {args.data}")
     return train, val, test
 
@@ -354,11 +485,15 @@ def drop_untrainable(train_loader, args) -> None:
     if all(keep):
         return
     if not any(keep):
-        raise UsageError(f"no training example keeps a single response token within --max-length "
-                         f"{args.max_length}{' with --mask-prompt' if args.mask_prompt else ''}: nothing to train "
-                         "on. Raise --max-length.")
-    print(f"{keep.count(False)} of {len(keep)} training examples keep no response token within --max-length "
-          f"{args.max_length}: they are left out of training")
+        raise UsageError(
+            f"no training example keeps a single response token within --max-length "
+            f"{args.max_length}{' with --mask-prompt' if args.mask_prompt else ''}: nothing to train "
+            "on. Raise --max-length."
+        )
+    print(
+        f"{keep.count(False)} of {len(keep)} training examples keep no response token within --max-length "
+        f"{args.max_length}: they are left out of training"
+    )
     dataset.data = [entry for entry, k in zip(dataset.data, keep) if k]
     dataset.examples = [example for example, k in zip(dataset.examples, keep) if k]
 
@@ -367,31 +502,46 @@ def load_model(args) -> GPTModel:
     """The GPT-2 to finetune. Raises WeightsUnavailableError (with how-to-fix text) if weights are missing."""
     if args.model == "tiny" and args.weights is None:
         model = GPTModel(GPT_CONFIGS["tiny"])  # seeded by seed_everything: the same every run
-        print(f"model: tiny, UNTRAINED (random weights, {count_parameters(model) / 1e6:.1f}M parameters): "
-              "its responses are gibberish; this only exercises the pipeline")
+        print(
+            f"model: tiny, UNTRAINED (random weights, {count_parameters(model) / 1e6:.1f}M parameters): "
+            "its responses are gibberish; this only exercises the pipeline"
+        )
         return model
     try:
         model = build_gpt2(args.model, weights_path=args.weights)
     except ImportError as exc:  # huggingface_hub missing
-        raise WeightsUnavailableError(f"Could not download {args.model}: {exc}. Install the requirements "
-                                      "(make setup) or pass --weights /path/to/model.safetensors.") from None
+        raise WeightsUnavailableError(
+            f"Could not download {args.model}: {exc}. Install the requirements "
+            "(make setup) or pass --weights /path/to/model.safetensors."
+        ) from None
     except ValueError as exc:  # a --weights file for another GPT-2 size, or a damaged one
         raise WeightsUnavailableError(str(exc)) from None
     print(f"model: {args.model} with pretrained weights ({count_parameters(model) / 1e6:.0f}M parameters)")
     return model
 
 
-def run_settings(args: argparse.Namespace, max_length: int, use_bf16: bool, data_sha256: str,
-                 world_size: int = 1) -> dict:
+def run_settings(
+    args: argparse.Namespace, max_length: int, use_bf16: bool, data_sha256: str, world_size: int = 1
+) -> dict:
     """Everything besides seed, batches and accumulation (checked anyway) that makes two runs differ.
 
     The batch is the global one (--batch-size x processes): 2 processes x 4 resume as 1 x 8 (README).
     """
-    return {"model": args.model, "weights": str(args.weights) if args.weights else None, "data_sha256": data_sha256,
-            "style": args.style, "mask_prompt": args.mask_prompt, "max_length": max_length,
-            "group_by_length": args.group_by_length, "lr": args.lr, "weight_decay": args.weight_decay,
-            "global_batch_size": args.batch_size * world_size, "lora_rank": args.lora_rank,
-            "lora_alpha": args.lora_alpha if args.lora_rank > 0 else None, "bf16": use_bf16}
+    return {
+        "model": args.model,
+        "weights": str(args.weights) if args.weights else None,
+        "data_sha256": data_sha256,
+        "style": args.style,
+        "mask_prompt": args.mask_prompt,
+        "max_length": max_length,
+        "group_by_length": args.group_by_length,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "global_batch_size": args.batch_size * world_size,
+        "lora_rank": args.lora_rank,
+        "lora_alpha": args.lora_alpha if args.lora_rank > 0 else None,
+        "bf16": use_bf16,
+    }
 
 
 def run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
@@ -422,11 +572,21 @@ def _run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
         print(f"--max-length {args.max_length} exceeds the model's context: using {max_length}")
     args.max_length = max_length
     if len(train_data) < args.batch_size * world_size:
-        raise UsageError(f"{len(train_data)} training examples make not one batch of --batch-size {args.batch_size}"
-                         f"{f' x {world_size} processes' if ddp else ''}: use a smaller --batch-size or more data")
+        raise UsageError(
+            f"{len(train_data)} training examples make not one batch of --batch-size {args.batch_size}"
+            f"{f' x {world_size} processes' if ddp else ''}: use a smaller --batch-size or more data"
+        )
     train_loader, val_loader, _ = create_dataloaders(
-        train_data, val_data, test_data, tokenizer, batch_size=args.batch_size * world_size, style=args.style,
-        mask_prompt=args.mask_prompt, allowed_max_length=max_length, seed=args.seed)
+        train_data,
+        val_data,
+        test_data,
+        tokenizer,
+        batch_size=args.batch_size * world_size,
+        style=args.style,
+        mask_prompt=args.mask_prompt,
+        allowed_max_length=max_length,
+        seed=args.seed,
+    )
     drop_untrainable(train_loader, args)
     if len(train_loader) == 0:
         raise UsageError(f"too few trainable examples left for one batch of --batch-size {args.batch_size}")
@@ -434,17 +594,21 @@ def _run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
         train_loader = length_grouped_loader(train_loader, seed=args.seed)
     if ddp is not None:  # --batch-size is per process
         train_loader, val_loader = ddp.shard(train_loader), ddp.shard(val_loader)
-        print(f"DistributedDataParallel: {world_size} processes ({ddp.backend}); each optimizer step sees "
-              f"{args.batch_size} x {world_size} processes x {args.grad_accum} accumulated = "
-              f"{args.batch_size * world_size * args.grad_accum} sequences")
+        print(
+            f"DistributedDataParallel: {world_size} processes ({ddp.backend}); each optimizer step sees "
+            f"{args.batch_size} x {world_size} processes x {args.grad_accum} accumulated = "
+            f"{args.batch_size * world_size * args.grad_accum} sequences"
+        )
 
     with ddp.local_main_first() if ddp else contextlib.nullcontext():
         model = load_model(args)
     if args.lora_rank > 0:
         apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
     n_trainable = count_parameters(model, trainable_only=True)
-    print(f"trainable parameters: {n_trainable:,} of {count_parameters(model):,}"
-          + (f" (LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g})" if args.lora_rank > 0 else ""))
+    print(
+        f"trainable parameters: {n_trainable:,} of {count_parameters(model):,}"
+        + (f" (LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g})" if args.lora_rank > 0 else "")
+    )
     replaced = [out / name for name in OUTPUT_NAMES if args.overwrite and (out / name).exists()]
     continued = [out / CHECKPOINT_NAME] if args.resume and (out / CHECKPOINT_NAME).is_file() else []
     check_room(out, model, reclaimable=sum(path.stat().st_size for path in replaced + continued))
@@ -461,36 +625,70 @@ def _run(args: argparse.Namespace, ddp: DistributedRun | None = None) -> dict:
         ddp.check_resume(out / CHECKPOINT_NAME)
     # Checkpoints, resume, timed saves, max_steps and DDP reach the course loop through its hooks;
     # under DDP the hooks wrap the model, and `model` stays the plain GPTModel rank 0 merges, saves and uses.
-    hooks = TrainingRun(out / CHECKPOINT_NAME, resume=args.resume, seed=args.seed, save_every=args.save_every,
-                        save_every_minutes=args.save_every_minutes, max_steps=args.max_steps,
-                        settings=run_settings(args, max_length, use_bf16,
-                                              data_fingerprint(train_data, val_data, test_data), world_size),
-                        ddp=ddp)
+    hooks = TrainingRun(
+        out / CHECKPOINT_NAME,
+        resume=args.resume,
+        seed=args.seed,
+        save_every=args.save_every,
+        save_every_minutes=args.save_every_minutes,
+        max_steps=args.max_steps,
+        settings=run_settings(
+            args, max_length, use_bf16, data_fingerprint(train_data, val_data, test_data), world_size
+        ),
+        ddp=ddp,
+    )
     start = time.perf_counter()
-    history = train_model(model, train_loader, val_loader, optimizer, device, num_epochs=args.epochs,
-                          eval_freq=args.eval_freq, eval_iter=args.eval_iter, grad_accum_steps=args.grad_accum,
-                          autocast_dtype=torch.bfloat16 if use_bf16 else None, hooks=hooks)
+    history = train_model(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        device,
+        num_epochs=args.epochs,
+        eval_freq=args.eval_freq,
+        eval_iter=args.eval_iter,
+        grad_accum_steps=args.grad_accum,
+        autocast_dtype=torch.bfloat16 if use_bf16 else None,
+        hooks=hooks,
+    )
     train_seconds = time.perf_counter() - start
     if ddp is not None and not ddp.is_main:
         return {}  # generation, evaluation and files: rank 0 alone (its model holds the same weights)
     untrained = args.model == "tiny" and args.weights is None
-    plot_losses(history, save_path=out / "loss.png",
-                title=f"{args.model}{' (UNTRAINED start)' if untrained else ''}, {args.style}"
-                      + (f", LoRA r={args.lora_rank}" if args.lora_rank > 0 else ""))
+    plot_losses(
+        history,
+        save_path=out / "loss.png",
+        title=f"{args.model}{' (UNTRAINED start)' if untrained else ''}, {args.style}"
+        + (f", LoRA r={args.lora_rank}" if args.lora_rank > 0 else ""),
+    )
 
     if args.lora_rank > 0:
         merge_lora(model)
     save_checkpoint(out / "model.safetensors", model)
 
-    entries = generate_responses(model, test_data, tokenizer, args.style, args.max_new_tokens, args.gen_batch_size,
-                                 dtype=torch.bfloat16 if args.gen_bf16 else None)
+    entries = generate_responses(
+        model,
+        test_data,
+        tokenizer,
+        args.style,
+        args.max_new_tokens,
+        args.gen_batch_size,
+        dtype=torch.bfloat16 if args.gen_bf16 else None,
+    )
     atomic_write_json(out / "test-responses.json", entries)
 
     metrics = {
-        "model": args.model, "untrained_start": untrained, "style": args.style, "mask_prompt": args.mask_prompt,
+        "model": args.model,
+        "untrained_start": untrained,
+        "style": args.style,
+        "mask_prompt": args.mask_prompt,
         "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.lora_rank > 0 else None,
-        "trainable_parameters": n_trainable, "seed": args.seed, "autocast": "bfloat16" if use_bf16 else None,
-        "lr": args.lr, "train_examples": len(train_loader.dataset), "test_examples": len(test_data),
+        "trainable_parameters": n_trainable,
+        "seed": args.seed,
+        "autocast": "bfloat16" if use_bf16 else None,
+        "lr": args.lr,
+        "train_examples": len(train_loader.dataset),
+        "test_examples": len(test_data),
         "steps": history.steps[-1] if history.steps else 0,
         "tokens_seen": history.tokens_seen[-1] if history.tokens_seen else 0,
         "final_train_loss": history.train_losses[-1] if history.train_losses else None,
@@ -531,11 +729,13 @@ def _run_dpo(args: argparse.Namespace) -> dict:
     train, val, _ = split_preference_data(pairs, load_instruction_data(args.data))
     num_steps, eval_freq, batch_size = args.max_steps or DPO_STEPS, args.eval_freq, args.batch_size
     if args.smoke:
-        train, val = train[:DPO_SMOKE["train"]], val[:DPO_SMOKE["val"]]
+        train, val = train[: DPO_SMOKE["train"]], val[: DPO_SMOKE["val"]]
         num_steps, eval_freq, batch_size = DPO_SMOKE["max_steps"], DPO_SMOKE["eval_freq"], DPO_SMOKE["batch_size"]
     if len(train) < batch_size or not val:
-        raise UsageError(f"{args.preference_data}: {len(train)} training and {len(val)} validation pairs; DPO needs "
-                         f"one batch of --batch-size {batch_size} and at least one validation pair")
+        raise UsageError(
+            f"{args.preference_data}: {len(train)} training and {len(val)} validation pairs; DPO needs "
+            f"one batch of --batch-size {batch_size} and at least one validation pair"
+        )
     print(f"preference data: {len(train)} train, {len(val)} val pairs from {args.preference_data}")
     tokenizer = get_tokenizer()
     model = load_checkpoint(GPTModel(GPT_CONFIGS[args.model]), args.dpo).to(device)
@@ -545,26 +745,59 @@ def _run_dpo(args: argparse.Namespace) -> dict:
     for dataset in (train_set, val_set):  # the model as loaded is the reference
         # batches as the val loader's: the same padding, so the first evaluation's margins are exactly 0
         precompute_reference_logprobs(model, dataset, device, batch_size, model.cfg["context_length"])
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-                              generator=torch.Generator().manual_seed(args.seed))
+    train_loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     val_loader = DataLoader(val_set, batch_size=batch_size, collate_fn=collate)
     optimizer = create_optimizer(model, lr=args.lr, weight_decay=0.0)
     start = time.perf_counter()
     # train_model's hooks: a checkpoint at each epoch's end and the run's, --resume, the finite-loss stop
-    hooks = TrainingRun(out / DPO_OUTPUT_NAMES[2], resume=args.resume, seed=args.seed, save_every=args.save_every,
-                        save_every_minutes=args.save_every_minutes,
-                        settings={"start": str(args.dpo), "beta": args.beta, "lr": args.lr, "batch_size": batch_size})
-    history = train_dpo(model, None, train_loader, val_loader, optimizer, device, num_steps=num_steps,
-                        eval_freq=eval_freq, beta=args.beta, hooks=hooks)
+    hooks = TrainingRun(
+        out / DPO_OUTPUT_NAMES[2],
+        resume=args.resume,
+        seed=args.seed,
+        save_every=args.save_every,
+        save_every_minutes=args.save_every_minutes,
+        settings={"start": str(args.dpo), "beta": args.beta, "lr": args.lr, "batch_size": batch_size},
+    )
+    history = train_dpo(
+        model,
+        None,
+        train_loader,
+        val_loader,
+        optimizer,
+        device,
+        num_steps=num_steps,
+        eval_freq=eval_freq,
+        beta=args.beta,
+        hooks=hooks,
+    )
     seconds = time.perf_counter() - start
     save_checkpoint(out / DPO_OUTPUT_NAMES[0], model)
-    metrics = {"model": args.model, "start": str(args.dpo), "beta": args.beta, "lr": args.lr, "seed": args.seed,
-               "batch_size": batch_size, "train_pairs": len(train), "val_pairs": len(val), "steps": num_steps,
-               "train_seconds": round(seconds, 1), "history": dataclasses.asdict(history)}
+    metrics = {
+        "model": args.model,
+        "start": str(args.dpo),
+        "beta": args.beta,
+        "lr": args.lr,
+        "seed": args.seed,
+        "batch_size": batch_size,
+        "train_pairs": len(train),
+        "val_pairs": len(val),
+        "steps": num_steps,
+        "train_seconds": round(seconds, 1),
+        "history": dataclasses.asdict(history),
+    }
     atomic_write_json(out / DPO_OUTPUT_NAMES[1], metrics)
-    print(f"held-out pairs: preference accuracy {history.val_accuracies[0]:.2f} -> {history.val_accuracies[-1]:.2f}, "
-          f"reward margin {history.val_margins[0]:.3f} -> {history.val_margins[-1]:.3f} after {num_steps} steps "
-          f"({seconds:.0f} s)")
+    print(
+        f"held-out pairs: preference accuracy {history.val_accuracies[0]:.2f} -> {history.val_accuracies[-1]:.2f}, "
+        f"reward margin {history.val_margins[0]:.3f} -> {history.val_margins[-1]:.3f} after {num_steps} steps "
+        f"({seconds:.0f} s)"
+    )
     print(f"wrote {out}/: {', '.join(DPO_OUTPUT_NAMES)}")
     return metrics
 
@@ -576,18 +809,24 @@ def run_judge(entries: list[dict], args: argparse.Namespace) -> dict:
     comes back as a partial result with its "error".
     """
     try:
-        judged = judge_responses(entries, model=args.judge_model, url=args.judge_url, style=args.style,
-                                 timeout=args.judge_timeout)
+        judged = judge_responses(
+            entries, model=args.judge_model, url=args.judge_url, style=args.style, timeout=args.judge_timeout
+        )
     except (OllamaUnavailableError, OSError, ValueError) as exc:
         print(f"judge skipped: {exc}", file=sys.stderr)
         return {"model": args.judge_model, "error": str(exc)}
     mean = "no parsable score" if judged.get("mean") is None else f"{judged['mean']:.1f}"
-    print(f"judge {judged['model']}: judged {judged['n_judged']} of {judged['n']} responses, mean {mean} over the "
-          f"{judged['n_scored']} with a score; {judged['unparsed']['count']} replies without a usable score")
+    print(
+        f"judge {judged['model']}: judged {judged['n_judged']} of {judged['n']} responses, mean {mean} over the "
+        f"{judged['n_scored']} with a score; {judged['unparsed']['count']} replies without a usable score"
+    )
     if judged.get("error"):
         print(f"judge stopped early, the scores above are partial: {judged['error']}", file=sys.stderr)
-    return {key: judged[key] for key in ("model", "n", "n_judged", "n_scored", "mean", "scores", "unparsed", "error")
-            if key in judged}
+    return {
+        key: judged[key]
+        for key in ("model", "n", "n_judged", "n_scored", "mean", "scores", "unparsed", "error")
+        if key in judged
+    }
 
 
 def parse_args_quietly(argv: list[str] | None) -> argparse.Namespace:
@@ -638,26 +877,30 @@ def main(argv: list[str] | None = None) -> int:
             run(args, ddp)
     except (KeyboardInterrupt, Terminated) as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"\n{what}: rerun with --resume --out {args.out} to continue from the last checkpoint",
-              file=sys.stderr)
+        print(f"\n{what}: rerun with --resume --out {args.out} to continue from the last checkpoint", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # noqa: BLE001 - every error ends in one message; --debug shows the traceback
         if debug:
             raise
         if ddp is not None and isinstance(exc, RuntimeError) and "timed out" in str(exc).lower():
             # the gradient exchange inside backward() timed out: a peer stopped (see DistributedRun.sum)
-            exc = DistributedStall(f"another process of this torchrun job did not take part within --ddp-timeout "
-                                   f"{args.ddp_timeout:g} s (stopped, crashed or far slower?); stopping. "
-                                   f"({str(exc).splitlines()[0][:200]})")
+            exc = DistributedStall(
+                f"another process of this torchrun job did not take part within --ddp-timeout "
+                f"{args.ddp_timeout:g} s (stopped, crashed or far slower?); stopping. "
+                f"({str(exc).splitlines()[0][:200]})"
+            )
         print(f"finetune.py: {exc}", file=sys.stderr)
         if isinstance(exc, OSError) and (args.out / CHECKPOINT_NAME).is_file():
-            print(f"  (the last checkpoint is kept: fix that, then rerun with --resume --out {args.out})",
-                  file=sys.stderr)
+            print(
+                f"  (the last checkpoint is kept: fix that, then rerun with --resume --out {args.out})", file=sys.stderr
+            )
         if isinstance(exc, WeightsUnavailableError):
             print("  (finetune.py: that is --weights /path/to/model.safetensors, or --model tiny)", file=sys.stderr)
         elif not isinstance(exc, (UsageError, *EXPECTED_ERRORS)):
-            print(f"  (an unexpected {type(exc).__name__}: rerun with --debug or {DEBUG_ENV}=1 for the traceback)",
-                  file=sys.stderr)
+            print(
+                f"  (an unexpected {type(exc).__name__}: rerun with --debug or {DEBUG_ENV}=1 for the traceback)",
+                file=sys.stderr,
+            )
         _remove_empty_out(args)
         return 1
     finally:

@@ -19,10 +19,11 @@ import random
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -50,8 +51,9 @@ IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_ent
 def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
     """An object whose `fields` are strings and whose text is clean; else a DatasetError naming place and field."""
     if not isinstance(entry, dict):
-        raise DatasetError(f"{where}: expected an object with {', '.join(map(repr, fields))}, "
-                           f"got {type(entry).__name__}")
+        raise DatasetError(
+            f"{where}: expected an object with {', '.join(map(repr, fields))}, got {type(entry).__name__}"
+        )
     check_json_value(entry, where)
     _check_fields(entry, where, fields)
 
@@ -93,22 +95,27 @@ def parse_instruction_data(payload: bytes, source: str = "<data>") -> list[dict]
     return validate_instruction_data(parse_json_bytes(payload, source), source)
 
 
-def load_instruction_data(source: str | Path = DEFAULT_DATA_PATH, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                          download_deadline: float = 120.0) -> list[dict]:
+def load_instruction_data(
+    source: str | Path = DEFAULT_DATA_PATH, cache_dir: str | Path = DEFAULT_CACHE_DIR, download_deadline: float = 120.0
+) -> list[dict]:
     """Load an instruction dataset from a JSON file path or an http(s) URL (cached locally).
 
     A download may take `download_deadline` seconds in all (a server that drips its answer is cut off).
     """
     source = str(source)
     is_url = source.startswith(("http://", "https://"))
-    path = (download_file(source, cache_dir, deadline=download_deadline, check=parse_instruction_data) if is_url
-            else Path(source))
+    path = (
+        download_file(source, cache_dir, deadline=download_deadline, check=parse_instruction_data)
+        if is_url
+        else Path(source)
+    )
     data = read_json_file(path)
     return validate_instruction_data(data, source=str(path))
 
 
-def split_dataset(data: Sequence[dict], train_frac: float = 0.85, val_frac: float = 0.05,
-                  seed: int = 123) -> tuple[list[dict], list[dict], list[dict]]:
+def split_dataset(
+    data: Sequence[dict], train_frac: float = 0.85, val_frac: float = 0.05, seed: int = 123
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Shuffle and split into train/val/test (the rest goes to test).
 
     Entries that share (instruction, input) always land in the same split, so the test set
@@ -131,13 +138,15 @@ def split_dataset(data: Sequence[dict], train_frac: float = 0.85, val_frac: floa
 
 # --- 02 prompt formatting: one source of truth per prompt template ---
 
+
 @dataclass(frozen=True)
 class PromptStyle:
     """A prompt template: the prompt, the optional input block, and the text that opens the response."""
+
     name: str
     instruction_template: str  # contains {instruction}
-    input_template: str        # contains {input}; used only when the entry has an input
-    response_prefix: str       # sits between the prompt and the response
+    input_template: str  # contains {input}; used only when the entry has an input
+    response_prefix: str  # sits between the prompt and the response
 
 
 PROMPT_STYLES = {
@@ -209,10 +218,16 @@ def _tokenizer_from_folder(folder: Path):
 
     check_tokenizer_folder(folder)
     # The same regex and special token as tiktoken's own "gpt2" encoding; only the files are local.
-    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(folder / "vocab.bpe"),
-                                            encoder_json_file=str(folder / "encoder.json"))
-    return tiktoken.Encoding(name="gpt2", explicit_n_vocab=50257, pat_str=r50k_pat_str,
-                             mergeable_ranks=ranks, special_tokens={ENDOFTEXT: PAD_TOKEN_ID})
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(folder / "vocab.bpe"), encoder_json_file=str(folder / "encoder.json")
+    )
+    return tiktoken.Encoding(
+        name="gpt2",
+        explicit_n_vocab=50257,
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: PAD_TOKEN_ID},
+    )
 
 
 def get_tokenizer(local_dir: str | Path | None = None):
@@ -256,8 +271,10 @@ def encode_text(text: str, tokenizer) -> list[int]:
 
 # --- 03 tokenization and batching: tokenized examples, padding, shifted targets, -100 masking ---
 
+
 class TokenizedExample(NamedTuple):
     """One training example: its token IDs and how many of them belong to the prompt."""
+
     token_ids: list[int]
     prompt_length: int
 
@@ -305,10 +322,14 @@ def _integer_ids(token_ids: Sequence, where: str) -> list[int]:
     return ids
 
 
-def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
-                      pad_token_id: int = PAD_TOKEN_ID, ignore_index: int = IGNORE_INDEX,
-                      allowed_max_length: int | None = None, mask_prompt: bool = False,
-                      device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def custom_collate_fn(
+    batch: Sequence[Sequence[int] | TokenizedExample],
+    pad_token_id: int = PAD_TOKEN_ID,
+    ignore_index: int = IGNORE_INDEX,
+    allowed_max_length: int | None = None,
+    mask_prompt: bool = False,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad a batch of token-ID lists and build (inputs, targets) for next-token training.
 
     - Each sequence gets one end-of-text token, then padding up to the longest sequence + 1.
@@ -336,7 +357,7 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
         # Cut before padding: one huge example must not pad the whole batch to its length first.
         # allowed_max_length positions need one token more (the last target), so that one is kept.
         n_cut = sum(len(ex.token_ids) > allowed_max_length for ex in examples)
-        examples = [ex._replace(token_ids=ex.token_ids[:allowed_max_length + 1]) for ex in examples]
+        examples = [ex._replace(token_ids=ex.token_ids[: allowed_max_length + 1]) for ex in examples]
     for i, ex in enumerate(examples):
         if len(ex.token_ids) == 0:
             raise ValueError(f"batch[{i}] has no tokens")
@@ -358,9 +379,11 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
     inputs_tensor, targets_tensor = torch.tensor(inputs), torch.tensor(targets)
     if allowed_max_length is not None and inputs_tensor.shape[1] > allowed_max_length:
         if n_cut:
-            warnings.warn(f"{n_cut} of {len(examples)} sequences are longer than allowed_max_length="
-                          f"{allowed_max_length} and were cut (their end-of-text target is lost)",
-                          stacklevel=2)
+            warnings.warn(
+                f"{n_cut} of {len(examples)} sequences are longer than allowed_max_length="
+                f"{allowed_max_length} and were cut (their end-of-text target is lost)",
+                stacklevel=2,
+            )
         inputs_tensor = inputs_tensor[:, :allowed_max_length]
         targets_tensor = targets_tensor[:, :allowed_max_length]
     if device is not None:
@@ -371,8 +394,15 @@ def custom_collate_fn(batch: Sequence[Sequence[int] | TokenizedExample],
 # --- 03 tokenization and batching: a batch as a picture; the plot style of every notebook's figures ---
 
 # Okabe-Ito colours: distinguishable with the common forms of colour blindness.
-COLORS = {"prompt": "#56B4E9", "response": "#E69F00", "end": "#009E73", "padding": "#BBBBBB",
-          "masked": "#FFFFFF", "accent": "#D55E00", "text": "#222222"}
+COLORS = {
+    "prompt": "#56B4E9",
+    "response": "#E69F00",
+    "end": "#009E73",
+    "padding": "#BBBBBB",
+    "masked": "#FFFFFF",
+    "accent": "#D55E00",
+    "text": "#222222",
+}
 # The order in which a plot's lines and bars take their colours (Okabe-Ito, strongest first).
 COLOR_CYCLE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000"]
 # Font sizes in points for every plot: on a figure 8-10 inches wide, 15 pt ticks and 18 pt labels
@@ -386,11 +416,22 @@ def plot_style() -> dict:
 
     sizes = PLOT_FONT_SIZES
     return {
-        "font.size": sizes["label"], "axes.labelsize": sizes["label"], "axes.titlesize": sizes["title"],
-        "xtick.labelsize": sizes["tick"], "ytick.labelsize": sizes["tick"], "legend.fontsize": sizes["legend"],
-        "legend.frameon": False, "axes.prop_cycle": cycler(color=COLOR_CYCLE), "lines.linewidth": 3,
-        "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
-        "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
+        "font.size": sizes["label"],
+        "axes.labelsize": sizes["label"],
+        "axes.titlesize": sizes["title"],
+        "xtick.labelsize": sizes["tick"],
+        "ytick.labelsize": sizes["tick"],
+        "legend.fontsize": sizes["legend"],
+        "legend.frameon": False,
+        "axes.prop_cycle": cycler(color=COLOR_CYCLE),
+        "lines.linewidth": 3,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "figure.facecolor": "white",
+        "axes.facecolor": "white",
+        "savefig.facecolor": "white",
         "figure.autolayout": True,  # labels this big need the room tight_layout makes
     }
 
@@ -411,8 +452,16 @@ def _token_label(token_id: int, tokenizer, width: int = 7) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
-def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_lengths: Sequence[int] | None = None,
-               lengths: Sequence[int] | None = None, first_column: int = 0, n_columns: int = 16, title: str = ""):
+def plot_batch(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    tokenizer,
+    prompt_lengths: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None,
+    first_column: int = 0,
+    n_columns: int = 16,
+    title: str = "",
+):
     """Draw a window of a batch as a grid: for each example an input row and a target row.
 
     Colours: prompt tokens, response tokens, the end-of-text that is learned, padding, and
@@ -423,8 +472,9 @@ def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_le
 
     n_rows, width = inputs.shape
     columns = range(first_column, min(first_column + n_columns, width))
-    lengths = lengths or [int((row != PAD_TOKEN_ID).nonzero().max()) + 1 if (row != PAD_TOKEN_ID).any() else 0
-                          for row in inputs]
+    lengths = lengths or [
+        int((row != PAD_TOKEN_ID).nonzero().max()) + 1 if (row != PAD_TOKEN_ID).any() else 0 for row in inputs
+    ]
     prompt_lengths = prompt_lengths or [0] * n_rows
 
     def category(row: int, pos: int, token: int, is_target: bool) -> str:
@@ -439,16 +489,48 @@ def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_le
     y = 0
     for row in range(n_rows):
         for label, tensor, is_target in (("input", inputs, False), ("target", targets, True)):
-            ax.text(-0.15, y + 0.5, f"{label} {row}", ha="right", va="center", fontsize=PLOT_FONT_SIZES["tick"], color=COLORS["text"])
+            ax.text(
+                -0.15,
+                y + 0.5,
+                f"{label} {row}",
+                ha="right",
+                va="center",
+                fontsize=PLOT_FONT_SIZES["tick"],
+                color=COLORS["text"],
+            )
             for x, pos in enumerate(columns):
                 token = int(tensor[row, pos])
                 kind = category(row, pos, token, is_target)
-                ax.add_patch(Rectangle((x, y), 0.94, 0.9, facecolor=COLORS[kind], edgecolor="#666666",
-                                       hatch="//" if kind == "masked" else None, linewidth=0.8))
-                ax.text(x + 0.47, y + 0.58, _token_label(token, tokenizer), ha="center", va="center", fontsize=9.5,
-                        color=COLORS["accent"] if kind == "masked" else COLORS["text"], fontweight="bold")
-                ax.text(x + 0.47, y + 0.22, "" if token == IGNORE_INDEX else str(token), ha="center", va="center",
-                        fontsize=7.5, color="#333333")
+                ax.add_patch(
+                    Rectangle(
+                        (x, y),
+                        0.94,
+                        0.9,
+                        facecolor=COLORS[kind],
+                        edgecolor="#666666",
+                        hatch="//" if kind == "masked" else None,
+                        linewidth=0.8,
+                    )
+                )
+                ax.text(
+                    x + 0.47,
+                    y + 0.58,
+                    _token_label(token, tokenizer),
+                    ha="center",
+                    va="center",
+                    fontsize=9.5,
+                    color=COLORS["accent"] if kind == "masked" else COLORS["text"],
+                    fontweight="bold",
+                )
+                ax.text(
+                    x + 0.47,
+                    y + 0.22,
+                    "" if token == IGNORE_INDEX else str(token),
+                    ha="center",
+                    va="center",
+                    fontsize=7.5,
+                    color="#333333",
+                )
             y += 1
         y += 0.35
     for x, pos in enumerate(columns):
@@ -456,11 +538,24 @@ def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_le
     ax.set_xlim(-1.6, len(columns))
     ax.set_ylim(y, -0.6)
     ax.axis("off")
-    legend = [Patch(facecolor=COLORS[k], edgecolor="#666666", hatch="//" if k == "masked" else None, label=label)
-              for k, label in (("prompt", "prompt"), ("response", "response"), ("end", "end-of-text (learned)"),
-                               ("padding", "padding"), ("masked", "masked target (-100)"))]
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False,
-              fontsize=PLOT_FONT_SIZES["tick"])
+    legend = [
+        Patch(facecolor=COLORS[k], edgecolor="#666666", hatch="//" if k == "masked" else None, label=label)
+        for k, label in (
+            ("prompt", "prompt"),
+            ("response", "response"),
+            ("end", "end-of-text (learned)"),
+            ("padding", "padding"),
+            ("masked", "masked target (-100)"),
+        )
+    ]
+    ax.legend(
+        handles=legend,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=5,
+        frameon=False,
+        fontsize=PLOT_FONT_SIZES["tick"],
+    )
     if title:
         ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"])
     fig.patch.set_facecolor("white")  # readable on GitHub's dark theme too
@@ -469,6 +564,7 @@ def plot_batch(inputs: torch.Tensor, targets: torch.Tensor, tokenizer, prompt_le
 
 
 # --- 04 dataloaders: batches from the splits, on the right device ---
+
 
 def get_device(preferred: str | None = None) -> torch.device:
     """cuda if available, else Apple's mps, else cpu. $LLM_DEVICE (e.g. "cpu") overrides."""
@@ -482,18 +578,32 @@ def get_device(preferred: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def create_dataloaders(train_data: Sequence[dict], val_data: Sequence[dict], test_data: Sequence[dict],
-                       tokenizer, batch_size: int = 8, style: str | PromptStyle = "alpaca",
-                       mask_prompt: bool = False, allowed_max_length: int | None = 1024,
-                       num_workers: int = 0, seed: int = 123) -> tuple[DataLoader, DataLoader, DataLoader]:
+def create_dataloaders(
+    train_data: Sequence[dict],
+    val_data: Sequence[dict],
+    test_data: Sequence[dict],
+    tokenizer,
+    batch_size: int = 8,
+    style: str | PromptStyle = "alpaca",
+    mask_prompt: bool = False,
+    allowed_max_length: int | None = 1024,
+    num_workers: int = 0,
+    seed: int = 123,
+) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Train loader (shuffled with `seed`, last partial batch dropped) and val/test loaders (in order)."""
     collate = partial(custom_collate_fn, mask_prompt=mask_prompt, allowed_max_length=allowed_max_length)
 
     def loader(data, train: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(seed) if train else None
-        return DataLoader(InstructionDataset(data, tokenizer, style), batch_size=batch_size,
-                          shuffle=train, drop_last=train, collate_fn=collate,
-                          num_workers=num_workers, generator=generator)
+        return DataLoader(
+            InstructionDataset(data, tokenizer, style),
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            collate_fn=collate,
+            num_workers=num_workers,
+            generator=generator,
+        )
 
     return loader(train_data, True), loader(val_data, False), loader(test_data, False)
 
@@ -512,10 +622,10 @@ def padding_efficiency(loader: Iterable, ignore_index: int = IGNORE_INDEX) -> fl
 _GPT2_SHARED = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
 
 GPT_CONFIGS = {
-    "gpt2-small": {**_GPT2_SHARED, "emb_dim": 768, "n_layers": 12, "n_heads": 12},    # 124M
+    "gpt2-small": {**_GPT2_SHARED, "emb_dim": 768, "n_layers": 12, "n_heads": 12},  # 124M
     "gpt2-medium": {**_GPT2_SHARED, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},  # 355M
-    "gpt2-large": {**_GPT2_SHARED, "emb_dim": 1280, "n_layers": 36, "n_heads": 20},   # 774M
-    "gpt2-xl": {**_GPT2_SHARED, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},      # 1558M
+    "gpt2-large": {**_GPT2_SHARED, "emb_dim": 1280, "n_layers": 36, "n_heads": 20},  # 774M
+    "gpt2-xl": {**_GPT2_SHARED, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},  # 1558M
     # UNTRAINED: no pretrained weights exist for it. Random init, gibberish output; only for
     # smoke runs and CI where the real checkpoints cannot be downloaded. 6.5M parameters.
     "tiny": {**_GPT2_SHARED, "context_length": 256, "emb_dim": 64, "n_layers": 2, "n_heads": 2},
@@ -548,8 +658,8 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one layer's new keys/values (batch, heads, tokens, head_dim); return all of them so far."""
         end = self.length + k.size(2)
-        self.keys[layer, :, :, self.length:end] = k
-        self.values[layer, :, :, self.length:end] = v
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
@@ -577,15 +687,18 @@ def _cpu_autocast_on() -> bool:
 
 def _attention_precision(q: torch.Tensor):
     """No autocast inside attention when it is to run in float32 (autocast would cast it back to bf16)."""
-    if (CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_grad_enabled()
-            and _cpu_autocast_on()):
+    if CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_grad_enabled() and _cpu_autocast_on():
         return torch.autocast("cpu", enabled=False)
     return contextlib.nullcontext()
 
 
 def _attention_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    if CPU_BF16_ATTENTION_IN_FLOAT32 and tensors[0].device.type == "cpu" and torch.is_grad_enabled() and (
-            tensors[0].dtype == torch.bfloat16 or _cpu_autocast_on()):
+    if (
+        CPU_BF16_ATTENTION_IN_FLOAT32
+        and tensors[0].device.type == "cpu"
+        and torch.is_grad_enabled()
+        and (tensors[0].dtype == torch.bfloat16 or _cpu_autocast_on())
+    ):
         return tuple(z.float() for z in tensors)
     return tensors
 
@@ -604,8 +717,9 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(cfg["emb_dim"], 3 * cfg["emb_dim"], bias=cfg["qkv_bias"])
         self.out_proj = nn.Linear(cfg["emb_dim"], cfg["emb_dim"])
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         # (b, t, d) -> (b, heads, t, head_dim): every head attends independently
@@ -615,9 +729,12 @@ class MultiHeadAttention(nn.Module):
         # Without a mask, is_causal is right only when queries and keys are the same positions;
         # a single new token after cached ones may see every key, so no causal mask then.
         with _attention_precision(q):
-            out = F.scaled_dot_product_attention(*_attention_inputs(q, k, v), attn_mask=attn_mask,
-                                                 dropout_p=self.dropout if self.training else 0.0,
-                                                 is_causal=attn_mask is None and t == k.size(2)).to(x.dtype)
+            out = F.scaled_dot_product_attention(
+                *_attention_inputs(q, k, v),
+                attn_mask=attn_mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=attn_mask is None and t == k.size(2),
+            ).to(x.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -645,8 +762,9 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), attn_mask, cache))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
@@ -667,8 +785,13 @@ class GPTModel(nn.Module):
         # load_gpt2_weights copies it in. (To tie: model.out_head.weight = model.tok_emb.weight.)
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                pad_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        pad_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """Logits (batch, tokens, vocab_size) for token IDs `idx` (batch, tokens).
 
         cache: a KVCache; `idx` then holds only the tokens that follow the cached ones.
@@ -681,13 +804,15 @@ class GPTModel(nn.Module):
         b, t = idx.shape
         past = cache.length if cache is not None else 0
         if past + t > self.cfg["context_length"]:
-            raise ValueError(f"{past + t} tokens exceed context_length={self.cfg['context_length']}; "
-                             f"keep only the last {self.cfg['context_length']} (idx[:, -context_length:])")
+            raise ValueError(
+                f"{past + t} tokens exceed context_length={self.cfg['context_length']}; "
+                f"keep only the last {self.cfg['context_length']} (idx[:, -context_length:])"
+            )
         real = pad_mask if pad_mask is not None else torch.ones_like(idx, dtype=torch.bool)
         if cache is not None:
             real_before = cache.is_real[:, :past].sum(dim=1, keepdim=True)
-            cache.is_real[:, past:past + t] = real
-            keys_real = cache.is_real[:, :past + t]
+            cache.is_real[:, past : past + t] = real
+            keys_real = cache.is_real[:, : past + t]
         else:
             real_before, keys_real = 0, real
         # Positions count real tokens only, so a left-padded prompt starts at 0 as it would alone.
@@ -717,11 +842,15 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-
 # --- 06 pretrained weights: OpenAI's GPT-2 from the Hugging Face Hub ---
 
-def download_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None,
-                          force_download: bool = False, deadline: float = 3600.0) -> Path:
+
+def download_gpt2_weights(
+    model_name: str = "gpt2-small",
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    deadline: float = 3600.0,
+) -> Path:
     """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once.
 
     A cached copy is returned without touching the network; otherwise support.network.hub_download
@@ -752,10 +881,17 @@ def cached_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | 
 
 # Our parameter names -> the names in OpenAI's GPT-2 checkpoint (as Hugging Face stores it).
 _CHECKPOINT_NAMES = [
-    ("tok_emb.", "wte."), ("pos_emb.", "wpe."), ("trf_blocks.", "h."), ("final_norm.", "ln_f."),
-    ("out_head.", "lm_head."), (".norm1.", ".ln_1."), (".norm2.", ".ln_2."),
-    (".att.qkv.", ".attn.c_attn."), (".att.out_proj.", ".attn.c_proj."),
-    (".ff.layers.0.", ".mlp.c_fc."), (".ff.layers.2.", ".mlp.c_proj."),
+    ("tok_emb.", "wte."),
+    ("pos_emb.", "wpe."),
+    ("trf_blocks.", "h."),
+    ("final_norm.", "ln_f."),
+    ("out_head.", "lm_head."),
+    (".norm1.", ".ln_1."),
+    (".norm2.", ".ln_2."),
+    (".att.qkv.", ".attn.c_attn."),
+    (".att.out_proj.", ".attn.c_proj."),
+    (".ff.layers.0.", ".mlp.c_fc."),
+    (".ff.layers.2.", ".mlp.c_proj."),
 ]
 # GPT-2 uses Conv1D layers, which store their weights as (in_features, out_features): the
 # transpose of nn.Linear's.
@@ -803,8 +939,7 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
-    checkpoint = {key.removeprefix("transformer."): tensor
-                  for key, tensor in _read_safetensors(path).items()}
+    checkpoint = {key.removeprefix("transformer."): tensor for key, tensor in _read_safetensors(path).items()}
     checkpoint = {key: tensor for key, tensor in checkpoint.items() if not _MASK_BUFFER.fullmatch(key)}
     if "lm_head.weight" not in checkpoint and "wte.weight" in checkpoint:
         checkpoint["lm_head.weight"] = checkpoint["wte.weight"]  # tied head
@@ -833,16 +968,19 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
     if bad_values:
         raise ValueError(f"{path} is damaged (delete it and download it again): " + "; ".join(bad_values[:5]))
     if missing or wrong_shape or extra:
-        lines = [f"{path} does not fit this GPTModel (emb_dim={model.cfg['emb_dim']}, "
-                 f"n_layers={model.cfg['n_layers']}, context_length={model.cfg['context_length']}, "
-                 f"vocab_size={model.cfg['vocab_size']}); is it the same GPT-2 size as the config?"]
+        lines = [
+            f"{path} does not fit this GPTModel (emb_dim={model.cfg['emb_dim']}, "
+            f"n_layers={model.cfg['n_layers']}, context_length={model.cfg['context_length']}, "
+            f"vocab_size={model.cfg['vocab_size']}); is it the same GPT-2 size as the config?"
+        ]
         for title, items in (("wrong shape", wrong_shape), ("missing", missing), ("unexpected", extra)):
             if items:
                 shown = items[:8] + ([f"... and {len(items) - 8} more"] if len(items) > 8 else [])
                 lines.append(f"{title} ({len(items)}):\n    " + "\n    ".join(shown))
         raise ValueError("\n".join(lines))
-    if model.out_head.weight is model.tok_emb.weight and not torch.equal(state["out_head.weight"],
-                                                                          state["tok_emb.weight"]):
+    if model.out_head.weight is model.tok_emb.weight and not torch.equal(
+        state["out_head.weight"], state["tok_emb.weight"]
+    ):
         raise ValueError(f"{path} has a separate lm_head.weight, but this model ties out_head to tok_emb")
     model.load_state_dict(state)
     return model
@@ -905,6 +1043,7 @@ def instruct_checkpoint_path(model: GPTModel) -> Path:
 
 # --- 06 pretrained weights: generation, greedy or sampled, with a KV cache, one prompt or many ---
 
+
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
     """Token IDs of `text` as a (1, tokens) tensor, the shape generate() takes.
 
@@ -920,8 +1059,9 @@ def token_ids_to_text(ids: torch.Tensor | list[int], tokenizer) -> str:
     return tokenizer.decode(ids)
 
 
-def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
-                generators: list[torch.Generator] | None) -> torch.Tensor:
+def _next_token(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generators: list[torch.Generator] | None
+) -> torch.Tensor:
     """One token per row of logits (batch, vocab): the argmax at temperature 0, else a sample."""
     if top_k is not None:
         kth_best = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
@@ -946,9 +1086,18 @@ def _generators(seed: int | None, n: int, device: torch.device) -> list[torch.Ge
 
 
 @torch.no_grad()
-def _generate_cached(model: GPTModel, idx: torch.Tensor, pad_mask: torch.Tensor, max_new_tokens: int,
-                     context_size: int, temperature: float, top_k: int | None, eos_id: int | None,
-                     seed: int | None, on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+def _generate_cached(
+    model: GPTModel,
+    idx: torch.Tensor,
+    pad_mask: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float,
+    top_k: int | None,
+    eos_id: int | None,
+    seed: int | None,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
     """New tokens of every row of a left-padded batch, eos excluded, decoded with a KVCache.
 
     on_token(row, token_id), if given, sees each kept token the moment it is chosen (streaming).
@@ -1026,8 +1175,9 @@ def _model_in_dtype(model: GPTModel, dtype: torch.dtype | None) -> GPTModel:
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype such as torch.bfloat16, got {dtype}")
     head = {id(p) for p in model.out_head.parameters()}
-    memo = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False)
-            for p in model.parameters() if id(p) not in head}
+    memo = {
+        id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in model.parameters() if id(p) not in head
+    }
     low = copy.deepcopy(model, memo)  # a tied head (the same tensor as tok_emb) is cast with it
     if low.out_head.weight.dtype != dtype:
         low.out_head.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype),))
@@ -1035,10 +1185,19 @@ def _model_in_dtype(model: GPTModel, dtype: torch.dtype | None) -> GPTModel:
 
 
 @torch.no_grad()
-def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_size: int,
-             temperature: float = 0.0, top_k: int | None = None, eos_id: int | None = None,
-             seed: int | None = None, use_cache: bool = True,
-             dtype: torch.dtype | None = None, on_token: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def generate(
+    model: GPTModel,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    dtype: torch.dtype | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """`idx` (batch, tokens) with up to `max_new_tokens` generated tokens appended.
 
     - temperature 0: greedy (argmax); above 0: sampling from softmax(logits / temperature),
@@ -1060,8 +1219,9 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
     Call model.eval() first.
     """
     if idx.dim() != 2:
-        raise ValueError(f"idx must be (batch, tokens), got shape {tuple(idx.shape)}; "
-                         "text_to_token_ids() adds the batch dimension")
+        raise ValueError(
+            f"idx must be (batch, tokens), got shape {tuple(idx.shape)}; text_to_token_ids() adds the batch dimension"
+        )
     if idx.size(0) == 0 or idx.size(1) == 0:
         raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {tuple(idx.shape)}")
     _check_token_ids(idx, "idx", model.cfg["vocab_size"])
@@ -1072,12 +1232,14 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
     model = _model_in_dtype(model, dtype)
     if use_cache:
         pad_mask = torch.ones_like(idx, dtype=torch.bool)
-        new = _generate_cached(model, idx, pad_mask, max_new_tokens, context_size,
-                               temperature, top_k, eos_id, seed, on_token)
+        new = _generate_cached(
+            model, idx, pad_mask, max_new_tokens, context_size, temperature, top_k, eos_id, seed, on_token
+        )
         width = max(len(row) for row in new)
         filler = eos_id if eos_id is not None else 0  # 0 never appears: without eos rows are full
-        new = torch.tensor([row + [filler] * (width - len(row)) for row in new],
-                           dtype=idx.dtype, device=idx.device).view(idx.size(0), width)
+        new = torch.tensor(
+            [row + [filler] * (width - len(row)) for row in new], dtype=idx.dtype, device=idx.device
+        ).view(idx.size(0), width)
         return torch.cat([idx, new], dim=1)
 
     generators = _generators(seed, idx.size(0), idx.device)
@@ -1095,10 +1257,19 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int, context_si
 
 
 @torch.no_grad()
-def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: int, context_size: int,
-                   eos_id: int | None = None, pad_token_id: int = PAD_TOKEN_ID, temperature: float = 0.0,
-                   top_k: int | None = None, seed: int | None = None,
-                   batch_size: int | None = None, dtype: torch.dtype | None = None) -> list[list[int]]:
+def generate_batch(
+    model: GPTModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    context_size: int,
+    eos_id: int | None = None,
+    pad_token_id: int = PAD_TOKEN_ID,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[list[int]]:
     """Generate for many prompts of different lengths at once; returns each prompt's new tokens.
 
     Prompts are left-padded with `pad_token_id` and a padding mask keeps the padding out of
@@ -1126,25 +1297,33 @@ def generate_batch(model: GPTModel, prompts: list[list[int]], max_new_tokens: in
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     step = batch_size or len(prompts)
     for start in range(0, len(order), step):
-        chunk = order[start:start + step]
+        chunk = order[start : start + step]
         width = len(prompts[chunk[0]])  # the longest, as lengths are sorted
         idx = torch.full((len(chunk), width), pad_token_id, dtype=torch.long, device=device)
         pad_mask = torch.zeros(len(chunk), width, dtype=torch.bool, device=device)
         for row, i in enumerate(chunk):
             n = len(prompts[i])
-            idx[row, width - n:] = torch.as_tensor(prompts[i], dtype=torch.long, device=device)
-            pad_mask[row, width - n:] = True
-        new = _generate_cached(model, idx, pad_mask, max_new_tokens, context_size,
-                               temperature, top_k, eos_id, seed)
+            idx[row, width - n :] = torch.as_tensor(prompts[i], dtype=torch.long, device=device)
+            pad_mask[row, width - n :] = True
+        new = _generate_cached(model, idx, pad_mask, max_new_tokens, context_size, temperature, top_k, eos_id, seed)
         for i, tokens in zip(chunk, new):
             results[i] = tokens
     return results
 
 
-def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca",
-                       max_new_tokens: int = 256, batch_size: int = 32, progress: bool = True,
-                       temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
-                       dtype: torch.dtype | None = None) -> list[dict]:
+def generate_responses(
+    model: GPTModel,
+    entries: Sequence[dict],
+    tokenizer,
+    style: str | PromptStyle = "alpaca",
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    progress: bool = True,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[dict]:
     """Each entry with the model's answer added as "model_response" (batched, KV cache).
 
     - The prompt is format_prompt(entry, style): the very text the model was trained to continue.
@@ -1161,10 +1340,17 @@ def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, styl
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
     responses = [""] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc="responses", unit="batch", disable=not progress):
-        chunk = order[start:start + batch_size]
-        new_tokens = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens,
-                                    context_size=model.cfg["context_length"], eos_id=PAD_TOKEN_ID,
-                                    temperature=temperature, top_k=top_k, seed=seed)
+        chunk = order[start : start + batch_size]
+        new_tokens = generate_batch(
+            model,
+            [prompts[i] for i in chunk],
+            max_new_tokens,
+            context_size=model.cfg["context_length"],
+            eos_id=PAD_TOKEN_ID,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+        )
         for i, tokens in zip(chunk, new_tokens):
             responses[i] = tokenizer.decode(tokens).strip()
     return [{**entry, "model_response": response} for entry, response in zip(entries, responses)]
@@ -1172,45 +1358,66 @@ def generate_responses(model: GPTModel, entries: Sequence[dict], tokenizer, styl
 
 # --- 07 finetuning: the loss, the training loop and its hooks, the loss plot ---
 
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _loss_sum(inputs: torch.Tensor, targets: torch.Tensor, model: nn.Module, device: torch.device,
-              autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, int]:
+def _loss_sum(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    model: nn.Module,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the real targets of a batch, and how many there are."""
     inputs, targets = inputs.to(device), targets.to(device)
     try:
         with _autocast(torch.device(device), autocast_dtype):
             logits = model(inputs)
         # The softmax over 50k classes is done in float32 even under autocast: bf16 would round it badly.
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     except IndexError as exc:  # torch's "index out of range in self" names no token
-        raise ValueError(f"a token ID of this batch is outside the model's vocabulary (largest input "
-                         f"{int(inputs.max())}, largest target {int(targets.max())}): a pad_token_id or a "
-                         f"tokenizer made for another model? ({exc})") from None
+        raise ValueError(
+            f"a token ID of this batch is outside the model's vocabulary (largest input "
+            f"{int(inputs.max())}, largest target {int(targets.max())}): a pad_token_id or a "
+            f"tokenizer made for another model? ({exc})"
+        ) from None
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
-def calc_loss_batch(inputs: torch.Tensor, targets: torch.Tensor, model: nn.Module,
-                    device: str | torch.device, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+def calc_loss_batch(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    model: nn.Module,
+    device: str | torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy over the real (not -100) targets of one batch; differentiable.
 
     A batch whose every target is -100 has no loss to average: a ValueError, not a silent 0.
     """
     loss, n_real = _loss_sum(inputs, targets, model, device, autocast_dtype)
     if n_real == 0:
-        raise ValueError(f"this batch has no real target: all {targets.numel()} targets are {IGNORE_INDEX} "
-                         "(padding or a masked prompt), so there is no loss to average")
+        raise ValueError(
+            f"this batch has no real target: all {targets.numel()} targets are {IGNORE_INDEX} "
+            "(padding or a masked prompt), so there is no loss to average"
+        )
     return loss / n_real
 
 
 @torch.no_grad()
-def _loss_totals(loader: Iterable, model: nn.Module, device: str | torch.device, num_batches: int | None,
-                 autocast_dtype: torch.dtype | None) -> tuple[float, int]:
+def _loss_totals(
+    loader: Iterable,
+    model: nn.Module,
+    device: str | torch.device,
+    num_batches: int | None,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[float, int]:
     total, n_real = 0.0, 0
     for inputs, targets in itertools.islice(loader, num_batches):
         loss, n = _loss_sum(inputs, targets, model, device, autocast_dtype)
@@ -1218,8 +1425,13 @@ def _loss_totals(loader: Iterable, model: nn.Module, device: str | torch.device,
     return total, n_real
 
 
-def calc_loss_loader(loader: Iterable, model: nn.Module, device: str | torch.device,
-                     num_batches: int | None = None, autocast_dtype: torch.dtype | None = None) -> float:
+def calc_loss_loader(
+    loader: Iterable,
+    model: nn.Module,
+    device: str | torch.device,
+    num_batches: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
     """Mean cross-entropy over every real target in the first `num_batches` batches (default: all).
 
     Weighted by tokens, not by batches: a batch with twice the real targets counts twice.
@@ -1229,9 +1441,15 @@ def calc_loss_loader(loader: Iterable, model: nn.Module, device: str | torch.dev
     return total / n_real if n_real else float("nan")
 
 
-def evaluate_model(model: nn.Module, train_batches: Iterable, val_loader: Iterable, device: str | torch.device,
-                   eval_iter: int, autocast_dtype: torch.dtype | None = None,
-                   hooks: TrainingHooks | None = None) -> tuple[float, float]:
+def evaluate_model(
+    model: nn.Module,
+    train_batches: Iterable,
+    val_loader: Iterable,
+    device: str | torch.device,
+    eval_iter: int,
+    autocast_dtype: torch.dtype | None = None,
+    hooks: TrainingHooks | None = None,
+) -> tuple[float, float]:
     """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (no dropout).
 
     With `hooks` (see train_model) the sums of all processes are added up.
@@ -1239,8 +1457,10 @@ def evaluate_model(model: nn.Module, train_batches: Iterable, val_loader: Iterab
     was_training = model.training
     model.eval()
     try:
-        totals = [*_loss_totals(train_batches, model, device, eval_iter, autocast_dtype),
-                  *_loss_totals(val_loader, model, device, eval_iter, autocast_dtype)]
+        totals = [
+            *_loss_totals(train_batches, model, device, eval_iter, autocast_dtype),
+            *_loss_totals(val_loader, model, device, eval_iter, autocast_dtype),
+        ]
     finally:
         model.train(was_training)
     train_total, train_n, val_total, val_n = totals if hooks is None else hooks.sum_over_processes(totals)
@@ -1290,6 +1510,7 @@ def bf16_autocast_recommended(device: str | torch.device) -> bool:
 @dataclass
 class TrainHistory:
     """Losses at every evaluation: the optimizer step, and the real target tokens trained on by then."""
+
     steps: list[int] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
@@ -1302,10 +1523,11 @@ class TrainHistory:
 @dataclass
 class TrainState:
     """Where a run is; a checkpoint stores it beside the weights and optimizer state."""
-    step: int = 0            # optimizer steps taken
-    epoch: int = 0           # the epoch in progress
-    batches_done: int = 0    # micro-batches of that epoch already trained on
-    tokens_seen: int = 0     # real target tokens trained on: padding and -100 (masked) targets not counted
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # the epoch in progress
+    batches_done: int = 0  # micro-batches of that epoch already trained on
+    tokens_seen: int = 0  # real target tokens trained on: padding and -100 (masked) targets not counted
     positions_seen: int = 0  # every input position processed, padding included (what the FLOPs are spent on)
     last_loss: float = float("nan")  # training loss of the last optimizer step
     seed: int = 123
@@ -1319,9 +1541,14 @@ class TrainState:
         return cls(**{**d, "history": TrainHistory(**d["history"])})
 
 
-def _optimizer_step(model: nn.Module, window: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                    optimizer: torch.optim.Optimizer, device: torch.device, autocast_dtype: torch.dtype | None,
-                    hooks: TrainingHooks) -> tuple[float, int, int]:
+def _optimizer_step(
+    model: nn.Module,
+    window: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    hooks: TrainingHooks,
+) -> tuple[float, int, int]:
     """One update from a window of micro-batches; returns (mean loss, real targets, input positions).
 
     Each micro-batch's summed loss is divided by the real targets of the whole window, so k
@@ -1349,6 +1576,7 @@ class TrainingHooks:
     support.trainer.TrainingRun implements the same methods for checkpoints, resume, timed saves,
     the finite-loss stop and training in several processes (support/__init__.py explains each).
     """
+
     progress = True  # show a progress bar
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> nn.Module:
@@ -1373,12 +1601,22 @@ class TrainingHooks:
         pass
 
 
-def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable, optimizer: torch.optim.Optimizer,
-                device: str | torch.device, num_epochs: int, eval_freq: int, eval_iter: int,
-                grad_accum_steps: int = 1, autocast_dtype: torch.dtype | None = None,
-                checkpoint_path: str | Path | None = None, resume: bool = False,
-                on_epoch_end: Callable[[TrainState], None] | None = None,
-                hooks: TrainingHooks | None = None) -> TrainHistory:
+def train_model(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: str | torch.device,
+    num_epochs: int,
+    eval_freq: int,
+    eval_iter: int,
+    grad_accum_steps: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    on_epoch_end: Callable[[TrainState], None] | None = None,
+    hooks: TrainingHooks | None = None,
+) -> TrainHistory:
     """Finetune `model`; returns the loss history.
 
     - One optimizer step per `grad_accum_steps` micro-batches (the loader's batches).
@@ -1400,8 +1638,10 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
     if grad_accum_steps < 1 or eval_freq < 1:
         raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
     if len(train_loader) == 0:
-        raise TrainingError("the train loader yields no batches: fewer training examples than the batch size "
-                            "(its last, partial batch is dropped)? Use a smaller batch size or more data.")
+        raise TrainingError(
+            "the train loader yields no batches: fewer training examples than the batch size "
+            "(its last, partial batch is dropped)? Use a smaller batch size or more data."
+        )
     device = torch.device(device)
     model.to(device)
     state = TrainState(grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader))
@@ -1421,8 +1661,14 @@ def train_model(model: nn.Module, train_loader: DataLoader, val_loader: Iterable
             bar.set_postfix(train=f"{losses[0]:.3f}", val=f"{losses[1]:.3f}")
 
     total_steps = math.ceil(len(train_loader) / grad_accum_steps) * num_epochs
-    bar = tqdm(total=total_steps, initial=min(state.step, total_steps), desc="training", unit="step",
-               disable=not hooks.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=min(state.step, total_steps),
+        desc="training",
+        unit="step",
+        disable=not hooks.progress,
+        dynamic_ncols=True,
+    )
     trained.train()
     stop = hooks.should_stop(state)
     try:
@@ -1488,10 +1734,25 @@ def plot_losses(history: TrainHistory | dict, save_path: str | Path | None = Non
 
     h = history if isinstance(history, TrainHistory) else TrainHistory(**history)
     fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
-    ax.plot(h.steps, h.train_losses, color=LOSS_COLORS["train"], linewidth=3, marker="o", markersize=5,
-            label="training loss")
-    ax.plot(h.steps, h.val_losses, color=LOSS_COLORS["val"], linewidth=3, linestyle="--", marker="s", markersize=5,
-            label="validation loss")
+    ax.plot(
+        h.steps,
+        h.train_losses,
+        color=LOSS_COLORS["train"],
+        linewidth=3,
+        marker="o",
+        markersize=5,
+        label="training loss",
+    )
+    ax.plot(
+        h.steps,
+        h.val_losses,
+        color=LOSS_COLORS["val"],
+        linewidth=3,
+        linestyle="--",
+        marker="s",
+        markersize=5,
+        label="validation loss",
+    )
     ax.set_xlabel("optimizer step", fontsize=PLOT_FONT_SIZES["label"])
     ax.set_ylabel("cross-entropy loss", fontsize=PLOT_FONT_SIZES["label"])
     ax.tick_params(labelsize=PLOT_FONT_SIZES["tick"])
@@ -1502,8 +1763,9 @@ def plot_losses(history: TrainHistory | dict, save_path: str | Path | None = Non
     points = sorted({(0, 0), *zip(h.steps, h.tokens_seen)})
     if len(points) >= 2 and all(b[0] > a[0] and b[1] > a[1] for a, b in zip(points, points[1:])):
         steps, tokens = zip(*points)
-        top = ax.secondary_xaxis("top", functions=(_extrapolating_interp(steps, tokens),
-                                                   _extrapolating_interp(tokens, steps)))
+        top = ax.secondary_xaxis(
+            "top", functions=(_extrapolating_interp(steps, tokens), _extrapolating_interp(tokens, steps))
+        )
         top.set_xlabel("tokens seen (real targets)", fontsize=PLOT_FONT_SIZES["label"])
         top.xaxis.set_major_formatter(EngFormatter(sep=""))
         top.tick_params(labelsize=PLOT_FONT_SIZES["tick"])
@@ -1663,9 +1925,16 @@ def _require_judge(model: str, url: str, timeout: float) -> None:
         )
 
 
-def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL,
-                    style: str | PromptStyle = "alpaca", seed: int = 123, timeout: float = 120.0,
-                    source: str = "<responses>", progress: bool = True) -> dict:
+def judge_responses(
+    entries: list[dict],
+    model: str = OLLAMA_JUDGE_MODEL,
+    url: str = OLLAMA_CHAT_URL,
+    style: str | PromptStyle = "alpaca",
+    seed: int = 123,
+    timeout: float = 120.0,
+    source: str = "<responses>",
+    progress: bool = True,
+) -> dict:
     """Ask the judge to score every entry's `model_response` from 0 to 100.
 
     Returns {"model", "n", "n_judged", "n_scored", "mean" (over parsed scores only),
@@ -1699,8 +1968,11 @@ def judge_responses(entries: list[dict], model: str = OLLAMA_JUDGE_MODEL, url: s
             scores[index] = None
         n_judged += 1
     if error is not None:
-        warnings.warn(f"Judging stopped at entry {n_judged} of {len(entries)}; the {n_judged} replies "
-                      f"before it are kept. {error}", stacklevel=2)
+        warnings.warn(
+            f"Judging stopped at entry {n_judged} of {len(entries)}; the {n_judged} replies "
+            f"before it are kept. {error}",
+            stacklevel=2,
+        )
     parsed = [s for s in scores if s is not None]
     unparsed = [i for i in range(n_judged) if scores[i] is None]
     return {
@@ -1751,8 +2023,9 @@ def load_preference_data(path: str | Path = DEFAULT_PREFERENCE_PATH) -> list[dic
     return validate_preference_data(read_json_file(path), source=str(path))
 
 
-def split_preference_data(pairs: Sequence[dict], instruction_data: Sequence[dict],
-                          **split_args) -> tuple[list[dict], list[dict], list[dict]]:
+def split_preference_data(
+    pairs: Sequence[dict], instruction_data: Sequence[dict], **split_args
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Train/val/test pairs: each pair goes to the split that split_dataset gives its prompt.
 
     So a question the instruction-finetuned model was tested on is never trained on here either.
@@ -1766,14 +2039,17 @@ def split_preference_data(pairs: Sequence[dict], instruction_data: Sequence[dict
     for index, pair in enumerate(pairs):
         key = (pair["instruction"], pair.get("input", ""))
         if key not in split_of:
-            raise DatasetError(f"preference pair {index}: its instruction and input are not in the instruction "
-                               "data, so its split is unknown")
+            raise DatasetError(
+                f"preference pair {index}: its instruction and input are not in the instruction "
+                "data, so its split is unknown"
+            )
         parts[split_of[key]].append(pair)
     return parts
 
 
 class PreferenceExample(NamedTuple):
     """One pair, tokenized: prompt + chosen, prompt + rejected, and (once computed) the reference's log-probs."""
+
     chosen: TokenizedExample
     rejected: TokenizedExample
     reference_logprobs: tuple[float, float] | None = None
@@ -1787,8 +2063,10 @@ class PreferenceDataset(Dataset):
         self.examples = []
         for pair in self.pairs:
             prompt_ids = encode_text(format_prompt(pair, style), tokenizer)
-            chosen, rejected = (TokenizedExample(prompt_ids + encode_text(pair[answer], tokenizer), len(prompt_ids))
-                                for answer in ("chosen", "rejected"))
+            chosen, rejected = (
+                TokenizedExample(prompt_ids + encode_text(pair[answer], tokenizer), len(prompt_ids))
+                for answer in ("chosen", "rejected")
+            )
             self.examples.append(PreferenceExample(chosen, rejected))
 
     def __getitem__(self, index: int) -> PreferenceExample:
@@ -1800,13 +2078,13 @@ class PreferenceDataset(Dataset):
 
 class PreferenceBatch(NamedTuple):
     """Rows 0..B-1 hold prompt + chosen, rows B..2B-1 prompt + rejected; targets are -100 but for the answers."""
+
     inputs: torch.Tensor
     targets: torch.Tensor
     reference_logprobs: torch.Tensor | None  # (2B,) in the same row order, when precomputed
 
 
-def preference_collate_fn(batch: Sequence[PreferenceExample],
-                          allowed_max_length: int | None = None) -> PreferenceBatch:
+def preference_collate_fn(batch: Sequence[PreferenceExample], allowed_max_length: int | None = None) -> PreferenceBatch:
     """Chosen rows then rejected rows, padded together by custom_collate_fn with the prompt masked.
 
     mask_prompt=True leaves only the answer's tokens (and its end-of-text) as targets: the log-prob of
@@ -1816,8 +2094,9 @@ def preference_collate_fn(batch: Sequence[PreferenceExample],
     inputs, targets = custom_collate_fn(rows, mask_prompt=True, allowed_max_length=allowed_max_length)
     reference = None
     if all(pair.reference_logprobs is not None for pair in batch):
-        reference = torch.tensor([pair.reference_logprobs[0] for pair in batch]
-                                 + [pair.reference_logprobs[1] for pair in batch])
+        reference = torch.tensor(
+            [pair.reference_logprobs[0] for pair in batch] + [pair.reference_logprobs[1] for pair in batch]
+        )
     return PreferenceBatch(inputs, targets, reference)
 
 
@@ -1828,13 +2107,17 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     ignored targets add exactly 0. Computed in float32 at least (see _loss_sum).
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    token_losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                   ignore_index=IGNORE_INDEX, reduction="none")
+    token_losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     return -token_losses.view(targets.shape).sum(dim=-1)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The DPO loss (Rafailov et al. 2023, eq. 7) from sequence log-probs; returns (loss, chosen, rejected rewards).
 
     The implicit reward of an answer is beta * (log pi(answer) - log pi_ref(answer)); the loss is
@@ -1852,8 +2135,13 @@ def pair_logprobs(model: nn.Module, batch: PreferenceBatch, device: str | torch.
     return sequence_logprobs(model(batch.inputs.to(device)), batch.targets.to(device))
 
 
-def dpo_loss_batch(policy: nn.Module, reference: nn.Module | None, batch: PreferenceBatch,
-                   device: str | torch.device, beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_loss_batch(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    batch: PreferenceBatch,
+    device: str | torch.device,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dpo_loss on one batch: the policy's log-probs with gradients, the frozen reference's without.
 
     With precomputed reference log-probs in the batch, `reference` may be None (the model is not needed).
@@ -1871,8 +2159,13 @@ def dpo_loss_batch(policy: nn.Module, reference: nn.Module | None, batch: Prefer
 
 
 @torch.no_grad()
-def precompute_reference_logprobs(reference: nn.Module, dataset: PreferenceDataset, device: str | torch.device,
-                                  batch_size: int = 8, allowed_max_length: int | None = None) -> PreferenceDataset:
+def precompute_reference_logprobs(
+    reference: nn.Module,
+    dataset: PreferenceDataset,
+    device: str | torch.device,
+    batch_size: int = 8,
+    allowed_max_length: int | None = None,
+) -> PreferenceDataset:
     """Store the reference model's log-probs in every pair of `dataset` (in place), so the reference can be freed.
 
     A DPO step then runs one model instead of two: half the memory for weights, and no reference forward pass.
@@ -1881,18 +2174,25 @@ def precompute_reference_logprobs(reference: nn.Module, dataset: PreferenceDatas
     """
     reference.eval()
     for start in range(0, len(dataset), batch_size):
-        pairs = dataset.examples[start:start + batch_size]
+        pairs = dataset.examples[start : start + batch_size]
         batch = preference_collate_fn([pair._replace(reference_logprobs=None) for pair in pairs], allowed_max_length)
         chosen, rejected = pair_logprobs(reference, batch, device).cpu().chunk(2)
         for offset, pair in enumerate(pairs):
             dataset.examples[start + offset] = pair._replace(
-                reference_logprobs=(chosen[offset].item(), rejected[offset].item()))
+                reference_logprobs=(chosen[offset].item(), rejected[offset].item())
+            )
     return dataset
 
 
 @torch.no_grad()
-def evaluate_preferences(policy: nn.Module, reference: nn.Module | None, loader: Iterable, device: str | torch.device,
-                         beta: float = 0.1, num_batches: int | None = None) -> dict[str, float]:
+def evaluate_preferences(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    loader: Iterable,
+    device: str | torch.device,
+    beta: float = 0.1,
+    num_batches: int | None = None,
+) -> dict[str, float]:
     """DPO loss, reward margin and preference accuracy over (the first `num_batches` of) a loader of pairs.
 
     - margin: the mean of chosen reward - rejected reward (0 before training: policy == reference);
@@ -1916,6 +2216,7 @@ def evaluate_preferences(policy: nn.Module, reference: nn.Module | None, loader:
 @dataclass
 class DPOHistory:
     """Held-out loss, reward margin and preference accuracy at every evaluation, by optimizer step."""
+
     steps: list[int] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
@@ -1923,9 +2224,19 @@ class DPOHistory:
     val_accuracies: list[float] = field(default_factory=list)
 
 
-def train_dpo(policy: nn.Module, reference: nn.Module | None, train_loader: DataLoader, val_loader: Iterable,
-              optimizer: torch.optim.Optimizer, device: str | torch.device, num_steps: int, eval_freq: int,
-              eval_iter: int | None = None, beta: float = 0.1, hooks: TrainingHooks | None = None) -> DPOHistory:
+def train_dpo(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    train_loader: DataLoader,
+    val_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: str | torch.device,
+    num_steps: int,
+    eval_freq: int,
+    eval_iter: int | None = None,
+    beta: float = 0.1,
+    hooks: TrainingHooks | None = None,
+) -> DPOHistory:
     """Preference-tune `policy` against a frozen `reference` (None: log-probs precomputed) for `num_steps` steps.
 
     The loop of 07 with dpo_loss_batch in place of the next-token loss: the train loader is walked
@@ -2053,9 +2364,11 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 # --- 10 exercises: experiments, one finetuning run start to end, for comparisons ---
 
+
 @dataclass
 class ExperimentResult:
     """One row of a comparison table: what ran, whether it ran, and what it measured."""
+
     name: str
     status: str = "ok"  # "ok", or "skipped: <reason>" / "failed: <reason>"; never dropped from a table
     model_label: str = ""
@@ -2078,8 +2391,9 @@ def skipped_experiment(name: str, reason: str) -> ExperimentResult:
     return ExperimentResult(name, status=f"skipped: {reason}")
 
 
-def fitting_subset(data: Sequence[dict], tokenizer, n: int, max_tokens: int,
-                   style: str | PromptStyle = "alpaca") -> list[dict]:
+def fitting_subset(
+    data: Sequence[dict], tokenizer, n: int, max_tokens: int, style: str | PromptStyle = "alpaca"
+) -> list[dict]:
     """The first `n` entries (in order) whose whole training example is at most `max_tokens` tokens long.
 
     Long entries cost the most time per step on a CPU; leaving them out keeps a subset quick to train.
@@ -2102,12 +2416,29 @@ def score_answers(entries: list[dict]) -> dict:
     return {**scores, "rouge_l_stderr": math.sqrt(variance / n)}
 
 
-def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dict], test_data: Sequence[dict],
-                   tokenizer, model_name: str = "gpt2-small", style: str | PromptStyle = "alpaca",
-                   mask_prompt: bool = False, allowed_max_length: int | None = 1024, lora_rank: int = 0,
-                   lora_alpha: float | None = None, lr: float = 5e-5, batch_size: int = 8, num_epochs: int = 1,
-                   eval_freq: int = 5, eval_iter: int = 5, max_new_tokens: int = 64, seed: int = 123,
-                   device: str | None = None, keep_model: bool = False, progress: bool = True) -> ExperimentResult:
+def run_experiment(
+    name: str,
+    train_data: Sequence[dict],
+    val_data: Sequence[dict],
+    test_data: Sequence[dict],
+    tokenizer,
+    model_name: str = "gpt2-small",
+    style: str | PromptStyle = "alpaca",
+    mask_prompt: bool = False,
+    allowed_max_length: int | None = 1024,
+    lora_rank: int = 0,
+    lora_alpha: float | None = None,
+    lr: float = 5e-5,
+    batch_size: int = 8,
+    num_epochs: int = 1,
+    eval_freq: int = 5,
+    eval_iter: int = 5,
+    max_new_tokens: int = 64,
+    seed: int = 123,
+    device: str | None = None,
+    keep_model: bool = False,
+    progress: bool = True,
+) -> ExperimentResult:
     """Finetune a fresh `model_name` on `train_data`, answer `test_data` greedily, score the answers.
 
     - Options: the prompt `style`, `mask_prompt`, `allowed_max_length`, LoRA (`lora_rank` > 0; alpha
@@ -2116,13 +2447,28 @@ def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dic
     - A run that fails returns a row with status "failed: <error>" instead of raising, so a
       comparison table shows it rather than losing it.
     """
-    settings = {"model_name": model_name, "style": get_prompt_style(style).name, "mask_prompt": mask_prompt,
-                "allowed_max_length": allowed_max_length, "lora_rank": lora_rank, "lr": lr, "seed": seed}
+    settings = {
+        "model_name": model_name,
+        "style": get_prompt_style(style).name,
+        "mask_prompt": mask_prompt,
+        "allowed_max_length": allowed_max_length,
+        "lora_rank": lora_rank,
+        "lr": lr,
+        "seed": seed,
+    }
     try:
         device = get_device(device)
-        train_loader, val_loader, _ = create_dataloaders(train_data, val_data, test_data, tokenizer,
-                                                         batch_size=batch_size, style=style, mask_prompt=mask_prompt,
-                                                         allowed_max_length=allowed_max_length, seed=seed)
+        train_loader, val_loader, _ = create_dataloaders(
+            train_data,
+            val_data,
+            test_data,
+            tokenizer,
+            batch_size=batch_size,
+            style=style,
+            mask_prompt=mask_prompt,
+            allowed_max_length=allowed_max_length,
+            seed=seed,
+        )
         if len(train_loader) == 0:
             raise ValueError(f"{len(train_data)} training examples do not fill one batch of {batch_size}")
         model, label = load_gpt2_or_standin(model_name)
@@ -2133,28 +2479,46 @@ def run_experiment(name: str, train_data: Sequence[dict], val_data: Sequence[dic
         start = time.perf_counter()
         with warnings.catch_warnings():  # allowed_max_length cuts are expected here; the caller chose them
             warnings.filterwarnings("ignore", message=".*longer than allowed_max_length.*")
-            history = train_model(model, train_loader, val_loader, create_optimizer(model, lr=lr), device,
-                                  num_epochs=num_epochs, eval_freq=eval_freq, eval_iter=eval_iter,
-                                  hooks=TrainingRun(seed=seed, progress=progress))
+            history = train_model(
+                model,
+                train_loader,
+                val_loader,
+                create_optimizer(model, lr=lr),
+                device,
+                num_epochs=num_epochs,
+                eval_freq=eval_freq,
+                eval_iter=eval_iter,
+                hooks=TrainingRun(seed=seed, progress=progress),
+            )
         seconds = time.perf_counter() - start
-        responses = generate_responses(model, test_data, tokenizer, style=style, max_new_tokens=max_new_tokens,
-                                       progress=progress)
+        responses = generate_responses(
+            model, test_data, tokenizer, style=style, max_new_tokens=max_new_tokens, progress=progress
+        )
         scores = score_answers(responses)
     except Exception as exc:  # noqa: BLE001 - the table reports it; KeyboardInterrupt still stops the run
         print(f"{name}: failed ({type(exc).__name__}: {exc})")
         first_line = next(iter(str(exc).splitlines()), "")  # a table row stays one line
         return ExperimentResult(name, status=f"failed: {type(exc).__name__}: {first_line}", settings=settings)
-    return ExperimentResult(name, model_label=label, settings=settings, history=history,
-                            scores=scores, responses=responses,
-                            trainable_parameters=count_parameters(model, trainable_only=True),
-                            train_examples=len(train_data), train_seconds=seconds,
-                            model=model if keep_model else None)
+    return ExperimentResult(
+        name,
+        model_label=label,
+        settings=settings,
+        history=history,
+        scores=scores,
+        responses=responses,
+        trainable_parameters=count_parameters(model, trainable_only=True),
+        train_examples=len(train_data),
+        train_seconds=seconds,
+        model=model if keep_model else None,
+    )
 
 
 def results_table(results: Sequence[ExperimentResult]) -> str:
     """A plain-text table with one row per experiment, skipped and failed runs included."""
-    header = (f"{'experiment':24} {'examples':>8} {'trainable':>11} {'train s':>8} {'val loss':>9} "
-              f"{'exact match':>11} {'ROUGE-L':>14}")
+    header = (
+        f"{'experiment':24} {'examples':>8} {'trainable':>11} {'train s':>8} {'val loss':>9} "
+        f"{'exact match':>11} {'ROUGE-L':>14}"
+    )
     rows = [header, "-" * len(header)]
     for r in results:
         if not r.ok:
@@ -2163,6 +2527,8 @@ def results_table(results: Sequence[ExperimentResult]) -> str:
         val = r.history.val_losses if r.history else []
         losses = f"{val[-1]:.3f}" if val else "-"
         s = r.scores
-        rows.append(f"{r.name:24} {r.train_examples:8d} {r.trainable_parameters:11,d} {r.train_seconds:8.0f} "
-                    f"{losses:>9} {s['exact_match']:11.1%} {s['rouge_l']:7.3f} ± {s['rouge_l_stderr']:.3f}")
+        rows.append(
+            f"{r.name:24} {r.train_examples:8d} {r.trainable_parameters:11,d} {r.train_seconds:8.0f} "
+            f"{losses:>9} {s['exact_match']:11.1%} {s['rouge_l']:7.3f} ± {s['rouge_l_stderr']:.3f}"
+        )
     return "\n".join(rows)

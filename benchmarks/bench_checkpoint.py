@@ -73,11 +73,17 @@ def main() -> None:
         for _ in range(args.rounds):
             for checks in ("checked", "unchecked"):
                 with checks_off() if checks == "unchecked" else contextlib.nullcontext():
-                    times["save", checks].append(timed(lambda: checkpoints.save_checkpoint(path, model, optimizer, state)))
-                    times["resume", checks].append(timed(lambda: checkpoints.resume_from(path, model, optimizer, state)))
+                    times["save", checks].append(
+                        timed(lambda: checkpoints.save_checkpoint(path, model, optimizer, state))
+                    )
+                    times["resume", checks].append(
+                        timed(lambda: checkpoints.resume_from(path, model, optimizer, state))
+                    )
         size = path.stat().st_size
-    print(f"{args.model}: checkpoint {size / 1e9:.2f} GB, {args.rounds} rounds, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.model}: checkpoint {size / 1e9:.2f} GB, {args.rounds} rounds, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     for what in ("save", "resume"):
         checked, unchecked = (statistics.median(times[what, c]) for c in ("checked", "unchecked"))
         print(f"  {what:6s}  checked {checked:6.2f} s   unchecked {unchecked:6.2f} s   ratio {checked / unchecked:.2f}")

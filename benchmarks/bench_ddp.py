@@ -44,13 +44,36 @@ def run(processes: int, threads: int, steps: int, out: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "OMP_NUM_THREADS": str(threads)}
     if "GPT2_TOKENIZER_DIR" not in env and (SHARED_TOKENIZER / "encoder.json").exists():
         env["GPT2_TOKENIZER_DIR"] = str(SHARED_TOKENIZER)
-    args = ["finetune.py", "--model", "tiny", "--bf16", "off", "--batch-size", str(8 // processes),
-            "--max-steps", str(steps), "--eval-freq", str(10 * steps), "--eval-iter", "1",
-            "--save-every", str(10 * steps), "--max-new-tokens", "1", "--out", str(out)]
+    args = [
+        "finetune.py",
+        "--model",
+        "tiny",
+        "--bf16",
+        "off",
+        "--batch-size",
+        str(8 // processes),
+        "--max-steps",
+        str(steps),
+        "--eval-freq",
+        str(10 * steps),
+        "--eval-iter",
+        "1",
+        "--save-every",
+        str(10 * steps),
+        "--max-new-tokens",
+        "1",
+        "--out",
+        str(out),
+    ]
     launch = [sys.executable]
     if processes > 1:
-        launch += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master-addr=127.0.0.1",
-                   f"--master-port={free_port()}"]
+        launch += [
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}",
+        ]
     subprocess.run(launch + args, cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=1800)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     return {"tokens": metrics["tokens_seen"], "seconds": metrics["train_seconds"]}
@@ -67,14 +90,19 @@ def main() -> None:
             for processes, threads in WAYS:
                 r = run(processes, threads, args.steps, Path(tmp) / f"{processes}x{threads}-{round_}")
                 results[processes, threads].append(r["tokens"] / r["seconds"])
-                print(f"round {round_ + 1}: {processes} process(es) x {threads} thread(s): {r['tokens']} tokens "
-                      f"in {r['seconds']} s = {results[processes, threads][-1]:.0f} tokens/s", flush=True)
+                print(
+                    f"round {round_ + 1}: {processes} process(es) x {threads} thread(s): {r['tokens']} tokens "
+                    f"in {r['seconds']} s = {results[processes, threads][-1]:.0f} tokens/s",
+                    flush=True,
+                )
     base = statistics.median(results[WAYS[0]])
     print(f"\n| way | tokens/s (median of {args.rounds}) | vs 1 process x 2 threads |\n|---|---|---|")
     for (processes, threads), values in results.items():
         name = f"DDP (gloo), {processes} processes" if processes > 1 else "1 process"
-        print(f"| {name} x {threads} thread(s) | {statistics.median(values):.0f} | "
-              f"{statistics.median(values) / base:.2f}x |")
+        print(
+            f"| {name} x {threads} thread(s) | {statistics.median(values):.0f} | "
+            f"{statistics.median(values) / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

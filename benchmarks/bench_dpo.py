@@ -12,6 +12,7 @@ Each (model, variant) runs in its own process, so that its peak resident memory 
 Time per step: the two ways take turns in the "reference model" process (the median of each, after a warm-up
 step; AdamW, float32), so load from other work hits both alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,9 @@ import sys
 import time
 
 import torch
-from common import REPO_ROOT, machine_line
 
 import utils
+from common import REPO_ROOT, machine_line
 
 VARIANTS = ("reference model", "precomputed")
 
@@ -35,8 +36,11 @@ def fake_pairs(n_pairs: int, seed: int = 0) -> utils.PreferenceDataset:
     dataset = utils.PreferenceDataset([], tokenizer=None)
     for _ in range(n_pairs):
         prompt, chosen, rejected = (torch.randint(0, 50000, (n,), generator=generator).tolist() for n in (50, 20, 40))
-        dataset.examples.append(utils.PreferenceExample(utils.TokenizedExample(prompt + chosen, 50),
-                                                        utils.TokenizedExample(prompt + rejected, 50)))
+        dataset.examples.append(
+            utils.PreferenceExample(
+                utils.TokenizedExample(prompt + chosen, 50), utils.TokenizedExample(prompt + rejected, 50)
+            )
+        )
     return dataset
 
 
@@ -74,10 +78,15 @@ def measure(model_name: str, variant: str, n_pairs: int, steps: int) -> dict:
     for _ in range(steps if variant == "reference model" else 0):
         times["reference model"].append(dpo_step(policy, reference, without_logprobs, optimizer))
         times["precomputed"].append(dpo_step(policy, None, with_logprobs, optimizer))
-    return {"model": model_name, "variant": variant, "precompute_seconds": precompute_seconds,
-            "step_seconds": {way: statistics.median(t) for way, t in times.items() if t},
-            "rows": tuple(with_logprobs.inputs.shape), "parameters": utils.count_parameters(policy),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    return {
+        "model": model_name,
+        "variant": variant,
+        "precompute_seconds": precompute_seconds,
+        "step_seconds": {way: statistics.median(t) for way, t in times.items() if t},
+        "rows": tuple(with_logprobs.inputs.shape),
+        "parameters": utils.count_parameters(policy),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,14 +100,31 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.one[0], args.one[1], args.pairs, args.steps)))
         return 0
     print(machine_line())
-    print(f"DPO step, RANDOM weights, {args.pairs} pairs per step; time: median of {args.steps} steps of each way, "
-          "taking turns in one process after a warm-up; memory: peak RSS of a process per way\n")
+    print(
+        f"DPO step, RANDOM weights, {args.pairs} pairs per step; time: median of {args.steps} steps of each way, "
+        "taking turns in one process after a warm-up; memory: peak RSS of a process per way\n"
+    )
     print(f"{'model':12} {'way':16} {'s/step':>7} {'peak RSS GB':>12}")
     for model_name in args.models:
         results = {}
         for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--one", model_name, variant, "--pairs", str(args.pairs),
-                                  "--steps", str(args.steps)], capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    model_name,
+                    variant,
+                    "--pairs",
+                    str(args.pairs),
+                    "--steps",
+                    str(args.steps),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=REPO_ROOT,
+                check=False,
+            )
             if out.returncode:
                 print(f"{model_name} {variant}: failed\n{out.stderr[-2000:]}")
                 return 1
@@ -107,10 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         for way in VARIANTS:
             print(f"{model_name:12} {way:16} {times[way]:7.2f} {results[way]['peak_rss_gb']:12.2f}")
         first = results["reference model"]
-        print(f"{model_name:12} {'ratio pre/ref':16} {times['precomputed'] / times['reference model']:7.2f} "
-              f"{results['precomputed']['peak_rss_gb'] / first['peak_rss_gb']:12.2f}   "
-              f"({first['parameters'] / 1e6:.0f}M parameters; rows x positions {first['rows']}; precomputing "
-              f"{args.pairs} pairs took {first['precompute_seconds']:.1f} s)")
+        print(
+            f"{model_name:12} {'ratio pre/ref':16} {times['precomputed'] / times['reference model']:7.2f} "
+            f"{results['precomputed']['peak_rss_gb'] / first['peak_rss_gb']:12.2f}   "
+            f"({first['parameters'] / 1e6:.0f}M parameters; rows x positions {first['rows']}; precomputing "
+            f"{args.pairs} pairs took {first['precompute_seconds']:.1f} s)"
+        )
     print(f"\nafter: {machine_line().split('uptime: ')[1]}")
     return 0
 

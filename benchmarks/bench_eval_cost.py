@@ -8,6 +8,7 @@ evaluating `eval_iter` train + `eval_iter` val batches every `eval_freq` steps a
 
     .venv/bin/python benchmarks/bench_eval_cost.py --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,17 @@ SHARED_TOKENIZER = REPO_ROOT.parent / "shared" / "gpt2-tokenizer"
 if "GPT2_TOKENIZER_DIR" not in os.environ and (SHARED_TOKENIZER / "encoder.json").exists():
     os.environ["GPT2_TOKENIZER_DIR"] = str(SHARED_TOKENIZER)
 
-from utils import (GPT_CONFIGS, GPTModel, calc_loss_batch, calc_loss_loader, create_dataloaders,  # noqa: E402
-                   create_optimizer, get_tokenizer, load_instruction_data, split_dataset)
+from utils import (  # noqa: E402
+    GPT_CONFIGS,
+    GPTModel,
+    calc_loss_batch,
+    calc_loss_loader,
+    create_dataloaders,
+    create_optimizer,
+    get_tokenizer,
+    load_instruction_data,
+    split_dataset,
+)
 
 
 def main() -> None:
@@ -42,8 +52,10 @@ def main() -> None:
     loader, _, _ = create_dataloaders(train, val, test, get_tokenizer(), batch_size=8)
     batches = iter(loader)
     step_times, eval_times = [], []
-    print(f"load average at start: {os.getloadavg()[0]:.2f}; {torch.get_num_threads()} threads; "
-          f"{'bf16 autocast' if dtype else 'fp32'}")
+    print(
+        f"load average at start: {os.getloadavg()[0]:.2f}; {torch.get_num_threads()} threads; "
+        f"{'bf16 autocast' if dtype else 'fp32'}"
+    )
     for round_ in range(args.rounds + 1):
         inputs, targets = next(batches)
         start = time.perf_counter()
@@ -62,8 +74,10 @@ def main() -> None:
             eval_times.append(evaluation)
         print(f"round {round_}: step {step:.2f} s, eval batch {evaluation:.2f} s" + ("" if round_ else " (warm-up)"))
     ratio = statistics.median(e / s for e, s in zip(eval_times, step_times))
-    print(f"median step {statistics.median(step_times):.2f} s, eval batch {statistics.median(eval_times):.2f} s, "
-          f"eval/step = {ratio:.2f}")
+    print(
+        f"median step {statistics.median(step_times):.2f} s, eval batch {statistics.median(eval_times):.2f} s, "
+        f"eval/step = {ratio:.2f}"
+    )
     for eval_freq, eval_iter in ((5, 5), (20, 5), (116, 7)):
         print(f"eval_freq={eval_freq}, eval_iter={eval_iter}: evaluation adds {2 * eval_iter * ratio / eval_freq:.0%}")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")

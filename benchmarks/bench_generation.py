@@ -35,9 +35,8 @@ from pathlib import Path
 
 import torch
 
-from common import load_both, machine_line, uptime
-
 import utils  # noqa: E402  (common puts the repository on sys.path)
+from common import load_both, machine_line, uptime
 from utils import generate, generate_batch  # noqa: E402
 
 
@@ -54,10 +53,17 @@ def hf_generate(model, prompts: list[list[int]], n_new: int, pad_token_id: int =
     ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
     for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
-                         do_sample=False, eos_token_id=None, pad_token_id=pad_token_id)
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=n_new,
+        min_new_tokens=n_new,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=pad_token_id,
+    )
     return out[:, width:].tolist()
 
 
@@ -76,11 +82,21 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="test prompts, all in one batch (default 32)")
     parser.add_argument("--new-tokens", type=int, default=48, help="tokens generated per prompt (default 48)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds of every way (default 2)")
-    parser.add_argument("--ways", nargs="+", default=["ours fp32", "hf fp32", "ours bf16", "hf bf16"],
-                        choices=["ours fp32", "hf fp32", "ours bf16", "hf bf16"], metavar="WAY",
-                        help="which ways (default all four; 'ours fp32' is the reference for agreement)")
-    parser.add_argument("--textbook", type=int, default=0, metavar="K",
-                        help="also time the book's uncached one-by-one loop on K prompts (default 0: skip)")
+    parser.add_argument(
+        "--ways",
+        nargs="+",
+        default=["ours fp32", "hf fp32", "ours bf16", "hf bf16"],
+        choices=["ours fp32", "hf fp32", "ours bf16", "hf bf16"],
+        metavar="WAY",
+        help="which ways (default all four; 'ours fp32' is the reference for agreement)",
+    )
+    parser.add_argument(
+        "--textbook",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also time the book's uncached one-by-one loop on K prompts (default 0: skip)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -92,9 +108,12 @@ def main() -> None:
         hf16 = copy.deepcopy(hf32).to(torch.bfloat16) if "hf bf16" in args.ways else None
     prompts = load_prompts(args.prompts)
     n_new, lengths = args.new_tokens, [len(p) for p in prompts]
-    print(f"Model: GPT-2 small with RANDOM weights, the same in both (speed only); {len(prompts)} test-split "
-          f"prompts, {min(lengths)}-{max(lengths)} tokens, one batch; {n_new} new tokens each, greedy, "
-          f"end-of-text disabled", flush=True)
+    print(
+        f"Model: GPT-2 small with RANDOM weights, the same in both (speed only); {len(prompts)} test-split "
+        f"prompts, {min(lengths)}-{max(lengths)} tokens, one batch; {n_new} new tokens each, greedy, "
+        f"end-of-text disabled",
+        flush=True,
+    )
 
     runs = {
         "ours fp32": lambda: generate_batch(ours, prompts, n_new, 1024),
@@ -118,30 +137,37 @@ def main() -> None:
             start = time.perf_counter()
             tokens[way] = run()
             seconds[way].append(time.perf_counter() - start)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{w} {s[-1]:.1f} s" for w, s in seconds.items())
-              + f"; {uptime().split('load')[-1].strip()}", flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{w} {s[-1]:.1f} s" for w, s in seconds.items())
+            + f"; {uptime().split('load')[-1].strip()}",
+            flush=True,
+        )
 
     reference = tokens.get("ours fp32")
     print(f"\n{'way':<10} {'tokens/s':>9} {'s (median)':>11} {'identical to ours fp32':>23} {'agree':>7}")
     for way, times in seconds.items():
         rate = len(prompts) * n_new / statistics.median(times)
         same, agree = agreement(tokens[way], reference) if reference else (0, float("nan"))
-        print(f"{way:<10} {rate:>9.1f} {statistics.median(times):>11.1f} {f'{same} of {len(prompts)}':>23} "
-              f"{agree:>7.1%}")
+        print(
+            f"{way:<10} {rate:>9.1f} {statistics.median(times):>11.1f} {f'{same} of {len(prompts)}':>23} {agree:>7.1%}"
+        )
     median = {way: statistics.median(times) for way, times in seconds.items()}
     for a, b in (("hf fp32", "ours fp32"), ("hf bf16", "ours bf16"), ("ours fp32", "ours bf16")):
         if a in median and b in median:
             print(f"{b} vs {a}: {median[a] / median[b]:.2f}x the tokens per second")
 
     if args.textbook:
-        subset = prompts[:args.textbook]
+        subset = prompts[: args.textbook]
         start = time.perf_counter()
-        book = [generate(ours, torch.tensor([p]), n_new, 1024, use_cache=False)[0, len(p):].tolist() for p in subset]
+        book = [generate(ours, torch.tensor([p]), n_new, 1024, use_cache=False)[0, len(p) :].tolist() for p in subset]
         rate = len(subset) * n_new / (time.perf_counter() - start)
         same = sum(a == b for a, b in zip(book, reference or []))
-        print(f"textbook loop (one by one, no KV cache): {rate:.2f} tokens/s on {len(subset)} prompts, "
-              f"all {len(prompts)} EXTRAPOLATED: {len(prompts) * n_new / rate:.0f} s; same tokens as ours fp32 "
-              f"for {same} of {len(subset)}")
+        print(
+            f"textbook loop (one by one, no KV cache): {rate:.2f} tokens/s on {len(subset)} prompts, "
+            f"all {len(prompts)} EXTRAPOLATED: {len(prompts) * n_new / rate:.0f} s; same tokens as ours fp32 "
+            f"for {same} of {len(subset)}"
+        )
     print(f"end: {uptime()}")
 
 

@@ -37,9 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import load_both, machine_line, uptime
-
 import utils  # noqa: E402  (common puts the repository on sys.path)
+from common import load_both, machine_line, uptime
 from support.batching import length_grouped_loader  # noqa: E402
 from utils import GPT_CONFIGS, IGNORE_INDEX, create_optimizer  # noqa: E402
 
@@ -107,10 +106,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batching", choices=["random", "grouped"], default="random",
-                        help="the notebook's random batches, or length-grouped ones (finetune.py --group-by-length)")
-    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), metavar="RUN",
-                        help=f"which runs (default all): {', '.join(repr(r) for r in RUNS)}")
+    parser.add_argument(
+        "--batching",
+        choices=["random", "grouped"],
+        default="random",
+        help="the notebook's random batches, or length-grouped ones (finetune.py --group-by-length)",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=list(RUNS),
+        default=list(RUNS),
+        metavar="RUN",
+        help=f"which runs (default all): {', '.join(repr(r) for r in RUNS)}",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -124,12 +133,15 @@ def main() -> None:
     if args.batching == "grouped":
         loader = length_grouped_loader(loader, seed=123)
     with tempfile.TemporaryDirectory() as tmp:
-        ours, hf = load_both(Path(tmp) / "random-gpt2", hf_kwargs={"resid_pdrop": 0.0, "embd_pdrop": 0.0,
-                                                                    "attn_pdrop": 0.0})
+        ours, hf = load_both(
+            Path(tmp) / "random-gpt2", hf_kwargs={"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+        )
     n_matmul = sum(m.weight.numel() for m in ours.modules() if isinstance(m, torch.nn.Linear))
     models = {"ours": ours, "hf": hf}
-    print(f"GPT-2 small, the same random weights in both; N = {n_matmul / 1e6:.1f}M matmul parameters; "
-          f"{args.batching} batches of {args.batch_size} from the {len(train)} train examples; dropout 0 in both")
+    print(
+        f"GPT-2 small, the same random weights in both; N = {n_matmul / 1e6:.1f}M matmul parameters; "
+        f"{args.batching} batches of {args.batch_size} from the {len(train)} train examples; dropout 0 in both"
+    )
 
     instances, optimizers = {}, {}
     for name in args.runs:
@@ -144,8 +156,11 @@ def main() -> None:
     del ours, hf, models
 
     rounds = args.warmup + args.steps
-    print(f"{args.steps} timed rounds after {args.warmup} warm-up; each round: a matmul per dtype, then one step "
-          f"of each of the {len(instances)} runs on the same batch\n", flush=True)
+    print(
+        f"{args.steps} timed rounds after {args.warmup} warm-up; each round: a matmul per dtype, then one step "
+        f"of each of the {len(instances)} runs on the same batch\n",
+        flush=True,
+    )
     records: dict[str, list[dict]] = {name: [] for name in instances}
     batches = iter(loader)
     for r in range(rounds):
@@ -164,36 +179,58 @@ def main() -> None:
             optimizers[name].zero_grad(set_to_none=True)
             t3 = time.perf_counter()
             if r >= args.warmup:
-                records[name].append({"fwd": t1 - t0, "bwd": t2 - t1, "opt": t3 - t2, "seconds": t3 - t0,
-                                      "flops": batch_flops(tuple(inputs.shape), n_matmul, cfg),
-                                      "positions": inputs.numel(), "loss": loss.item(),
-                                      "matmul": reference[ref_dtype]})
+                records[name].append(
+                    {
+                        "fwd": t1 - t0,
+                        "bwd": t2 - t1,
+                        "opt": t3 - t2,
+                        "seconds": t3 - t0,
+                        "flops": batch_flops(tuple(inputs.shape), n_matmul, cfg),
+                        "positions": inputs.numel(),
+                        "loss": loss.item(),
+                        "matmul": reference[ref_dtype],
+                    }
+                )
         if r >= args.warmup:
-            print(f"round {r + 1}/{rounds}: batch {tuple(inputs.shape)}, "
-                  + ", ".join(f"{n} {records[n][-1]['seconds']:.1f} s" for n in instances)
-                  + f"; {uptime().split('load')[-1].strip()}", flush=True)
+            print(
+                f"round {r + 1}/{rounds}: batch {tuple(inputs.shape)}, "
+                + ", ".join(f"{n} {records[n][-1]['seconds']:.1f} s" for n in instances)
+                + f"; {uptime().split('load')[-1].strip()}",
+                flush=True,
+            )
 
     first = next(iter(records))
-    print(f"\n{'run':<34} {'fwd s':>6} {'bwd s':>6} {'opt s':>6} {'s/step':>7} {'tok/s':>6} {'GFLOP/s':>8} "
-          f"{'matmul':>7} {'ratio':>6} {'loss':>7} {'|dloss|':>8}")
+    print(
+        f"\n{'run':<34} {'fwd s':>6} {'bwd s':>6} {'opt s':>6} {'s/step':>7} {'tok/s':>6} {'GFLOP/s':>8} "
+        f"{'matmul':>7} {'ratio':>6} {'loss':>7} {'|dloss|':>8}"
+    )
     for name, steps in records.items():
         seconds = sum(s["seconds"] for s in steps)
         achieved = sum(s["flops"] for s in steps) / seconds / 1e9
         matmul = statistics.median(s["matmul"] for s in steps)
         dloss = max(abs(a["loss"] - b["loss"]) for a, b in zip(steps, records[first]))
-        print(f"{name:<34} " + " ".join(f"{statistics.mean(s[k] for s in steps):>6.2f}" for k in ("fwd", "bwd", "opt"))
-              + f" {seconds / len(steps):>7.2f} {sum(s['positions'] for s in steps) / seconds:>6.0f} {achieved:>8.1f} "
-              f"{matmul:>7.1f} {achieved / matmul:>6.0%} {statistics.mean(s['loss'] for s in steps):>7.3f} "
-              f"{dloss:>8.4f}")
-    print(f"\nfwd/bwd/opt: mean seconds of forward (incl. loss), backward, optimizer step; tok/s: input positions "
-          f"incl. padding; matmul: median GFLOP/s of the 2048 x 2048 reference matmul of that dtype; ratio: "
-          f"achieved / matmul (goal for bf16: >= 60%); |dloss|: largest difference from {first!r}'s loss "
-          f"on the same batch")
+        print(
+            f"{name:<34} "
+            + " ".join(f"{statistics.mean(s[k] for s in steps):>6.2f}" for k in ("fwd", "bwd", "opt"))
+            + f" {seconds / len(steps):>7.2f} {sum(s['positions'] for s in steps) / seconds:>6.0f} {achieved:>8.1f} "
+            f"{matmul:>7.1f} {achieved / matmul:>6.0%} {statistics.mean(s['loss'] for s in steps):>7.3f} "
+            f"{dloss:>8.4f}"
+        )
+    print(
+        f"\nfwd/bwd/opt: mean seconds of forward (incl. loss), backward, optimizer step; tok/s: input positions "
+        f"incl. padding; matmul: median GFLOP/s of the 2048 x 2048 reference matmul of that dtype; ratio: "
+        f"achieved / matmul (goal for bf16: >= 60%); |dloss|: largest difference from {first!r}'s loss "
+        f"on the same batch"
+    )
     total = {name: sum(s["seconds"] for s in steps) for name, steps in records.items()}
-    for a, b in (("hf fp32", "ours fp32"), ("hf bf16 autocast", "ours bf16 autocast"),
-                 ("ours fp32", "ours bf16 autocast"), ("ours bf16 autocast", "ours bf16 weights+master"),
-                 ("hf bf16 autocast", "ours bf16 weights+master"),
-                 ("ours bf16 autocast, bf16 attention", "ours bf16 autocast")):
+    for a, b in (
+        ("hf fp32", "ours fp32"),
+        ("hf bf16 autocast", "ours bf16 autocast"),
+        ("ours fp32", "ours bf16 autocast"),
+        ("ours bf16 autocast", "ours bf16 weights+master"),
+        ("hf bf16 autocast", "ours bf16 weights+master"),
+        ("ours bf16 autocast, bf16 attention", "ours bf16 autocast"),
+    ):
         if a in total and b in total:
             print(f"{b} vs {a}: {total[a] / total[b]:.2f}x as fast")
     print(f"end: {uptime()}")

@@ -24,20 +24,25 @@ def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "load average %.2f, %.2f, %.2f" % os.getloadavg()
+        return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 def machine_line() -> str:
     cpu = "unknown CPU"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     bf16 = sorted(utils._cpu_flags() & {"avx512_bf16", "amx_bf16"}) or ["no native bf16"]
-    return (f"{cpu}, {os.cpu_count()} cores ({usable} usable), {'/'.join(bf16)}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; uptime: {uptime()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores ({usable} usable), {'/'.join(bf16)}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; uptime: {uptime()}"
+    )
 
 
 def random_gpt2_checkpoint(folder: Path, seed: int = 0) -> Path:
@@ -64,6 +69,7 @@ def load_both(folder: Path, dtype: torch.dtype = torch.float32, hf_kwargs: dict 
 
     path = random_gpt2_checkpoint(folder)
     ours = utils.build_gpt2("gpt2-small", weights_path=path).to(dtype)
-    theirs = GPT2LMHeadModel.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa",
-                                             **(hf_kwargs or {})).eval()
+    theirs = GPT2LMHeadModel.from_pretrained(
+        folder, dtype=dtype, attn_implementation="sdpa", **(hf_kwargs or {})
+    ).eval()
     return ours, theirs

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from common import machine_line, random_gpt2_checkpoint, uptime
-
 import utils  # noqa: E402  (common puts the repository on sys.path)
+from common import machine_line, random_gpt2_checkpoint, uptime
 
 
 def time_07(weights: Path, checkpoint: Path, epochs: int) -> None:
@@ -34,16 +33,31 @@ def time_07(weights: Path, checkpoint: Path, epochs: int) -> None:
     model = utils.build_gpt2("gpt2-small", weights_path=weights)
     autocast_dtype = torch.bfloat16 if utils.bf16_autocast_recommended("cpu") else None
     optimizer = utils.create_optimizer(model, lr=5e-5, weight_decay=0.1)
-    print(f"07: {len(train_data)} examples, {len(train_loader)} batches per epoch, {epochs} epochs, "
-          f"bf16 autocast {'on' if autocast_dtype else 'off'}; start: {uptime()}", flush=True)
+    print(
+        f"07: {len(train_data)} examples, {len(train_loader)} batches per epoch, {epochs} epochs, "
+        f"bf16 autocast {'on' if autocast_dtype else 'off'}; start: {uptime()}",
+        flush=True,
+    )
     start = time.perf_counter()
-    history = utils.train_model(model, train_loader, val_loader, optimizer, "cpu", num_epochs=epochs,
-                                eval_freq=20, eval_iter=5, autocast_dtype=autocast_dtype,  # notebook 07's settings
-                                checkpoint_path=checkpoint)
+    history = utils.train_model(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        "cpu",
+        num_epochs=epochs,
+        eval_freq=20,
+        eval_iter=5,
+        autocast_dtype=autocast_dtype,  # notebook 07's settings
+        checkpoint_path=checkpoint,
+    )
     seconds = time.perf_counter() - start
-    print(f"07: train_model took {seconds / 60:.1f} min for {epochs} epochs ({history.steps[-1]} steps, "
-          f"{history.tokens_seen[-1]:,} real target tokens, evaluations and checkpoints included); "
-          f"end: {uptime()}", flush=True)
+    print(
+        f"07: train_model took {seconds / 60:.1f} min for {epochs} epochs ({history.steps[-1]} steps, "
+        f"{history.tokens_seen[-1]:,} real target tokens, evaluations and checkpoints included); "
+        f"end: {uptime()}",
+        flush=True,
+    )
 
 
 def time_08(weights: Path, max_new_tokens: int) -> None:
@@ -55,9 +69,12 @@ def time_08(weights: Path, max_new_tokens: int) -> None:
     responses = utils.generate_responses(model, test_data, tokenizer, max_new_tokens=max_new_tokens)
     seconds = time.perf_counter() - start
     tokens = sum(len(tokenizer.encode(r["model_response"], allowed_special="all")) for r in responses)
-    print(f"08: generate_responses took {seconds / 60:.1f} min for {len(responses)} responses (about {tokens:,} "
-          f"tokens re-encoded from their text; full length would be {len(responses) * max_new_tokens:,}); "
-          f"end: {uptime()}", flush=True)
+    print(
+        f"08: generate_responses took {seconds / 60:.1f} min for {len(responses)} responses (about {tokens:,} "
+        f"tokens re-encoded from their text; full length would be {len(responses) * max_new_tokens:,}); "
+        f"end: {uptime()}",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ outputs are used as they are (nothing is executed), tqdm progress bars become th
 require.js/MathJax come from local copies (see notebook_html.py). Links between notebooks (.ipynb)
 point at their pages; other files of the repository that a page links to are copied beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,13 +51,16 @@ def _github_heading_ids(page: str) -> str:
     def retag(match: re.Match) -> str:
         level, attrs, inner = match.group(1), re.sub(r'\s*id="[^"]*"', "", match.group(2)), match.group(3)
         return f'<h{level} id="{github_slug(inner)}"{attrs}>{inner}</h{level}>'
+
     return re.sub(r"<h([1-6])((?:\s[^>]*)?)>(.*?)</h\1>", retag, page, flags=re.DOTALL)
 
 
-def _rewrite_links(page: str, page_path: Path, source_dir: Path, site: Path, notebook_pages: dict[Path, Path],
-                   to_copy: set[Path]) -> str:
+def _rewrite_links(
+    page: str, page_path: Path, source_dir: Path, site: Path, notebook_pages: dict[Path, Path], to_copy: set[Path]
+) -> str:
     """Point links at the site's pages: a notebook at its HTML page, README at the front page; note repository
     files to copy beside the page."""
+
     def fix(match: re.Match) -> str:
         attr, quote, url = match.group(1), match.group(2), match.group(3)
         parts = urlsplit(url)
@@ -77,18 +81,29 @@ def _rewrite_links(page: str, page_path: Path, source_dir: Path, site: Path, not
 
 def _relative(target: Path, start: Path) -> str:
     import os
+
     return os.path.relpath(target, start)
 
 
 def _nav(site: Path, page_path: Path, notebooks: list[Path], current: int | None) -> dict:
     here = page_path.parent
-    pages = [{"href": _relative(site / "notebooks" / f"{nb.stem}.html", here), "label": notebook_label(nb),
-              "here": i == current} for i, nb in enumerate(notebooks)]
+    pages = [
+        {
+            "href": _relative(site / "notebooks" / f"{nb.stem}.html", here),
+            "label": notebook_label(nb),
+            "here": i == current,
+        }
+        for i, nb in enumerate(notebooks)
+    ]
     order = [{"href": _relative(site / "index.html", here), "label": "Course overview"}] + pages
     position = 0 if current is None else current + 1
-    return {"title": SITE_TITLE, "home": _relative(site / "index.html", here), "pages": pages,
-            "prev": order[position - 1] if position > 0 else None,
-            "next": order[position + 1] if position + 1 < len(order) else None}
+    return {
+        "title": SITE_TITLE,
+        "home": _relative(site / "index.html", here),
+        "pages": pages,
+        "prev": order[position - 1] if position > 0 else None,
+        "next": order[position + 1] if position + 1 < len(order) else None,
+    }
 
 
 def _exporter():
@@ -112,8 +127,11 @@ def build_site(notebooks: list[Path], out: Path, assets_cache: Path = notebook_h
     shutil.copytree(assets, staging / "assets", ignore=shutil.ignore_patterns("reveal.js"))
     notebook_pages = {nb.resolve(): staging / "notebooks" / f"{nb.stem}.html" for nb in notebooks}
     # README's other documents become pages too (a link to DATASET.md opens a rendered page, not the raw file).
-    document_pages = {REPO_ROOT / name: staging / f"{Path(name).stem.lower()}.html"
-                      for name in SITE_DOCUMENTS if (REPO_ROOT / name).is_file()}
+    document_pages = {
+        REPO_ROOT / name: staging / f"{Path(name).stem.lower()}.html"
+        for name in SITE_DOCUMENTS
+        if (REPO_ROOT / name).is_file()
+    }
     notebook_pages.update(document_pages)
     exporter, to_copy, written = _exporter(), set(), []
 
@@ -121,8 +139,10 @@ def build_site(notebooks: list[Path], out: Path, assets_cache: Path = notebook_h
         prefix = _relative(staging / "assets", page_path.parent)
         exporter.require_js_url = f"{prefix}/requirejs/require.js"
         exporter.mathjax_url = f"{prefix}/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
-        resources = {"metadata": {"name": name, "path": str(source_dir)},
-                     "course_nav": _nav(staging, page_path, notebooks, current)}
+        resources = {
+            "metadata": {"name": name, "path": str(source_dir)},
+            "course_nav": _nav(staging, page_path, notebooks, current),
+        }
         page, _ = exporter.from_notebook_node(nb, resources=resources)
         page = _rewrite_links(_github_heading_ids(page), page_path, source_dir, staging, notebook_pages, to_copy)
         page_path.write_text(page, encoding="utf-8")
@@ -186,8 +206,12 @@ def broken_links(site: Path) -> list[str]:
             where = f"{page.relative_to(site.resolve())}: <{tag}> {url}"
             if not target.is_relative_to(site.resolve()) or not target.exists():
                 broken.append(f"{where} (no such file)")
-            elif parts.fragment and target.suffix == ".html" and target in parsed \
-                    and unquote(parts.fragment) not in parsed[target].ids:
+            elif (
+                parts.fragment
+                and target.suffix == ".html"
+                and target in parsed
+                and unquote(parts.fragment) not in parsed[target].ids
+            ):
                 broken.append(f"{where} (no such anchor)")
     return broken
 

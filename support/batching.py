@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -18,8 +18,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     (seed, epoch); call set_epoch(epoch) before iterating (train_model does).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 123, chunk_batches: int = 50,
-                 drop_last: bool = False):
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int = 123, chunk_batches: int = 50, drop_last: bool = False
+    ):
         if batch_size < 1 or chunk_batches < 1:
             raise ValueError(f"batch_size and chunk_batches must be >= 1, got {batch_size}, {chunk_batches}")
         self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
@@ -36,8 +37,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         rng.shuffle(order)
         batches = []
         for start in range(0, len(order), self.chunk_size):
-            chunk = sorted(order[start:start + self.chunk_size], key=self.lengths.__getitem__, reverse=True)
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(order[start : start + self.chunk_size], key=self.lengths.__getitem__, reverse=True)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         if self.drop_last:
             batches = [b for b in batches if len(b) == self.batch_size]  # only the last chunk can leave one
         rng.shuffle(batches)
@@ -48,16 +49,23 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
-def length_grouped_loader(loader: DataLoader, seed: int = 123, chunk_batches: int = 50,
-                          drop_last: bool | None = None) -> DataLoader:
+def length_grouped_loader(
+    loader: DataLoader, seed: int = 123, chunk_batches: int = 50, drop_last: bool | None = None
+) -> DataLoader:
     """The same dataset, batch size and collate function as `loader`, batched by LengthGroupedBatchSampler.
 
     drop_last defaults to the loader's own (create_dataloaders' train loader drops the last partial batch).
     """
     # an item is a TokenizedExample (token_ids, prompt_length) or a plain list of token IDs
     lengths = [len(getattr(item, "token_ids", item)) for item in loader.dataset]
-    sampler = LengthGroupedBatchSampler(lengths, loader.batch_size, seed, chunk_batches,
-                                        loader.drop_last if drop_last is None else drop_last)
+    sampler = LengthGroupedBatchSampler(
+        lengths, loader.batch_size, seed, chunk_batches, loader.drop_last if drop_last is None else drop_last
+    )
     # A generator of its own, so starting an epoch never draws from torch's global RNG.
-    return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
-                      num_workers=loader.num_workers, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=sampler,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )

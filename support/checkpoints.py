@@ -39,8 +39,13 @@ def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
     """The state_dict with each shared tensor once, and {alias: stored name} for the others."""
     tensors, aliases, seen = {}, {}, {}
     for name, tensor in model.state_dict().items():
-        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
-               tuple(tensor.shape), tensor.stride())
+        key = (
+            tensor.device,
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.stride(),
+        )
         if key in seen:
             aliases[name] = seen[key]
             continue
@@ -82,9 +87,10 @@ def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metad
             raise OSError(f"{path} could not be written ({exc}); its previous content is kept") from None
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    state=None) -> Path:
-    """Write model weights (and optionally optimizer state and the training state, a dataclass) to one safetensors file, atomically.
+def save_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, state=None
+) -> Path:
+    """Write model weights (and optionally optimizer state and the training state) to one safetensors file, atomically.
 
     Refuses (CheckpointError) to write NaN or infinite values: the previous file stays as it was.
     """
@@ -102,8 +108,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                     tensors[f"{_OPTIMIZER_PREFIX}{index}.{name}"] = value.detach().to("cpu").contiguous()
                 else:
                     scalars[f"{index}.{name}"] = value
-        metadata["optimizer"] = json.dumps({"param_groups": saved["param_groups"], "scalars": scalars},
-                                           default=_json_default)
+        metadata["optimizer"] = json.dumps(
+            {"param_groups": saved["param_groups"], "scalars": scalars}, default=_json_default
+        )
     if state is not None:
         metadata["train_state"] = json.dumps(dataclasses.asdict(state))
         tensors[f"{_RNG_PREFIX}torch"] = torch.get_rng_state()
@@ -112,8 +119,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                 tensors[f"{_RNG_PREFIX}cuda.{i}"] = rng
     for name, tensor in tensors.items():
         if not _is_finite(tensor):
-            raise CheckpointError(f"{path} not written: {name} holds NaN or infinite values (did the training "
-                                  "diverge?); the file keeps its previous content")
+            raise CheckpointError(
+                f"{path} not written: {name} holds NaN or infinite values (did the training "
+                "diverge?); the file keeps its previous content"
+            )
     metadata["checksums"] = json.dumps(checksums_of(tensors, metadata))
     _atomic_save_safetensors(tensors, path, metadata)
     return path
@@ -125,16 +134,20 @@ _METADATA_CHECKSUM = "metadata:"  # a checksums key for a metadata entry; no ten
 def checksums_of(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, int]:
     """The "checksums" entry for a checkpoint: a CRC-32 per tensor and per metadata entry."""
     sums = {name: _checksum(tensor) for name, tensor in tensors.items()}
-    sums.update({f"{_METADATA_CHECKSUM}{key}": zlib.crc32(value.encode("utf-8"))
-                 for key, value in metadata.items() if key != "checksums"})
+    sums.update(
+        {
+            f"{_METADATA_CHECKSUM}{key}": zlib.crc32(value.encode("utf-8"))
+            for key, value in metadata.items()
+            if key != "checksums"
+        }
+    )
     return sums
 
 
 def _metadata_json(metadata: dict[str, str], key: str, path: Path, kind: type = dict):
     """One JSON entry of a checkpoint's metadata, checked to be there and of the right kind."""
     if key not in metadata:
-        raise CheckpointError(f"{path}: its metadata has no {key!r} entry (not written by save_checkpoint, "
-                              "or damaged)")
+        raise CheckpointError(f"{path}: its metadata has no {key!r} entry (not written by save_checkpoint, or damaged)")
     try:
         value = json.loads(metadata[key])
     except json.JSONDecodeError:
@@ -157,11 +170,14 @@ def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if "checksums" not in metadata:  # only a plain weights file from elsewhere may come without checksums
-        ours = ({"format", "train_state", "optimizer"} & set(metadata)
-                or any(name.startswith((_OPTIMIZER_PREFIX, _RNG_PREFIX)) for name in tensors))
+        ours = {"format", "train_state", "optimizer"} & set(metadata) or any(
+            name.startswith((_OPTIMIZER_PREFIX, _RNG_PREFIX)) for name in tensors
+        )
         if ours:
-            raise CheckpointError(f"{path}: its metadata has no checksums, which every checkpoint this code writes "
-                                  "carries: the file is damaged or edited; refused")
+            raise CheckpointError(
+                f"{path}: its metadata has no checksums, which every checkpoint this code writes "
+                "carries: the file is damaged or edited; refused"
+            )
         return tensors, metadata
     checksums = _metadata_json(metadata, "checksums", path)
     for name in sorted(name for name in set(checksums) | set(tensors) if not name.startswith(_METADATA_CHECKSUM)):
@@ -170,22 +186,26 @@ def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         if checksums.get(name) != _checksum(tensors[name]):
             raise CheckpointError(f"{path}: tensor {name} does not match its checksum: the file is damaged")
     entries = {key for key in metadata if key != "checksums"}
-    entries |= {name[len(_METADATA_CHECKSUM):] for name in checksums if name.startswith(_METADATA_CHECKSUM)}
+    entries |= {name[len(_METADATA_CHECKSUM) :] for name in checksums if name.startswith(_METADATA_CHECKSUM)}
     for key in sorted(entries):
         if key not in metadata:
             raise CheckpointError(f"{path}: its metadata entry {key!r} is missing: the file is damaged")
         expected = checksums.get(f"{_METADATA_CHECKSUM}{key}")
         if expected is None:
-            raise CheckpointError(f"{path}: its metadata entry {key!r} has no checksum (edited, damaged, or written "
-                                  "by an older version of this code): refused")
+            raise CheckpointError(
+                f"{path}: its metadata entry {key!r} has no checksum (edited, damaged, or written "
+                "by an older version of this code): refused"
+            )
         if expected != zlib.crc32(metadata[key].encode("utf-8")):
-            raise CheckpointError(f"{path}: its metadata entry {key!r} does not match its checksum (edited by hand "
-                                  "or damaged): refused")
+            raise CheckpointError(
+                f"{path}: its metadata entry {key!r} does not match its checksum (edited by hand or damaged): refused"
+            )
     return tensors, metadata
 
 
-def _checked_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                     path: str | Path) -> dict[str, torch.Tensor]:
+def _checked_weights(
+    model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path
+) -> dict[str, torch.Tensor]:
     """The model's state_dict from a checkpoint, every tensor checked: present, shape, dtype, finite."""
     weights = {k: v for k, v in tensors.items() if not k.startswith((_OPTIMIZER_PREFIX, _RNG_PREFIX))}
     tied = _metadata_json(metadata, "tied", path) if "tied" in metadata else {}
@@ -201,13 +221,15 @@ def _checked_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadat
             hint = " It holds LoRA weights: call apply_lora(model, rank, alpha) before loading."
         elif any("lora_" in k for k in missing):
             hint = " It holds no LoRA weights: load it before apply_lora, or merge_lora before saving."
-        raise CheckpointError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}."
-                              + hint)
+        raise CheckpointError(
+            f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}." + hint
+        )
     for name, target in expected.items():
         tensor = weights[name]
         if tensor.shape != target.shape:
-            raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model needs "
-                                  f"{tuple(target.shape)}")
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(tensor.shape)}, the model needs {tuple(target.shape)}"
+            )
         if tensor.dtype != target.dtype:
             raise CheckpointError(f"{path}: {name} is {tensor.dtype}, the model needs {target.dtype}")
         if not _is_finite(tensor):
@@ -215,13 +237,15 @@ def _checked_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadat
     for alias, name in _model_tensors(model)[1].items():
         # Loading two different tensors into one shared tensor would silently keep only the last.
         if not torch.equal(weights[alias], weights[name]):
-            raise CheckpointError(f"{path} has separate {name} and {alias}, but this model ties them; "
-                                  "load it into an untied model")
+            raise CheckpointError(
+                f"{path} has separate {name} and {alias}, but this model ties them; load it into an untied model"
+            )
     return weights
 
 
-def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                  path: str | Path) -> None:
+def _load_weights(
+    model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path
+) -> None:
     model.load_state_dict(_checked_weights(model, tensors, metadata, path))
 
 
@@ -241,14 +265,23 @@ def _checked_train_state(metadata: dict[str, str], path: Path, state_class: type
     names = {f.name for f in dataclasses.fields(state_class)}
     unknown, missing = sorted(set(saved) - names), sorted(names - set(saved) - {"settings"})
     if unknown or missing:
-        raise CheckpointError(f"{path}: its train_state has unknown fields {unknown} and lacks {missing} "
-                              "(written by another version of this code, or damaged)")
+        raise CheckpointError(
+            f"{path}: its train_state has unknown fields {unknown} and lacks {missing} "
+            "(written by another version of this code, or damaged)"
+        )
     try:
         state = state_class.from_dict(saved)
     except TypeError as exc:
         raise CheckpointError(f"{path}: its train_state history is damaged ({exc})") from None
-    counters = ("step", "epoch", "batches_done", "tokens_seen", "positions_seen", "grad_accum_steps",
-                "batches_per_epoch")
+    counters = (
+        "step",
+        "epoch",
+        "batches_done",
+        "tokens_seen",
+        "positions_seen",
+        "grad_accum_steps",
+        "batches_per_epoch",
+    )
     bad = [name for name in counters if type(getattr(state, name)) is not int or getattr(state, name) < 0]
     if bad or type(state.seed) is not int or not isinstance(state.settings, dict):
         raise CheckpointError(f"{path}: its train_state is damaged ({', '.join(bad) or 'seed or settings'})")
@@ -257,15 +290,18 @@ def _checked_train_state(metadata: dict[str, str], path: Path, state_class: type
 
 def _setting_differences(saved, current) -> list[str]:
     """'name: checkpoint X, this run Y' for every setting that differs between a checkpoint and this run."""
-    pairs = {name: (getattr(saved, name), getattr(current, name))
-             for name in ("seed", "grad_accum_steps", "batches_per_epoch")}
+    pairs = {
+        name: (getattr(saved, name), getattr(current, name))
+        for name in ("seed", "grad_accum_steps", "batches_per_epoch")
+    }
     for key in sorted(set(saved.settings) | set(current.settings)):
         pairs[key] = (saved.settings.get(key, "(not recorded)"), current.settings.get(key, "(not recorded)"))
     return [f"{name}: checkpoint {old!r}, this run {new!r}" for name, (old, new) in pairs.items() if old != new]
 
 
-def _checked_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                             metadata: dict[str, str], path: Path) -> dict:
+def _checked_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path
+) -> dict:
     """The optimizer's state_dict from a checkpoint, checked against this optimizer's parameters.
 
     A state tensor of the wrong shape must never reach the optimizer: the fused AdamW kernel
@@ -274,10 +310,15 @@ def _checked_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str
     saved = _metadata_json(metadata, "optimizer", path)
     groups, scalars = saved.get("param_groups"), saved.get("scalars", {})
     current = optimizer.state_dict()["param_groups"]
-    if (not isinstance(groups, list) or len(groups) != len(current) or not isinstance(scalars, dict)
-            or any(not isinstance(g, dict) or g.get("params") != c["params"] for g, c in zip(groups, current))):
-        raise CheckpointError(f"{path}: its optimizer has other parameter groups than this run's "
-                              "(another model, or other LoRA settings?)")
+    if (
+        not isinstance(groups, list)
+        or len(groups) != len(current)
+        or not isinstance(scalars, dict)
+        or any(not isinstance(g, dict) or g.get("params") != c["params"] for g, c in zip(groups, current))
+    ):
+        raise CheckpointError(
+            f"{path}: its optimizer has other parameter groups than this run's (another model, or other LoRA settings?)"
+        )
     for group in groups:
         numbers = [group.get(key) for key in ("lr", "weight_decay", "eps") if key in group]
         numbers += list(group.get("betas", []))
@@ -285,12 +326,16 @@ def _checked_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str
             raise CheckpointError(f"{path}: its optimizer settings are damaged ({group.get('lr')=})")
         if "betas" in group:
             group["betas"] = tuple(group["betas"])  # JSON made the tuple a list
-    params = {index: param for c, group in zip(current, optimizer.param_groups)
-              for index, param in zip(c["params"], group["params"])}
+    params = {
+        index: param
+        for c, group in zip(current, optimizer.param_groups)
+        for index, param in zip(c["params"], group["params"])
+    }
 
     param_state: dict[int, dict] = {}
-    entries = [(key[len(_OPTIMIZER_PREFIX):], tensor) for key, tensor in tensors.items()
-               if key.startswith(_OPTIMIZER_PREFIX)] + list(scalars.items())
+    entries = [
+        (key[len(_OPTIMIZER_PREFIX) :], tensor) for key, tensor in tensors.items() if key.startswith(_OPTIMIZER_PREFIX)
+    ] + list(scalars.items())
     for key, value in entries:
         index, _, name = key.partition(".")
         if not index.isdigit() or int(index) not in params or not name:
@@ -298,8 +343,10 @@ def _checked_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str
         param = params[int(index)]
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             if value.shape != param.shape or value.dtype != param.dtype:
-                raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{key} is {value.dtype} {tuple(value.shape)}, "
-                                      f"its parameter {param.dtype} {tuple(param.shape)}")
+                raise CheckpointError(
+                    f"{path}: {_OPTIMIZER_PREFIX}{key} is {value.dtype} {tuple(value.shape)}, "
+                    f"its parameter {param.dtype} {tuple(param.shape)}"
+                )
         elif isinstance(value, torch.Tensor):
             value_ok = value.is_floating_point() or value.dtype == torch.int64
             if not value_ok or not _is_finite(value) or value.item() < 0:
@@ -312,11 +359,12 @@ def _checked_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str
     required = set().union(*(state.keys() for state in param_state.values())) if param_state else set()
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and param_state:
         required |= {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if current[0].get("amsgrad") else set())
-    for index in (params if param_state else []):
+    for index in params if param_state else []:
         lacking = sorted(required - param_state.get(index, {}).keys())
         if lacking:
-            raise CheckpointError(f"{path}: {_OPTIMIZER_PREFIX}{index}.{lacking[0]} is missing (the optimizer "
-                                  "state is incomplete)")
+            raise CheckpointError(
+                f"{path}: {_OPTIMIZER_PREFIX}{index}.{lacking[0]} is missing (the optimizer state is incomplete)"
+            )
     return {"state": param_state, "param_groups": groups}
 
 
@@ -324,8 +372,7 @@ def _checked_rng_state(tensors: dict[str, torch.Tensor], path: Path) -> torch.Te
     rng = tensors.get(f"{_RNG_PREFIX}torch")
     expected = torch.get_rng_state()
     if rng is None or rng.dtype != expected.dtype or rng.shape != expected.shape:
-        raise CheckpointError(f"{path}: {_RNG_PREFIX}torch (the random number generator's state) is missing or "
-                              "damaged")
+        raise CheckpointError(f"{path}: {_RNG_PREFIX}torch (the random number generator's state) is missing or damaged")
     return rng
 
 
@@ -345,9 +392,11 @@ def resume_from(path: str | Path, model: nn.Module, optimizer: torch.optim.Optim
     state = _checked_train_state(metadata, path, type(expected))
     differences = _setting_differences(state, expected)
     if differences:
-        raise CheckpointError(f"{path} was written with other settings ({'; '.join(differences)}): resuming "
-                              "would not continue the same run. Use the checkpoint's settings, or start afresh "
-                              "without resume.")
+        raise CheckpointError(
+            f"{path} was written with other settings ({'; '.join(differences)}): resuming "
+            "would not continue the same run. Use the checkpoint's settings, or start afresh "
+            "without resume."
+        )
     weights = _checked_weights(model, tensors, metadata, path)
     optimizer_state = _checked_optimizer_state(optimizer, tensors, metadata, path)
     rng = _checked_rng_state(tensors, path)

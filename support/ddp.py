@@ -13,8 +13,8 @@ import inspect
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -38,7 +38,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         for batch in self.batch_sampler:
-            if share := list(batch)[self.rank::self.world_size]:
+            if share := list(batch)[self.rank :: self.world_size]:
                 yield share
 
     def __len__(self) -> int:
@@ -55,8 +55,9 @@ class DistributedStall(RuntimeError):
 class DistributedRun:
     """This process's place in a torchrun job, and the few collective operations training needs."""
 
-    def __init__(self, rank: int, local_rank: int, world_size: int, device: torch.device,
-                 timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self, rank: int, local_rank: int, world_size: int, device: torch.device, timeout: float = DEFAULT_TIMEOUT
+    ):
         import datetime
 
         import torch.distributed as dist
@@ -68,8 +69,9 @@ class DistributedRun:
         elif device.type == "cpu":
             self.device, backend = device, "gloo"
         else:
-            raise SystemExit(f"DistributedDataParallel runs on CUDA GPUs or CPUs, not {device.type}: "
-                             "set LLM_DEVICE=cpu")
+            raise SystemExit(
+                f"DistributedDataParallel runs on CUDA GPUs or CPUs, not {device.type}: set LLM_DEVICE=cpu"
+            )
         # The timeout bounds every collective operation: a process that stops (SIGSTOP, a hung node, a
         # crash the launcher missed) makes the others fail after `timeout` seconds instead of waiting forever.
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
@@ -77,16 +79,22 @@ class DistributedRun:
         self._dist = dist
 
     @classmethod
-    def from_environment(cls, choose_device: Callable[[], torch.device],
-                         timeout: float = DEFAULT_TIMEOUT) -> DistributedRun | None:
+    def from_environment(
+        cls, choose_device: Callable[[], torch.device], timeout: float = DEFAULT_TIMEOUT
+    ) -> DistributedRun | None:
         """A DistributedRun when torchrun started more than one process, else None (plain python).
 
         `choose_device()` says which kind of device to use (utils.get_device): cuda or cpu.
         """
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
             return None
-        return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]),
-                   choose_device(), timeout)
+        return cls(
+            int(os.environ["RANK"]),
+            int(os.environ["LOCAL_RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+            choose_device(),
+            timeout,
+        )
 
     @property
     def is_main(self) -> bool:
@@ -98,9 +106,11 @@ class DistributedRun:
         try:
             self._dist.all_reduce(tensor)
         except RuntimeError as exc:  # gloo/NCCL: "Timed out waiting ...", "Connection closed by peer", ...
-            raise DistributedStall(f"process {self.rank} of {self.world_size}: another process of this torchrun job "
-                                   f"did not take part within --ddp-timeout {self.timeout:g} s (stopped, crashed or "
-                                   f"far slower?); stopping. ({str(exc).splitlines()[0][:200]})") from None
+            raise DistributedStall(
+                f"process {self.rank} of {self.world_size}: another process of this torchrun job "
+                f"did not take part within --ddp-timeout {self.timeout:g} s (stopped, crashed or "
+                f"far slower?); stopping. ({str(exc).splitlines()[0][:200]})"
+            ) from None
         return tensor.tolist()
 
     @contextlib.contextmanager
@@ -126,9 +136,13 @@ class DistributedRun:
         """`loader` (built with the global batch size) cut down to this rank's share of each batch."""
         # The same generator object: train_model re-seeds it each epoch and the shuffle draws from it
         # exactly as it would in one process, so the global batches are the one-process batches.
-        return DataLoader(loader.dataset, batch_sampler=ShardedBatchSampler(loader.batch_sampler, self.rank,
-                                                                            self.world_size),
-                          collate_fn=loader.collate_fn, num_workers=loader.num_workers, generator=loader.generator)
+        return DataLoader(
+            loader.dataset,
+            batch_sampler=ShardedBatchSampler(loader.batch_sampler, self.rank, self.world_size),
+            collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers,
+            generator=loader.generator,
+        )
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -136,10 +150,14 @@ class DistributedRun:
         model.to(self.device)
         # The only buffers are constant causal masks: syncing them at every forward pass would waste
         # time and make evaluation a collective operation. torch >= 2.13 renamed the switch.
-        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                          inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
-        wrapped = DistributedDataParallel(model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
-                                          **no_buffer_sync)
+        no_buffer_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
+        wrapped = DistributedDataParallel(
+            model, device_ids=[self.local_rank] if self.device.type == "cuda" else None, **no_buffer_sync
+        )
         # Each process divides its summed loss by the real targets of ALL processes (the course loop
         # asks sum_over_processes for that count), so the gradient of the whole batch is the SUM of the
         # processes' gradients; DDP's default would average them.
@@ -150,8 +168,10 @@ class DistributedRun:
         """Every rank must find the checkpoint (a filesystem shared by all nodes), or none."""
         found = int(self.sum([checkpoint.exists()])[0])
         if 0 < found < self.world_size:
-            raise SystemExit(f"{checkpoint} exists for {found} of {self.world_size} processes: with more than "
-                             "one node, --out must be on a filesystem that all nodes share")
+            raise SystemExit(
+                f"{checkpoint} exists for {found} of {self.world_size} processes: with more than "
+                "one node, --out must be on a filesystem that all nodes share"
+            )
 
     def quiet_unless_main(self) -> None:
         """Only rank 0 prints progress and warnings; errors still reach every rank's stderr."""

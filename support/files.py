@@ -26,8 +26,8 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache"  # downloads, the tokenizer files, the hub probe's memo
@@ -118,8 +118,8 @@ class FolderInUseError(RuntimeError):
 class OutputFolderLock:
     """An exclusive lock on an output folder for the life of one run (see the module docstring).
 
-        with OutputFolderLock(out):   # FolderInUseError if another run holds it
-            ...                       # check, clean and write the folder
+    with OutputFolderLock(out):   # FolderInUseError if another run holds it
+        ...                       # check, clean and write the folder
     """
 
     NAME = ".lock"
@@ -138,12 +138,15 @@ class OutputFolderLock:
             file.close()
             try:
                 owner = json.loads(holder)
-                who = (f"process {owner['pid']} on {owner['host']}, started "
-                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner['started']))}")
+                who = (
+                    f"process {owner['pid']} on {owner['host']}, started "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner['started']))}"
+                )
             except (ValueError, KeyError, TypeError):
                 who = "another process"
-            raise FolderInUseError(f"{self.path.parent} is in use by another run ({who}): wait for it to end, "
-                                   "or choose another --out") from None
+            raise FolderInUseError(
+                f"{self.path.parent} is in use by another run ({who}): wait for it to end, or choose another --out"
+            ) from None
         file.seek(0)
         file.truncate()
         file.write(json.dumps(_owner()))

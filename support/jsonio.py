@@ -48,8 +48,9 @@ def check_json_value(entry: dict, where: str) -> None:
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
-                raise DatasetError(f"{place}: not valid Unicode text (a lone surrogate "
-                                   f"{value[exc.start]!r} at character {exc.start})") from None
+                raise DatasetError(
+                    f"{place}: not valid Unicode text (a lone surrogate {value[exc.start]!r} at character {exc.start})"
+                ) from None
         elif isinstance(value, dict):
             if isinstance(value, _DuplicateKeys):
                 raise DatasetError(f"{place}: the key {value.duplicates[0]!r} appears more than once")
@@ -76,18 +77,22 @@ def parse_json_bytes(payload: bytes, source: str = "<data>"):
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_object_with_duplicates_marked, parse_constant=_refuse_constant,
-                          parse_float=_finite_float)
+        return json.loads(
+            text,
+            object_pairs_hook=_object_with_duplicates_marked,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+        )
     except json.JSONDecodeError as exc:
         start = text.lstrip()[:40]
         hint = " (it looks like a web page, not JSON)" if start.startswith("<") else ""
-        raise DatasetError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                           f"{exc.msg}{hint}") from None
+        raise DatasetError(
+            f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{hint}"
+        ) from None
     except RecursionError:
         raise DatasetError(f"{source}: JSON nested too deeply to read") from None
     except ValueError as exc:  # NaN, 1e999, an integer with thousands of digits: say where
-        raise DatasetError(f"{source}: {_where_unusable(text)}unusable JSON value: "
-                           f"{str(exc).split(';')[0]}") from None
+        raise DatasetError(f"{source}: {_where_unusable(text)}unusable JSON value: {str(exc).split(';')[0]}") from None
 
 
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},]|NaN|-?Infinity|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?')
@@ -102,7 +107,7 @@ def _unusable(token: str) -> bool:
 
 
 def _where_unusable(text: str) -> str:
-    """"entry N (line L, column C): " for the first NaN, infinity or oversized number, or "" if none is found."""
+    """ "entry N (line L, column C): " for the first NaN, infinity or oversized number, or "" if none is found."""
     depth, entry = 0, 0
     for match in _JSON_TOKEN.finditer(text):
         token = match.group(0)

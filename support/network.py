@@ -20,25 +20,29 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json
 from support.jsonio import DatasetError, parse_json_bytes
 
-
 MAX_ERROR_BODY = 64 * 1024  # bytes of an HTTP error's body that are read (and at most 300 characters kept)
 
 
-def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: float = 30.0,
-                  deadline: float = 600.0,
-                  check: Callable[[bytes, str], object] | None = None) -> Path:
+def download_file(
+    url: str,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    timeout: float = 30.0,
+    deadline: float = 600.0,
+    check: Callable[[bytes, str], object] | None = None,
+) -> Path:
     """Download `url` into `cache_dir` once; later calls reuse the local copy (works offline).
 
     - `check(body, url)` raises a DatasetError for a body that is not what we want (by default:
-      parse_json_bytes; utils.load_instruction_data passes parse_instruction_data). It runs before the file enters the cache, so an HTML error page or a
-      cut-off body is never cached; a cached copy that fails it is downloaded again.
+      parse_json_bytes; utils.load_instruction_data passes parse_instruction_data). It runs before the file
+      enters the cache, so an HTML error page or a cut-off body is never cached; a cached copy that fails it
+      is downloaded again.
     - `timeout` bounds each wait for the server, `deadline` the whole download (seconds).
     """
     check = check or parse_json_bytes
@@ -55,16 +59,17 @@ def download_file(url: str, cache_dir: str | Path = DEFAULT_CACHE_DIR, timeout: 
             warnings.warn(f"The cached copy is not usable, downloading it again: {exc}", stacklevel=2)
     # shown relative to the repository: committed notebook outputs hold no path of the build machine
     shown = local_path.relative_to(REPO_ROOT) if local_path.is_relative_to(REPO_ROOT) else local_path
-    fix = (f"Fix: download it on a machine with network and pass the local path instead, "
-           f"or copy it to {shown}.")
+    fix = f"Fix: download it on a machine with network and pass the local path instead, or copy it to {shown}."
     if stale is not None:
         fix = f"The cached copy is not usable either: {stale}\n{fix}"
     try:
         payload = fetch(url, timeout, deadline)
     except DeadlineExceeded:
-        raise DatasetError(f"Could not download {url}: it took longer than {deadline:g} s overall "
-                           f"(a slow or stalled server; allow more with deadline=SECONDS, or finetune.py --download-deadline SECONDS)."
-                           f"\n{fix}") from None
+        raise DatasetError(
+            f"Could not download {url}: it took longer than {deadline:g} s overall "
+            f"(a slow or stalled server; allow more with deadline=SECONDS, or finetune.py --download-deadline SECONDS)."
+            f"\n{fix}"
+        ) from None
     except TimeoutError:
         raise DatasetError(f"Could not download {url}: the server sent nothing for {timeout:g} s.\n{fix}") from None
     except (OSError, http.client.HTTPException) as exc:
@@ -170,7 +175,7 @@ class _Deadline:
         except OSError:  # already closed
             pass
 
-    def __enter__(self) -> "_Deadline":
+    def __enter__(self) -> _Deadline:
         self._timer.start()
         return self
 
@@ -211,8 +216,7 @@ class _WatchedHTTPSHandler(_WatchConnections, urllib.request.HTTPSHandler):
     pass
 
 
-def fetch(request: str | urllib.request.Request, timeout: float, deadline: float,
-           proxies: dict | None = None) -> bytes:
+def fetch(request: str | urllib.request.Request, timeout: float, deadline: float, proxies: dict | None = None) -> bytes:
     """The whole body of `request`: `timeout` bounds each wait for the server, `deadline` the whole exchange.
 
     Raises DeadlineExceeded, ConnectionDropped, or urllib's own errors. An HTTPError for an error
@@ -241,11 +245,13 @@ def fetch(request: str | urllib.request.Request, timeout: float, deadline: float
             exc = exc.reason  # reset while the request was being sent
         if isinstance(exc, http.client.IncompleteRead):
             expected = f" of {len(exc.partial) + exc.expected}" if exc.expected is not None else ""
-            raise ConnectionDropped(f"the server closed the connection after {len(exc.partial)}"
-                                     f"{expected} bytes of its answer") from None
+            raise ConnectionDropped(
+                f"the server closed the connection after {len(exc.partial)}{expected} bytes of its answer"
+            ) from None
         if isinstance(exc, _DROPPED):
-            raise ConnectionDropped(f"the server closed the connection before answering completely "
-                                     f"({type(exc).__name__}: {exc})") from None
+            raise ConnectionDropped(
+                f"the server closed the connection before answering completely ({type(exc).__name__}: {exc})"
+            ) from None
         raise
     if clock.expired:  # the cut can look like a normal end of a body sent without a length
         raise DeadlineExceeded(f"no complete answer within {deadline:g} s")
@@ -277,8 +283,13 @@ def _weights_fix(model_name: str, repo: str, cache_dir: str | Path | None) -> st
     )
 
 
-def hub_download(model_name: str, repo: str, cache_dir: str | Path | None = None,
-                 force_download: bool = False, deadline: float = 3600.0) -> Path:
+def hub_download(
+    model_name: str,
+    repo: str,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    deadline: float = 3600.0,
+) -> Path:
     """`repo`'s model.safetensors through huggingface_hub (its cache, resuming, progress bar).
 
     One short probe (or a failure remembered from the last few minutes) tells within about 2 s
@@ -291,17 +302,24 @@ def hub_download(model_name: str, repo: str, cache_dir: str | Path | None = None
         reason = "HF_HUB_OFFLINE is set and they are not in the local cache"
         raise WeightsUnavailableError(
             f"Could not get the {model_name} weights ({repo}, model.safetensors): {reason}. "
-            f"Unset HF_HUB_OFFLINE to download.\n{_weights_fix(model_name, repo, cache_dir)}", reason)
+            f"Unset HF_HUB_OFFLINE to download.\n{_weights_fix(model_name, repo, cache_dir)}",
+            reason,
+        )
     unreachable = hub_unreachable_reason()
     if unreachable:
         raise WeightsUnavailableError(
             f"{model_name} weights: not in the Hugging Face cache, and {unreachable}. "
             "Fix: run `make download` on a machine with network (or copy its ~/.cache/huggingface here).",
-            unreachable)
+            unreachable,
+        )
     # huggingface_hub retries a response cut off half-way without end and has no overall deadline, so it
     # runs in a child process that is stopped at `deadline`; its partial file is resumed next time.
-    child = subprocess.Popen([sys.executable, "-c", _HUB_CHILD, repo, str(cache_dir or ""), str(force_download)],
-                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HUB_CHILD, repo, str(cache_dir or ""), str(force_download)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         answer, _ = child.communicate(timeout=deadline)
     except subprocess.TimeoutExpired:
@@ -311,7 +329,9 @@ def hub_download(model_name: str, repo: str, cache_dir: str | Path | None = None
         raise WeightsUnavailableError(
             f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub: {reason}. "
             "What arrived is kept and the next try resumes it; allow more time with deadline=SECONDS.\n"
-            f"{_weights_fix(model_name, repo, cache_dir)}", reason) from None
+            f"{_weights_fix(model_name, repo, cache_dir)}",
+            reason,
+        ) from None
     except BaseException:  # Ctrl-C: the child goes too
         os.killpg(child.pid, signal.SIGKILL)
         raise
@@ -323,7 +343,9 @@ def hub_download(model_name: str, repo: str, cache_dir: str | Path | None = None
         reason = result["error"]
         raise WeightsUnavailableError(
             f"Could not get the {model_name} weights ({repo}, model.safetensors) from the Hugging Face Hub "
-            f"({reason}).\n{_weights_fix(model_name, repo, cache_dir)}", reason)
+            f"({reason}).\n{_weights_fix(model_name, repo, cache_dir)}",
+            reason,
+        )
     path = Path(result["path"])
     verify_hub_file(path, model_name)
     return path
@@ -368,6 +390,8 @@ def verify_hub_file(path: Path, model_name: str) -> None:
         blob.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         reason = f"{path} does not match its hash {expected[:12]}... (damaged in transit or on disk); deleted"
-        raise WeightsUnavailableError(f"The {model_name} weights in the Hugging Face cache: {reason}. Download "
-                                      "them again (the next call does).", reason)
+        raise WeightsUnavailableError(
+            f"The {model_name} weights in the Hugging Face cache: {reason}. Download them again (the next call does).",
+            reason,
+        )
     _VERIFIED[key] = True

@@ -67,23 +67,28 @@ def _request_json(url: str, payload: dict | None, timeout: float, model: str = O
         detail = str(detail)
         if len(detail) > 300:  # a huge error page must not end up whole in metrics.json
             detail = detail[:300] + f"... ({len(detail):,} characters in all)"
-        error = OllamaUnavailableError(f"Ollama at {url} answered HTTP {exc.code} {exc.reason}: "
-                                       f"{detail or 'no details'}")
+        error = OllamaUnavailableError(
+            f"Ollama at {url} answered HTTP {exc.code} {exc.reason}: {detail or 'no details'}"
+        )
         error.retryable = exc.code in RETRY_STATUSES  # busy or a passing fault: worth another try
         raise error from None
     except TimeoutError:  # connected, but the reply is late or comes too slowly
-        raise OllamaUnavailableError(f"Ollama at {url} did not answer within {timeout:g} s. The first request "
-                                     f"loads the model, which can be slow on a CPU: allow more with timeout=SECONDS (finetune.py "
-                                     f"--judge-timeout SECONDS).") from None
+        raise OllamaUnavailableError(
+            f"Ollama at {url} did not answer within {timeout:g} s. The first request "
+            f"loads the model, which can be slow on a CPU: allow more with timeout=SECONDS (finetune.py "
+            f"--judge-timeout SECONDS)."
+        ) from None
     except ConnectionDropped as exc:  # it answered, then hung up: a crash, a restart or something that is not Ollama
-        raise OllamaUnavailableError(f"Ollama at {url}: {exc}. If the server restarted or ran out of memory, "
-                                     f"its log says why; then try again.") from None
+        raise OllamaUnavailableError(
+            f"Ollama at {url}: {exc}. If the server restarted or ran out of memory, its log says why; then try again."
+        ) from None
     except urllib.error.URLError as exc:  # no connection at all (a timeout here happened while connecting)
         reason = f"no connection within {timeout:g} s" if isinstance(exc.reason, TimeoutError) else str(exc.reason)
         raise OllamaUnavailableError(_unreachable_message(url, reason, model)) from None
     except (OSError, http.client.HTTPException) as exc:  # e.g. a server that does not speak HTTP
-        raise OllamaUnavailableError(f"Ollama at {url} gave an unusable answer ({type(exc).__name__}: {exc}); "
-                                     f"is this an Ollama server?") from None
+        raise OllamaUnavailableError(
+            f"Ollama at {url} gave an unusable answer ({type(exc).__name__}: {exc}); is this an Ollama server?"
+        ) from None
     try:
         reply = json.loads(body)
     except (ValueError, RecursionError):
@@ -126,12 +131,14 @@ def chat_content(prompt: str, model: str, url: str, seed: int, timeout: float):
     try:
         return reply["message"]["content"]
     except (KeyError, TypeError):
-        raise OllamaUnavailableError(f"{chat_url}: the reply has no message.content; "
-                                     f"is this Ollama's /api/chat?") from None
+        raise OllamaUnavailableError(
+            f"{chat_url}: the reply has no message.content; is this Ollama's /api/chat?"
+        ) from None
 
 
-def query_ollama(prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL,
-                 seed: int = 123, timeout: float = 120.0) -> str:
+def query_ollama(
+    prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA_CHAT_URL, seed: int = 123, timeout: float = 120.0
+) -> str:
     """Send one user message to Ollama's /api/chat and return the reply's text.
 
     Temperature 0 and a fixed seed make the judge repeatable on the same machine and Ollama version.
@@ -139,6 +146,7 @@ def query_ollama(prompt: str, model: str = OLLAMA_JUDGE_MODEL, url: str = OLLAMA
     """
     content = chat_content(prompt, model, url, seed, timeout)
     if not isinstance(content, str):
-        raise OllamaUnavailableError(f"{url}: message.content is {type(content).__name__}, not text; "
-                                     f"is this Ollama's /api/chat?")
+        raise OllamaUnavailableError(
+            f"{url}: message.content is {type(content).__name__}, not text; is this Ollama's /api/chat?"
+        )
     return content

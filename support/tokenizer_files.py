@@ -8,11 +8,16 @@ from pathlib import Path
 from support.files import atomic_write_bytes
 
 GPT2_VOCAB_FILES = {  # file name -> (download URL, sha256); tiktoken checks the same hashes
-    "vocab.bpe": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-                  "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-    "encoder.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "vocab.bpe": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    ),
+    "encoder.json": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    ),
 }
+
 
 class TokenizerUnavailableError(RuntimeError):
     """GPT-2's vocabulary files could be neither downloaded nor found locally."""
@@ -23,15 +28,17 @@ def check_tokenizer_folder(folder: Path) -> None:
     try:
         for name in GPT2_VOCAB_FILES:
             if not (folder / name).is_file():
-                raise TokenizerUnavailableError(f"{folder / name}: missing (a GPT-2 tokenizer folder needs "
-                                                f"{' and '.join(GPT2_VOCAB_FILES)})")
+                raise TokenizerUnavailableError(
+                    f"{folder / name}: missing (a GPT-2 tokenizer folder needs {' and '.join(GPT2_VOCAB_FILES)})"
+                )
         contents = {name: (folder / name).read_bytes() for name in GPT2_VOCAB_FILES}
     except OSError as exc:  # e.g. a folder or a file without read permission
         raise TokenizerUnavailableError(f"{exc.filename or folder}: cannot be read ({exc.strerror or exc})") from None
     for name, (_, sha256) in GPT2_VOCAB_FILES.items():
         if hashlib.sha256(contents[name]).hexdigest() != sha256:
-            raise TokenizerUnavailableError(f"{folder / name}: not GPT-2's original file (sha256 differs); "
-                                            f"download it again")
+            raise TokenizerUnavailableError(
+                f"{folder / name}: not GPT-2's original file (sha256 differs); download it again"
+            )
 
 
 def install_tokenizer_files(source_dir: str | Path, cache_dir: str | Path) -> Path:

@@ -14,8 +14,8 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import RandomSampler
@@ -55,20 +55,26 @@ def _epoch_batches(loader: Iterable, seed: int, epoch: int) -> Iterator:
     if generator is not None:
         generator.manual_seed(_epoch_seed(seed, epoch))
     elif isinstance(getattr(loader, "sampler", None), RandomSampler) and loader.sampler.generator is None:
-        warnings.warn("the train loader shuffles with torch's global RNG: its order cannot be replayed on resume; "
-                      "give the DataLoader a generator (create_dataloaders does)", stacklevel=3)
+        warnings.warn(
+            "the train loader shuffles with torch's global RNG: its order cannot be replayed on resume; "
+            "give the DataLoader a generator (create_dataloaders does)",
+            stacklevel=3,
+        )
     # A DataLoader without a generator draws a base seed from the global RNG whenever it starts an
     # iteration; fork_rng keeps that from shifting the dropout masks of the steps that follow.
     with torch.random.fork_rng(devices=[]):
         return iter(loader)
 
 
-def _stop_message(step: int, loss: float, n_real: int, last_saved: int | None, checkpoint_path: str | Path | None,
-                  lr: float) -> str:
+def _stop_message(
+    step: int, loss: float, n_real: int, last_saved: int | None, checkpoint_path: str | Path | None, lr: float
+) -> str:
     if n_real == 0:
-        why = (f"step {step}: its batches hold no real target (every target is padding or masked with -100), so "
-               "there is no loss to learn from; with mask_prompt, a short allowed_max_length can cut off every "
-               "response.")
+        why = (
+            f"step {step}: its batches hold no real target (every target is padding or masked with -100), so "
+            "there is no loss to learn from; with mask_prompt, a short allowed_max_length can cut off every "
+            "response."
+        )
     else:
         why = f"step {step}: the training loss is {loss}; the run diverged (is the learning rate, {lr:g}, too high?)."
     if checkpoint_path is None:
@@ -98,9 +104,18 @@ class TrainingRun:
       counts and losses are summed over the processes, and only the main process saves and shows progress.
     """
 
-    def __init__(self, checkpoint_path: str | Path | None = None, resume: bool = False, seed: int = 123,
-                 save_every: int | None = None, save_every_minutes: float | None = None,
-                 max_steps: int | None = None, settings: dict | None = None, progress: bool = True, ddp=None):
+    def __init__(
+        self,
+        checkpoint_path: str | Path | None = None,
+        resume: bool = False,
+        seed: int = 123,
+        save_every: int | None = None,
+        save_every_minutes: float | None = None,
+        max_steps: int | None = None,
+        settings: dict | None = None,
+        progress: bool = True,
+        ddp=None,
+    ):
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be at least 1 (or None for every epoch), got {max_steps}")
         self.checkpoint_path, self.resume, self.seed = checkpoint_path, resume, seed
@@ -118,8 +133,10 @@ class TrainingRun:
         path = self.checkpoint_path
         if self.resume and path is not None and os.path.lexists(path):  # a dangling link or a folder: refused
             if not Path(path).is_file():
-                raise CheckpointError(f"{path} is not a checkpoint file (a folder, a FIFO, or a symbolic link that "
-                                      "leads nowhere): remove it, or train without resume")
+                raise CheckpointError(
+                    f"{path} is not a checkpoint file (a folder, a FIFO, or a symbolic link that "
+                    "leads nowhere): remove it, or train without resume"
+                )
             saved = resume_from(path, model, optimizer, expected=state)
             for f in dataclasses.fields(state):
                 setattr(state, f.name, getattr(saved, f.name))
@@ -147,12 +164,23 @@ class TrainingRun:
     def on_step_end(self, state) -> None:
         n_real, self.tokens_before = state.tokens_seen - self.tokens_before, state.tokens_seen
         if n_real == 0 or not math.isfinite(state.last_loss):  # stop before anything of this step is saved
-            raise TrainingError(_stop_message(state.step, state.last_loss, n_real, self.last_saved,
-                                              self.checkpoint_path, self.optimizer.param_groups[0]["lr"]))
+            raise TrainingError(
+                _stop_message(
+                    state.step,
+                    state.last_loss,
+                    n_real,
+                    self.last_saved,
+                    self.checkpoint_path,
+                    self.optimizer.param_groups[0]["lr"],
+                )
+            )
         minutes = (time.monotonic() - self.last_saved_at) / 60
-        if (state.batches_done == 0 or self.should_stop(state)  # an epoch ends, or max_steps
-                or (self.save_every is not None and state.step % self.save_every == 0)
-                or (self.save_every_minutes is not None and minutes >= self.save_every_minutes)):
+        if (
+            state.batches_done == 0
+            or self.should_stop(state)  # an epoch ends, or max_steps
+            or (self.save_every is not None and state.step % self.save_every == 0)
+            or (self.save_every_minutes is not None and minutes >= self.save_every_minutes)
+        ):
             self.save(state)
 
     def on_train_end(self, state) -> None:

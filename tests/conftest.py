@@ -2,9 +2,10 @@
 
 The tokenizer is found, in this order, in $GPT2_TOKENIZER_DIR, in ../shared/gpt2-tokenizer (CI), or
 in the tiktoken cache that `make download` fills (.cache/tiktoken). Without any of them, tests that
-need it are skipped with a single reason and its fix, instead of failing one by one. Each notebook is executed at most once per test session, whichever
-test files ask for it (the `executed` fixture).
+need it are skipped with a single reason and its fix, instead of failing one by one. Each notebook is
+executed at most once per test session, whichever test files ask for it (the `executed` fixture).
 """
+
 import copy
 import hashlib
 import os
@@ -22,9 +23,11 @@ if "GPT2_TOKENIZER_DIR" not in os.environ and (SHARED_TOKENIZER / "encoder.json"
 import utils  # noqa: E402  (after the environment is set)
 from support.tokenizer_files import GPT2_VOCAB_FILES  # noqa: E402
 
-NO_TOKENIZER = ("GPT-2's tokenizer is not available offline, so the tests that need it are skipped. "
-                "Fix: run `make download` once on a machine with network (fills .cache/tiktoken), "
-                "or set GPT2_TOKENIZER_DIR=/path/to/folder holding encoder.json and vocab.bpe.")
+NO_TOKENIZER = (
+    "GPT-2's tokenizer is not available offline, so the tests that need it are skipped. "
+    "Fix: run `make download` once on a machine with network (fills .cache/tiktoken), "
+    "or set GPT2_TOKENIZER_DIR=/path/to/folder holding encoder.json and vocab.bpe."
+)
 
 
 def _tiktoken_cache_dir() -> Path:
@@ -73,8 +76,11 @@ TOKENIZER_SIGNS = ("TokenizerUnavailableError", "Could not load GPT-2's tokenize
 
 def _needs_missing_tokenizer(exc: BaseException | None) -> bool:
     # Notebooks and finetune.py run in other processes: their error arrives as text, not as the class.
-    return exc is not None and not tokenizer_available() and (
-        isinstance(exc, utils.TokenizerUnavailableError) or any(sign in str(exc) for sign in TOKENIZER_SIGNS))
+    return (
+        exc is not None
+        and not tokenizer_available()
+        and (isinstance(exc, utils.TokenizerUnavailableError) or any(sign in str(exc) for sign in TOKENIZER_SIGNS))
+    )
 
 
 def _failed_for_missing_tokenizer(report) -> bool:
@@ -147,8 +153,9 @@ def _untracked_files() -> set[str] | None:
     """Untracked and ignored files of the checkout (git's view), or None outside a git checkout."""
     import subprocess
 
-    result = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z"],
-                            cwd=REPO_ROOT, capture_output=True)
+    result = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z"], cwd=REPO_ROOT, capture_output=True
+    )
     if result.returncode != 0:
         return None
     entries = [entry[3:] for entry in result.stdout.decode(errors="replace").split("\0") if entry[:2] in ("??", "!!")]
@@ -177,8 +184,11 @@ def course_copy(tmp_path_factory) -> Path:
     names = [n for n in listed.stdout.decode().split("\0") if n] if listed.returncode == 0 else []
     if not names:  # not a git checkout (an unpacked archive): everything but the usual generated folders
         skip = {".git", ".venv", ".cache", "build", "runs", "checkpoints", "wheelhouse", "__pycache__"}
-        names = [str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.rglob("*")
-                 if p.is_file() and not skip & set(p.relative_to(REPO_ROOT).parts)]
+        names = [
+            str(p.relative_to(REPO_ROOT))
+            for p in REPO_ROOT.rglob("*")
+            if p.is_file() and not skip & set(p.relative_to(REPO_ROOT).parts)
+        ]
     for name in names:
         if (REPO_ROOT / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -195,11 +205,14 @@ def executed(course_copy):
     raises the same error again. The committed file and the checkout are untouched.
     """
     import nbformat
+
     from run_notebooks import execute_notebook
 
     cache: dict[Path, object] = {}
-    kernel_env = {"LLM_SMOKE": os.environ.get("LLM_SMOKE", "1"),  # tests run the quick configuration
-                  "PYTHONPATH": os.pathsep.join(filter(None, [str(course_copy), os.environ.get("PYTHONPATH")]))}
+    kernel_env = {
+        "LLM_SMOKE": os.environ.get("LLM_SMOKE", "1"),  # tests run the quick configuration
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(course_copy), os.environ.get("PYTHONPATH")])),
+    }
     if not os.environ.get("GPT2_TOKENIZER_DIR") and _cached_vocab_files():
         kernel_env["TIKTOKEN_CACHE_DIR"] = str(_tiktoken_cache_dir())  # the checkout's downloaded tokenizer
 

@@ -1,9 +1,18 @@
 """Test helpers: utils.train_model driven with support.trainer.TrainingRun's options as keywords."""
+
 from support.trainer import TrainingRun
 from utils import train_model
 
-HOOK_OPTIONS = {"checkpoint_path", "resume", "seed", "save_every", "save_every_minutes", "max_steps", "settings",
-                "progress"}
+HOOK_OPTIONS = {
+    "checkpoint_path",
+    "resume",
+    "seed",
+    "save_every",
+    "save_every_minutes",
+    "max_steps",
+    "settings",
+    "progress",
+}
 
 
 class RunWithCallback(TrainingRun):
@@ -22,5 +31,6 @@ class RunWithCallback(TrainingRun):
 def train_with_hooks(model, train_loader, val_loader, optimizer, device, callback=None, **kwargs):
     """train_model(...) where checkpoint_path, resume, seed, save_every, ... and callback go to the hooks."""
     options = {name: kwargs.pop(name) for name in HOOK_OPTIONS & set(kwargs)}
-    return train_model(model, train_loader, val_loader, optimizer, device,
-                       hooks=RunWithCallback(callback, **options), **kwargs)
+    return train_model(
+        model, train_loader, val_loader, optimizer, device, hooks=RunWithCallback(callback, **options), **kwargs
+    )

@@ -2,6 +2,7 @@
 
 Correctness only (agreement and tolerances); speed is measured by benchmarks/, not here.
 """
+
 import copy
 
 import pytest
@@ -112,12 +113,12 @@ def test_generate_responses_in_bf16(tokenizer, monkeypatch):
     copies = []
     real_copy = utils._model_in_dtype
     monkeypatch.setattr(utils, "_model_in_dtype", lambda m, dtype: copies.append(dtype) or real_copy(m, dtype))
-    out = utils.generate_responses(model, entries, tokenizer, max_new_tokens=3, progress=False,
-                                   dtype=torch.bfloat16)
+    out = utils.generate_responses(model, entries, tokenizer, max_new_tokens=3, progress=False, dtype=torch.bfloat16)
     assert torch.bfloat16 in copies  # the answers come from a bfloat16 copy of the model
     prompt = utils.encode_text(utils.format_prompt(entries[0]), tokenizer)
-    expected = generate_batch(model, [prompt], 3, TINY["context_length"], eos_id=utils.PAD_TOKEN_ID,
-                              dtype=torch.bfloat16)[0]
+    expected = generate_batch(
+        model, [prompt], 3, TINY["context_length"], eos_id=utils.PAD_TOKEN_ID, dtype=torch.bfloat16
+    )[0]
     assert out[0]["model_response"] == tokenizer.decode(expected).strip() and out[0]["output"] == "Blue."
 
 
@@ -140,8 +141,12 @@ def test_bf16_autocast_training_loss_tracks_float32(tokenizer, dataset):
             optimizer.zero_grad(set_to_none=True)
             losses[name].append(loss.item())
         assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps weights float32
-        assert all(s.dtype == torch.float32 for state in optimizer.state.values() for s in state.values()
-                   if torch.is_tensor(s) and s.is_floating_point())  # and AdamW's moments
+        assert all(
+            s.dtype == torch.float32
+            for state in optimizer.state.values()
+            for s in state.values()
+            if torch.is_tensor(s) and s.is_floating_point()
+        )  # and AdamW's moments
     assert losses["bf16"] != losses["fp32"]  # autocast did run in bf16 (identical losses: it was ignored)
     for a, b in zip(losses["fp32"], losses["bf16"]):
         assert abs(a - b) <= 0.02 * a, losses

@@ -2,6 +2,7 @@
 
 The page itself is driven in a real browser in test_chat_browser.py.
 """
+
 import json
 import os
 import signal
@@ -53,33 +54,47 @@ def test_on_token_raising_stops_generation():
 
 @pytest.fixture
 def app(tokenizer):
-    models = {"finetuned": chat.ChatModel("finetuned", "tuned", tiny(1)),
-              "base": chat.ChatModel("base", "base", tiny(123))}
+    models = {
+        "finetuned": chat.ChatModel("finetuned", "tuned", tiny(1)),
+        "base": chat.ChatModel("base", "base", tiny(123)),
+    }
     return chat.ChatApp(models, tokenizer)
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"instruction": "   "}, "Type an instruction"),
-    ({"instruction": "x" * 1500, "input": "y" * 501}, "2,001 characters together; the limit is 2,000"),
-    ({"instruction": "hi", "max_new_tokens": 501}, "Max new tokens must be between 1 and 500"),
-    ({"instruction": "hi", "max_new_tokens": "2.5"}, "Max new tokens must be a whole number"),
-    ({"instruction": "hi", "max_new_tokens": 240}, "would pass its 256-token window"),
-    ({"instruction": "hi", "temperature": "nan"}, "Temperature must be between 0.0 and 2.0"),
-    ({"instruction": "hi", "temperature": -1}, "Temperature must be between"),
-    ({"instruction": "hi", "top_k": 0.5}, "Top-k must be a whole number"),
-    ({"instruction": "hi", "top_k": 60000}, "Top-k must be between 1 and 50257"),
-    ({"instruction": "hi", "style": "chatml"}, "Unknown prompt style 'chatml'"),
-    ({"instruction": "hi", "model": "gpt-5"}, "No 'gpt-5' model here"),
-    ({"instruction": ["hi"]}, "must be text"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"instruction": "   "}, "Type an instruction"),
+        ({"instruction": "x" * 1500, "input": "y" * 501}, "2,001 characters together; the limit is 2,000"),
+        ({"instruction": "hi", "max_new_tokens": 501}, "Max new tokens must be between 1 and 500"),
+        ({"instruction": "hi", "max_new_tokens": "2.5"}, "Max new tokens must be a whole number"),
+        ({"instruction": "hi", "max_new_tokens": 240}, "would pass its 256-token window"),
+        ({"instruction": "hi", "temperature": "nan"}, "Temperature must be between 0.0 and 2.0"),
+        ({"instruction": "hi", "temperature": -1}, "Temperature must be between"),
+        ({"instruction": "hi", "top_k": 0.5}, "Top-k must be a whole number"),
+        ({"instruction": "hi", "top_k": 60000}, "Top-k must be between 1 and 50257"),
+        ({"instruction": "hi", "style": "chatml"}, "Unknown prompt style 'chatml'"),
+        ({"instruction": "hi", "model": "gpt-5"}, "No 'gpt-5' model here"),
+        ({"instruction": ["hi"]}, "must be text"),
+    ],
+)
 def test_requests_beyond_the_limits_are_refused_with_a_message(app, body, message):
     with pytest.raises(chat.RequestError, match=message.replace("(", r"\(").replace(".", r"\.")):
         app.parse(body)
 
 
 def test_a_valid_request_uses_the_course_template(app, tokenizer):
-    gen = app.parse({"instruction": "Name a colour.", "input": "sky", "style": "phi3", "model": "base",
-                     "max_new_tokens": "20", "temperature": "0.7", "top_k": "40"})
+    gen = app.parse(
+        {
+            "instruction": "Name a colour.",
+            "input": "sky",
+            "style": "phi3",
+            "model": "base",
+            "max_new_tokens": "20",
+            "temperature": "0.7",
+            "top_k": "40",
+        }
+    )
     assert gen.prompt == format_prompt({"instruction": "Name a colour.", "input": "sky"}, "phi3")
     assert gen.prompt_ids == tokenizer.encode(gen.prompt)
     assert (gen.model.key, gen.max_new_tokens, gen.temperature, gen.top_k) == ("base", 20, 0.7, 40)
@@ -118,8 +133,9 @@ def test_a_file_without_a_config_is_refused_in_one_line(tmp_path):
 
 
 def _post(url: str, body: dict, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json",
-                                                                      **(headers or {})})
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, reply.read().decode()
@@ -145,7 +161,7 @@ def test_the_event_stream_carries_generates_greedy_tokens(served, app, tokenizer
     streamed = [data["id"] for name, data in events if name == "token"]
     prompt_ids = tokenizer.encode(format_prompt({"instruction": "Say hello."}))
     expected = generate(app.models["finetuned"].model, torch.tensor([prompt_ids]), 15, 256, eos_id=PAD_TOKEN_ID)
-    assert streamed == expected[0, len(prompt_ids):].tolist()
+    assert streamed == expected[0, len(prompt_ids) :].tolist()
     assert events[-1][1]["text"] == tokenizer.decode(streamed)
 
 
@@ -169,8 +185,9 @@ def test_on_127_0_0_1_other_host_names_are_refused(served):
 def test_the_queue_is_bounded(served, app):
     app.limits = chat.Limits(max_waiting=1)
     with app.model_lock:  # the model is busy: the first request waits, the second finds the queue full
-        waiting = threading.Thread(target=_post, args=(served + "/api/generate", {"instruction": "a",
-                                                                                   "max_new_tokens": 2}))
+        waiting = threading.Thread(
+            target=_post, args=(served + "/api/generate", {"instruction": "a", "max_new_tokens": 2})
+        )
         waiting.start()
         deadline = time.monotonic() + 10
         while app.status()["waiting"] == 0 and time.monotonic() < deadline:
@@ -183,8 +200,14 @@ def test_the_queue_is_bounded(served, app):
 
 def test_ctrl_c_stops_the_server_cleanly_mid_answer(tmp_path):
     env = {**os.environ, "LLM_SMOKE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "chat.py"), "--no-checkpoint", "--port", "0"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "chat.py"), "--no-checkpoint", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         for line in proc.stdout:
@@ -192,8 +215,12 @@ def test_ctrl_c_stops_the_server_cleanly_mid_answer(tmp_path):
             if "serving on" in line:
                 break
         url = line.split("serving on ")[1].split()[0]
-        reply = urllib.request.urlopen(urllib.request.Request(
-            url + "api/generate", json.dumps({"instruction": "Count.", "max_new_tokens": 200}).encode()), timeout=30)
+        reply = urllib.request.urlopen(
+            urllib.request.Request(
+                url + "api/generate", json.dumps({"instruction": "Count.", "max_new_tokens": 200}).encode()
+            ),
+            timeout=30,
+        )
         assert reply.readline().startswith(b"event: meta")  # an answer is streaming
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=20)[0]
@@ -207,8 +234,9 @@ def test_ctrl_c_stops_the_server_cleanly_mid_answer(tmp_path):
 def test_a_queued_answer_can_be_stopped_before_it_starts(served, app):
     replies = []
     with app.model_lock:  # the model is busy
-        waiting = threading.Thread(target=lambda: replies.append(
-            _post(served + "/api/generate", {"instruction": "a", "max_new_tokens": 2})))
+        waiting = threading.Thread(
+            target=lambda: replies.append(_post(served + "/api/generate", {"instruction": "a", "max_new_tokens": 2}))
+        )
         waiting.start()
         deadline = time.monotonic() + 10
         while not app.running and time.monotonic() < deadline:

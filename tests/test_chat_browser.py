@@ -8,6 +8,7 @@ The models are the tiny untrained config, seeded: the page must show exactly wha
 gives, whatever the weights. A slow tokenizer (a decode that sleeps) keeps answers streaming long
 enough to stop, close or queue them; it changes nothing in what is generated.
 """
+
 import os
 import shutil
 import threading
@@ -21,8 +22,14 @@ import chat
 from utils import GPT_CONFIGS, PAD_TOKEN_ID, GPTModel, format_prompt, generate
 
 INSTALL_HINT = "Chromium is not installed: `apt-get install -y chromium` (Debian/Ubuntu), then rerun"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _chromium() -> str | None:
@@ -111,7 +118,7 @@ def page(browser):
 def expected_tokens(model, tokenizer, instruction: str, max_new_tokens: int, style: str = "alpaca") -> list[int]:
     ids = tokenizer.encode(format_prompt({"instruction": instruction}, style))
     out = generate(model, torch.tensor([ids]), max_new_tokens, context_size=256, eos_id=PAD_TOKEN_ID)
-    return out[0, len(ids):].tolist()
+    return out[0, len(ids) :].tolist()
 
 
 def ask(page, url: str, instruction: str, max_new_tokens: int, extra: str = "", **choices) -> None:
@@ -172,8 +179,7 @@ def test_phi3_style_shows_its_template_and_answers_as_generate(page, serve, toke
     ask(page, url, "Name a colour.", 8, style="phi3")
     page.wait_for_selector("#answer-0[data-state=done]")
     assert page.text_content("#prompt") == "<|user|>\nName a colour.<|end|>\n<|assistant|>\n"
-    assert shown_tokens(page) == expected_tokens(app.models["finetuned"].model, tokenizer, "Name a colour.", 8,
-                                                 "phi3")
+    assert shown_tokens(page) == expected_tokens(app.models["finetuned"].model, tokenizer, "Name a colour.", 8, "phi3")
 
 
 def test_html_in_an_answer_or_a_prompt_is_shown_as_text(browser, serve, tokenizer):
@@ -238,8 +244,10 @@ def test_oversized_input_and_too_many_tokens_are_refused_with_a_message(page, se
     url, app = serve()
     ask(page, url, "x" * 2001, 10)
     page.wait_for_selector("#status.error")
-    assert page.text_content("#status") == "Too long: instruction and input have 2,001 characters together; " \
-                                           "the limit is 2,000."
+    assert (
+        page.text_content("#status") == "Too long: instruction and input have 2,001 characters together; "
+        "the limit is 2,000."
+    )
     ask(page, url, "Short.", 10_000)
     page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Max new tokens')")
     assert page.text_content("#status") == "Max new tokens must be between 1 and 500, got 10000."

@@ -1,4 +1,5 @@
 """The collate function: exact tensors on hand-checked batches, then invariants on random ones."""
+
 import warnings
 
 import pytest
@@ -90,11 +91,11 @@ def test_invariants_on_random_batches(batch):
     assert not (inputs == IGNORE_INDEX).any()
     for row, ids in enumerate(batch):
         assert inputs[row, : len(ids)].tolist() == ids
-        assert (inputs[row, len(ids):] == PAD_TOKEN_ID).all()
+        assert (inputs[row, len(ids) :] == PAD_TOKEN_ID).all()
         assert targets[row, : len(ids) - 1].tolist() == ids[1:]  # shifted by one
         assert (targets[row] == PAD_TOKEN_ID).sum() == 1  # exactly one end-of-text left to learn
         assert targets[row, len(ids) - 1] == PAD_TOKEN_ID
-        assert (targets[row, len(ids):] == IGNORE_INDEX).all()
+        assert (targets[row, len(ids) :] == IGNORE_INDEX).all()
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,4 +1,5 @@
 """Loading, validation, splitting, prompt formatting, tokenizer and data loaders."""
+
 import http.server
 import json
 import threading
@@ -11,8 +12,10 @@ import utils
 from support.tokenizer_files import install_tokenizer_files
 from utils import DatasetError, format_example, format_input, format_prompt, load_instruction_data
 
-GOOD = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
-        {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}]
+GOOD = [
+    {"instruction": "Name a color.", "input": "", "output": "Blue."},
+    {"instruction": "Reverse the word.", "input": "cat", "output": "tac"},
+]
 
 
 def write(tmp_path: Path, content: str, name: str = "data.json") -> Path:
@@ -22,6 +25,7 @@ def write(tmp_path: Path, content: str, name: str = "data.json") -> Path:
 
 
 # --- loading and validation ---
+
 
 def test_loads_a_valid_file(tmp_path):
     assert load_instruction_data(write(tmp_path, json.dumps(GOOD))) == GOOD
@@ -37,16 +41,25 @@ def test_extra_keys_are_kept(tmp_path):
     assert data[0]["source"] == "mine"
 
 
-@pytest.mark.parametrize("entries, expected", [
-    ({"instruction": "x"}, r"data\.json: expected a JSON list of entries, got dict"),
-    ([GOOD[0], "just a string"], r"data\.json: entry 1: expected an object"),
-    ([GOOD[0], GOOD[1], {"input": "", "output": "o"}], r"data\.json: entry 2: missing field 'instruction'"),
-    ([{"instruction": "i", "input": ""}], r"data\.json: entry 0: missing field 'output'"),
-    ([GOOD[0], {"instruction": "i", "input": "", "output": 42}], r"entry 1: field 'output' must be a string, got int"),
-    ([{"instruction": ["i"], "input": "", "output": "o"}], r"entry 0: field 'instruction' must be a string, got list"),
-    ([{"instruction": "i", "input": 3, "output": "o"}], r"entry 0: field 'input' must be a string, got int"),
-    ([{"instruction": "   ", "input": "", "output": "o"}], r"entry 0: field 'instruction' is empty"),
-])
+@pytest.mark.parametrize(
+    "entries, expected",
+    [
+        ({"instruction": "x"}, r"data\.json: expected a JSON list of entries, got dict"),
+        ([GOOD[0], "just a string"], r"data\.json: entry 1: expected an object"),
+        ([GOOD[0], GOOD[1], {"input": "", "output": "o"}], r"data\.json: entry 2: missing field 'instruction'"),
+        ([{"instruction": "i", "input": ""}], r"data\.json: entry 0: missing field 'output'"),
+        (
+            [GOOD[0], {"instruction": "i", "input": "", "output": 42}],
+            r"entry 1: field 'output' must be a string, got int",
+        ),
+        (
+            [{"instruction": ["i"], "input": "", "output": "o"}],
+            r"entry 0: field 'instruction' must be a string, got list",
+        ),
+        ([{"instruction": "i", "input": 3, "output": "o"}], r"entry 0: field 'input' must be a string, got int"),
+        ([{"instruction": "   ", "input": "", "output": "o"}], r"entry 0: field 'instruction' is empty"),
+    ],
+)
 def test_bad_entries_name_file_entry_and_field(tmp_path, entries, expected):
     with pytest.raises(DatasetError, match=expected):
         load_instruction_data(write(tmp_path, json.dumps(entries)))
@@ -114,6 +127,7 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
 
 # --- splitting ---
 
+
 def test_split_sizes_and_determinism(dataset):
     train, val, test = utils.split_dataset(dataset)
     assert (len(train), len(val), len(test)) == (935, 55, 110)
@@ -132,12 +146,16 @@ def test_split_never_shares_a_question():
 
 # --- formatting ---
 
+
 def test_alpaca_prompt_is_exactly_the_specified_text(dataset):
     assert format_input(dataset[50]) == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-        "\n\n### Instruction:\nIdentify the correct spelling of the following word.\n\n### Input:\nOcassion")
+        "\n\n### Instruction:\nIdentify the correct spelling of the following word.\n\n### Input:\nOcassion"
+    )
     assert format_example(dataset[999]).endswith(
-        "### Instruction:\nWhat is an antonym of 'complicated'?\n\n### Response:\nAn antonym of 'complicated' is 'simple'.")
+        "### Instruction:\nWhat is an antonym of 'complicated'?\n\n"
+        "### Response:\nAn antonym of 'complicated' is 'simple'."
+    )
 
 
 def test_phi3_prompt_uses_chat_markers():
@@ -166,10 +184,11 @@ def test_generation_prompt_is_a_token_prefix_of_the_training_sequence(dataset, t
 def test_the_output_follows_the_prompt_unchanged(style):
     entry = GOOD[1]
     text = format_example(entry, style)
-    assert text.startswith(format_prompt(entry, style)) and text[len(format_prompt(entry, style)):] == entry["output"]
+    assert text.startswith(format_prompt(entry, style)) and text[len(format_prompt(entry, style)) :] == entry["output"]
 
 
 # --- tokenizer ---
+
 
 def test_tokenizer_known_ids(tokenizer):
     assert tokenizer.n_vocab == 50257
@@ -199,6 +218,7 @@ def test_tokenizer_folder_with_a_wrong_file(tmp_path, gpt2_vocab_dir):
 def test_seeded_tiktoken_cache_works_offline(tmp_path, monkeypatch, gpt2_vocab_dir):
     import tiktoken
     import tiktoken.registry
+
     install_tokenizer_files(gpt2_vocab_dir, tmp_path)
     monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
@@ -208,6 +228,7 @@ def test_seeded_tiktoken_cache_works_offline(tmp_path, monkeypatch, gpt2_vocab_d
 
 def test_no_network_and_no_files_gives_one_clear_message(tmp_path, monkeypatch):
     import tiktoken.registry
+
     monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty cache
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
@@ -221,6 +242,7 @@ def test_no_network_and_no_files_gives_one_clear_message(tmp_path, monkeypatch):
 
 
 # --- datasets and loaders ---
+
 
 def test_instruction_dataset_tokenizes_once(dataset, tokenizer):
     calls = []

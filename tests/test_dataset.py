@@ -1,4 +1,5 @@
 """instruction-data.json: shape, mix, length, uniqueness, and every answer that a program can check."""
+
 import json
 import math
 import random
@@ -15,10 +16,16 @@ from utils import REPO_ROOT
 DATA_PATH = REPO_ROOT / "instruction-data.json"
 TASKS_PATH = REPO_ROOT / "data" / "instruction-data-tasks.json"
 
-ENTRY_50 = {"instruction": "Identify the correct spelling of the following word.", "input": "Ocassion",
-            "output": "The correct spelling is 'Occasion.'"}
-ENTRY_999 = {"instruction": "What is an antonym of 'complicated'?", "input": "",
-             "output": "An antonym of 'complicated' is 'simple'."}
+ENTRY_50 = {
+    "instruction": "Identify the correct spelling of the following word.",
+    "input": "Ocassion",
+    "output": "The correct spelling is 'Occasion.'",
+}
+ENTRY_999 = {
+    "instruction": "What is an antonym of 'complicated'?",
+    "input": "",
+    "output": "An antonym of 'complicated' is 'simple'.",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +43,7 @@ def tasks(data):
 
 
 # --- shape and mix ---
+
 
 def test_exactly_1100_entries_with_three_string_fields(data):
     assert len(data) == 1100
@@ -92,11 +100,14 @@ def test_list_answers_survive_formatting_and_tokenization(data, tokenizer):
             assert text.removeprefix(utils.format_prompt(entry, style)) == output
             assert tokenizer.decode(utils.encode_text(text, tokenizer)) == text
         example = utils.InstructionDataset([entry], tokenizer)[0]
-        assert tokenizer.decode(example.token_ids[example.prompt_length:]) == output
+        assert tokenizer.decode(example.token_ids[example.prompt_length :]) == output
 
 
-BRITISH = re.compile(r"\b(colour|favourite|centre|metre|litre|grey|neighbour|theatre|travelled|programme|trousers|"
-                     r"jewellery|tyre|aeroplane|organise|realise|honour|flavour|behaviour|mum)s?\b", re.IGNORECASE)
+BRITISH = re.compile(
+    r"\b(colour|favourite|centre|metre|litre|grey|neighbour|theatre|travelled|programme|trousers|"
+    r"jewellery|tyre|aeroplane|organise|realise|honour|flavour|behaviour|mum)s?\b",
+    re.IGNORECASE,
+)
 
 
 def test_card_conventions(data):
@@ -110,8 +121,9 @@ def test_card_conventions(data):
                 assert after_blank in entry["output"] and "___" not in entry["output"], index
         # a quoted abbreviation keeps its case at the start of a sentence: not 'A.m.' for 'a.m.'
         opening = re.match(r"'[A-Z][a-z]*\.'", entry["output"])
-        assert not (opening and opening.group() not in entry["instruction"]
-                    and opening.group().lower() in entry["instruction"]), index
+        assert not (
+            opening and opening.group() not in entry["instruction"] and opening.group().lower() in entry["instruction"]
+        ), index
 
 
 def test_no_duplicate_questions(data):
@@ -126,9 +138,11 @@ def test_no_near_duplicates(data):
 
 
 def test_near_duplicate_finder_finds_them():
-    data = [{"instruction": "What is the capital of France?", "input": ""},
-            {"instruction": "What is the capital of Frances?", "input": ""},
-            {"instruction": "Sort these numbers.", "input": "3, 1, 2"}]
+    data = [
+        {"instruction": "What is the capital of France?", "input": ""},
+        {"instruction": "What is the capital of Frances?", "input": ""},
+        {"instruction": "Sort these numbers.", "input": "3, 1, 2"},
+    ]
     assert [(i, j) for i, j, _ in find_near_duplicates(data)] == [(0, 1)]
 
 
@@ -138,7 +152,7 @@ def brute_force_near_duplicates(data, other, threshold, n=3):
 
     texts = [" ".join(f"{e['instruction']} {e['input']}".lower().split()) for e in [*data, *other]]
     vocabulary = {}
-    counts = [Counter(t[k:k + n] for k in range(max(len(t) - n + 1, 1))) for t in texts]
+    counts = [Counter(t[k : k + n] for k in range(max(len(t) - n + 1, 1))) for t in texts]
     for c in counts:
         for gram in c:
             vocabulary.setdefault(gram, len(vocabulary))
@@ -147,19 +161,21 @@ def brute_force_near_duplicates(data, other, threshold, n=3):
         for gram, k in c.items():
             matrix[row, vocabulary[gram]] = k
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    similarity = matrix[:len(data)] @ matrix[len(data):].T
+    similarity = matrix[: len(data)] @ matrix[len(data) :].T
     return {(int(i), int(j)): float(similarity[i, j]) for i, j in zip(*np.nonzero(similarity >= threshold - 1e-6))}
 
 
 def synthetic_entries(count, seed):
     rng = random.Random(seed)
     words = [f"{rng.choice('bcdfghklmnprst')}{rng.choice('aeiou')}{rng.choice('lmnrst')}" for _ in range(60)]
-    entries = [{"instruction": " ".join(rng.choices(words, k=rng.randint(2, 9))), "input": "", "output": "x"}
-               for _ in range(count)]
+    entries = [
+        {"instruction": " ".join(rng.choices(words, k=rng.randint(2, 9))), "input": "", "output": "x"}
+        for _ in range(count)
+    ]
     for _ in range(count // 20):  # plant near-duplicates: a copy with one letter changed
         source = rng.choice(entries)["instruction"]
         k = rng.randrange(len(source))
-        entries[rng.randrange(count)] = {"instruction": source[:k] + "z" + source[k + 1:], "input": "", "output": "x"}
+        entries[rng.randrange(count)] = {"instruction": source[:k] + "z" + source[k + 1 :], "input": "", "output": "x"}
     return entries
 
 
@@ -189,13 +205,17 @@ NUMBER = r"-?\d+(?:\.\d+)?"
 
 def plain_numbers(text: str) -> list[float]:
     # "1,000" counts as one number in outputs
-    return [float(n.replace(",", "")) for n in re.findall(r"(?<![\d.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\d.,])-?\d+(?:\.\d+)?", text)]
+    return [
+        float(n.replace(",", ""))
+        for n in re.findall(r"(?<![\d.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\d.,])-?\d+(?:\.\d+)?", text)
+    ]
 
 
 def assert_states(output: str, expected: float, tolerance: float = 0.006):
     found = plain_numbers(output)
-    assert any(math.isclose(value, expected, abs_tol=tolerance) for value in found), \
+    assert any(math.isclose(value, expected, abs_tol=tolerance) for value in found), (
         f"expected {expected:g} in the output, found {found}"
+    )
 
 
 A, B = f"({NUMBER})", f"({NUMBER})"
@@ -226,23 +246,47 @@ def check_arithmetic(entry):
 
 
 UNITS = {  # unit -> (quantity, size in a base unit)
-    "millimeter": ("length", 0.001), "centimeter": ("length", 0.01), "meter": ("length", 1.0),
-    "kilometer": ("length", 1000.0), "inch": ("length", 0.0254), "foot": ("length", 0.3048),
-    "yard": ("length", 0.9144), "mile": ("length", 1609.344),
-    "gram": ("mass", 0.001), "kilogram": ("mass", 1.0), "pound": ("mass", 0.45359237),
-    "ounce": ("mass", 0.45359237 / 16), "ton": ("mass", 1000.0),
-    "milliliter": ("volume", 0.001), "liter": ("volume", 1.0),
-    "second": ("time", 1.0), "minute": ("time", 60.0), "hour": ("time", 3600.0), "day": ("time", 86400.0),
-    "week": ("time", 604800.0), "celsius": ("temperature", None), "fahrenheit": ("temperature", None),
+    "millimeter": ("length", 0.001),
+    "centimeter": ("length", 0.01),
+    "meter": ("length", 1.0),
+    "kilometer": ("length", 1000.0),
+    "inch": ("length", 0.0254),
+    "foot": ("length", 0.3048),
+    "yard": ("length", 0.9144),
+    "mile": ("length", 1609.344),
+    "gram": ("mass", 0.001),
+    "kilogram": ("mass", 1.0),
+    "pound": ("mass", 0.45359237),
+    "ounce": ("mass", 0.45359237 / 16),
+    "ton": ("mass", 1000.0),
+    "milliliter": ("volume", 0.001),
+    "liter": ("volume", 1.0),
+    "second": ("time", 1.0),
+    "minute": ("time", 60.0),
+    "hour": ("time", 3600.0),
+    "day": ("time", 86400.0),
+    "week": ("time", 604800.0),
+    "celsius": ("temperature", None),
+    "fahrenheit": ("temperature", None),
 }
-UNIT_PATTERN = (r"\b(millimeters?|centimeters?|kilometers?|meters?|inch(?:es)?|foot|feet|yards?|miles?|kilograms?|"
-                r"grams?|pounds?|ounces?|tons?|tonnes?|milliliters?|liters?|seconds?|minutes?|hours?|days?|weeks?|"
-                r"celsius|fahrenheit)\b")
+UNIT_PATTERN = (
+    r"\b(millimeters?|centimeters?|kilometers?|meters?|inch(?:es)?|foot|feet|yards?|miles?|kilograms?|"
+    r"grams?|pounds?|ounces?|tons?|tonnes?|milliliters?|liters?|seconds?|minutes?|hours?|days?|weeks?|"
+    r"celsius|fahrenheit)\b"
+)
 
 
 def unit_name(word: str) -> str:
     word = word.lower()
-    special = {"celsius": "celsius", "feet": "foot", "foot": "foot", "inches": "inch", "inch": "inch", "tonne": "ton", "tonnes": "ton"}
+    special = {
+        "celsius": "celsius",
+        "feet": "foot",
+        "foot": "foot",
+        "inches": "inch",
+        "inch": "inch",
+        "tonne": "ton",
+        "tonnes": "ton",
+    }
     return special.get(word, word[:-1] if word.endswith("s") else word)
 
 
@@ -271,8 +315,11 @@ def comma_list(text: str) -> list[str]:
 
 def check_sort_numbers(entry):
     values = [float(v) for v in comma_list(entry["input"])]
-    descending = re.search(r"descending|largest to smallest|highest to lowest|greatest to least|biggest to smallest",
-                           entry["instruction"], flags=re.IGNORECASE)
+    descending = re.search(
+        r"descending|largest to smallest|highest to lowest|greatest to least|biggest to smallest",
+        entry["instruction"],
+        flags=re.IGNORECASE,
+    )
     assert [float(v) for v in comma_list(entry["output"].rstrip("."))] == sorted(values, reverse=bool(descending))
 
 
@@ -301,26 +348,109 @@ def check_counting(entry):
 # Checked by hand, independently of the dataset's authors. A new plural or past-tense entry
 # fails the test until its word is added here. A tuple lists forms that are all standard.
 PLURALS = {
-    "mouse": "mice", "child": "children", "cactus": ("cacti", "cactuses"), "analysis": "analyses", "box": "boxes",
-    "tooth": "teeth", "goose": "geese", "woman": "women", "man": "men", "leaf": "leaves", "city": "cities",
-    "sheep": "sheep", "deer": "deer", "fish": "fish", "knife": "knives", "wife": "wives", "foot": "feet",
-    "crisis": "crises", "potato": "potatoes", "tomato": "tomatoes", "hero": "heroes", "bus": "buses",
-    "baby": "babies", "phenomenon": "phenomena", "criterion": "criteria", "ox": "oxen", "key": "keys",
-    "church": "churches", "person": "people", "louse": "lice", "wolf": "wolves", "half": "halves",
-    "radius": "radii", "fungus": "fungi", "thesis": "theses", "dish": "dishes", "glass": "glasses",
-    "calf": "calves", "thief": "thieves", "loaf": "loaves", "cherry": "cherries", "moose": "moose",
+    "mouse": "mice",
+    "child": "children",
+    "cactus": ("cacti", "cactuses"),
+    "analysis": "analyses",
+    "box": "boxes",
+    "tooth": "teeth",
+    "goose": "geese",
+    "woman": "women",
+    "man": "men",
+    "leaf": "leaves",
+    "city": "cities",
+    "sheep": "sheep",
+    "deer": "deer",
+    "fish": "fish",
+    "knife": "knives",
+    "wife": "wives",
+    "foot": "feet",
+    "crisis": "crises",
+    "potato": "potatoes",
+    "tomato": "tomatoes",
+    "hero": "heroes",
+    "bus": "buses",
+    "baby": "babies",
+    "phenomenon": "phenomena",
+    "criterion": "criteria",
+    "ox": "oxen",
+    "key": "keys",
+    "church": "churches",
+    "person": "people",
+    "louse": "lice",
+    "wolf": "wolves",
+    "half": "halves",
+    "radius": "radii",
+    "fungus": "fungi",
+    "thesis": "theses",
+    "dish": "dishes",
+    "glass": "glasses",
+    "calf": "calves",
+    "thief": "thieves",
+    "loaf": "loaves",
+    "cherry": "cherries",
+    "moose": "moose",
 }
 PAST_TENSES = {
-    "swim": "swam", "go": "went", "eat": "ate", "walk": "walked", "buy": "bought", "teach": "taught",
-    "jump": "jumped", "write": "wrote", "sing": "sang", "play": "played", "think": "thought",
-    "stop": "stopped", "fly": "flew", "try": "tried", "bring": "brought", "choose": "chose", "cry": "cried",
-    "freeze": "froze", "carry": "carried", "catch": "caught", "dance": "danced", "run": "ran", "see": "saw",
-    "take": "took", "give": "gave", "drink": "drank", "speak": "spoke", "break": "broke", "drive": "drove",
-    "ride": "rode", "fall": "fell", "feel": "felt", "keep": "kept", "sleep": "slept", "begin": "began",
-    "know": "knew", "grow": "grew", "throw": "threw", "draw": "drew", "sit": "sat", "stand": "stood",
-    "win": "won", "lose": "lost", "find": "found", "tell": "told", "sell": "sold", "read": "read",
-    "plan": "planned", "study": "studied", "climb": "climbed", "smile": "smiled", "cook": "cooked", "open": "opened",
-    "weave": "wove", "forgive": "forgave", "bend": "bent", "shake": "shook", "lend": "lent", "hide": "hid",
+    "swim": "swam",
+    "go": "went",
+    "eat": "ate",
+    "walk": "walked",
+    "buy": "bought",
+    "teach": "taught",
+    "jump": "jumped",
+    "write": "wrote",
+    "sing": "sang",
+    "play": "played",
+    "think": "thought",
+    "stop": "stopped",
+    "fly": "flew",
+    "try": "tried",
+    "bring": "brought",
+    "choose": "chose",
+    "cry": "cried",
+    "freeze": "froze",
+    "carry": "carried",
+    "catch": "caught",
+    "dance": "danced",
+    "run": "ran",
+    "see": "saw",
+    "take": "took",
+    "give": "gave",
+    "drink": "drank",
+    "speak": "spoke",
+    "break": "broke",
+    "drive": "drove",
+    "ride": "rode",
+    "fall": "fell",
+    "feel": "felt",
+    "keep": "kept",
+    "sleep": "slept",
+    "begin": "began",
+    "know": "knew",
+    "grow": "grew",
+    "throw": "threw",
+    "draw": "drew",
+    "sit": "sat",
+    "stand": "stood",
+    "win": "won",
+    "lose": "lost",
+    "find": "found",
+    "tell": "told",
+    "sell": "sold",
+    "read": "read",
+    "plan": "planned",
+    "study": "studied",
+    "climb": "climbed",
+    "smile": "smiled",
+    "cook": "cooked",
+    "open": "opened",
+    "weave": "wove",
+    "forgive": "forgave",
+    "bend": "bent",
+    "shake": "shook",
+    "lend": "lent",
+    "hide": "hid",
 }
 
 
@@ -358,7 +488,7 @@ def check_extract_numbers(entry):
 
 
 def is_prime(n: int) -> bool:
-    return n > 1 and all(n % k for k in range(2, int(n ** 0.5) + 1))
+    return n > 1 and all(n % k for k in range(2, int(n**0.5) + 1))
 
 
 def check_primes_parity(entry):
@@ -385,16 +515,29 @@ def check_squares_roots(entry):
     elif "square root" in text:
         expected = math.sqrt(n)
     elif "cube" in text:
-        expected = n ** 3
+        expected = n**3
     elif "square" in text:
-        expected = n ** 2
+        expected = n**2
     else:
         raise AssertionError("squares_roots: square, square root, cube or cube root")
     assert_states(entry["output"], expected)
 
 
-ROMAN = [(1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"),
-         (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")]
+ROMAN = [
+    (1000, "M"),
+    (900, "CM"),
+    (500, "D"),
+    (400, "CD"),
+    (100, "C"),
+    (90, "XC"),
+    (50, "L"),
+    (40, "XL"),
+    (10, "X"),
+    (9, "IX"),
+    (5, "V"),
+    (4, "IV"),
+    (1, "I"),
+]
 
 
 def to_roman(n: int) -> str:
@@ -445,12 +588,21 @@ def check_rectangle_geometry(entry):
 
 
 CHECKERS = {
-    "arithmetic": check_arithmetic, "unit_conversion": check_unit_conversion, "sort_numbers": check_sort_numbers,
-    "sort_words": check_sort_words, "counting": check_counting, "plurals": check_plural,
-    "past_tense": check_past_tense, "case_conversion": check_case_conversion,
-    "extract_numbers": check_extract_numbers, "primes_parity": check_primes_parity,
-    "percentages": check_percentages, "squares_roots": check_squares_roots, "roman_numerals": check_roman_numerals,
-    "list_statistics": check_list_statistics, "rectangle_geometry": check_rectangle_geometry,
+    "arithmetic": check_arithmetic,
+    "unit_conversion": check_unit_conversion,
+    "sort_numbers": check_sort_numbers,
+    "sort_words": check_sort_words,
+    "counting": check_counting,
+    "plurals": check_plural,
+    "past_tense": check_past_tense,
+    "case_conversion": check_case_conversion,
+    "extract_numbers": check_extract_numbers,
+    "primes_parity": check_primes_parity,
+    "percentages": check_percentages,
+    "squares_roots": check_squares_roots,
+    "roman_numerals": check_roman_numerals,
+    "list_statistics": check_list_statistics,
+    "rectangle_geometry": check_rectangle_geometry,
 }
 
 
@@ -469,20 +621,38 @@ def test_every_checkable_answer_is_right(data, tasks, task):
     assert wrong == []
 
 
-@pytest.mark.parametrize("checker, entry", [
-    (check_arithmetic, {"instruction": "What is 7 times 8?", "input": "", "output": "7 times 8 is 54."}),
-    (check_arithmetic, {"instruction": "Subtract 4 from 10.", "input": "", "output": "The answer is -6."}),
-    (check_unit_conversion, {"instruction": "Convert 2 kilometers to meters.", "input": "", "output": "It is 200 meters."}),
-    (check_unit_conversion, {"instruction": "What is 100 degrees Celsius in degrees Fahrenheit?", "input": "",
-                             "output": "It is 100 degrees Fahrenheit."}),
-    (check_sort_numbers, {"instruction": "Sort in descending order.", "input": "3, 9, 1", "output": "1, 3, 9"}),
-    (check_sort_words, {"instruction": "Sort alphabetically.", "input": "pear, Apple, fig", "output": "fig, Apple, pear"}),
-    (check_counting, {"instruction": "How many vowels are in the word 'banana'?", "input": "", "output": "It has 4."}),
-    (check_case_conversion, {"instruction": "Convert to uppercase.", "input": "hi there", "output": "HI there"}),
-    (check_primes_parity, {"instruction": "Is 91 a prime number?", "input": "", "output": "Yes, 91 is prime."}),
-    (check_roman_numerals, {"instruction": "Convert 14 to Roman numerals.", "input": "", "output": "It is XVI."}),
-    (check_list_statistics, {"instruction": "Find the average.", "input": "1, 2, 4", "output": "The mean is 2."}),
-])
+@pytest.mark.parametrize(
+    "checker, entry",
+    [
+        (check_arithmetic, {"instruction": "What is 7 times 8?", "input": "", "output": "7 times 8 is 54."}),
+        (check_arithmetic, {"instruction": "Subtract 4 from 10.", "input": "", "output": "The answer is -6."}),
+        (
+            check_unit_conversion,
+            {"instruction": "Convert 2 kilometers to meters.", "input": "", "output": "It is 200 meters."},
+        ),
+        (
+            check_unit_conversion,
+            {
+                "instruction": "What is 100 degrees Celsius in degrees Fahrenheit?",
+                "input": "",
+                "output": "It is 100 degrees Fahrenheit.",
+            },
+        ),
+        (check_sort_numbers, {"instruction": "Sort in descending order.", "input": "3, 9, 1", "output": "1, 3, 9"}),
+        (
+            check_sort_words,
+            {"instruction": "Sort alphabetically.", "input": "pear, Apple, fig", "output": "fig, Apple, pear"},
+        ),
+        (
+            check_counting,
+            {"instruction": "How many vowels are in the word 'banana'?", "input": "", "output": "It has 4."},
+        ),
+        (check_case_conversion, {"instruction": "Convert to uppercase.", "input": "hi there", "output": "HI there"}),
+        (check_primes_parity, {"instruction": "Is 91 a prime number?", "input": "", "output": "Yes, 91 is prime."}),
+        (check_roman_numerals, {"instruction": "Convert 14 to Roman numerals.", "input": "", "output": "It is XVI."}),
+        (check_list_statistics, {"instruction": "Find the average.", "input": "1, 2, 4", "output": "The mean is 2."}),
+    ],
+)
 def test_checkers_catch_wrong_answers(checker, entry):
     with pytest.raises(AssertionError):
         checker(entry)
@@ -490,13 +660,20 @@ def test_checkers_catch_wrong_answers(checker, entry):
 
 # --- the report behind DATASET.md's numbers ---
 
+
 def test_dataset_report_prints_the_statistics(tmp_path, capsys):
     import dataset_report
 
     path = tmp_path / "two.json"
-    path.write_text(json.dumps([{"instruction": "Name a color.", "input": "", "output": "- Blue\n- Red"},
-                                {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}]),
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            [
+                {"instruction": "Name a color.", "input": "", "output": "- Blue\n- Red"},
+                {"instruction": "Reverse the word.", "input": "cat", "output": "tac"},
+            ]
+        ),
+        encoding="utf-8",
+    )
     dataset_report.main([str(path), "--reference", str(tmp_path / "absent.json")])
     printed = capsys.readouterr().out
     assert "entries: 2\nempty input: 1 (50.0%)" in printed

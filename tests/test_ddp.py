@@ -4,6 +4,7 @@ Every job runs `python -m torch.distributed.run` (torchrun) in a session of its 
 The DDP jobs go through a small launcher (written to tmp_path) that records every file each rank opens for
 writing, and can stop a run with KeyboardInterrupt in the middle of an optimizer step, as Ctrl-C does.
 """
+
 import json
 import os
 import signal
@@ -21,10 +22,30 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds per job; each takes a few seconds on an idle machine
 
 # The same run in every job; only the batch size, step count and output folder change.
-COMMON = ["--model", "tiny", "--bf16", "off", "--grad-accum", "2", "--epochs", "2", "--eval-freq", "2",
-          "--eval-iter", "1", "--save-every", "2", "--lr", "1e-3", "--max-length", "256", "--max-new-tokens", "2"]
+COMMON = [
+    "--model",
+    "tiny",
+    "--bf16",
+    "off",
+    "--grad-accum",
+    "2",
+    "--epochs",
+    "2",
+    "--eval-freq",
+    "2",
+    "--eval-iter",
+    "1",
+    "--save-every",
+    "2",
+    "--lr",
+    "1e-3",
+    "--max-length",
+    "256",
+    "--max-new-tokens",
+    "2",
+]
 
-LAUNCHER = '''
+LAUNCHER = """
 import builtins, contextlib, os, sys
 sys.path.insert(0, os.environ["REPO_ROOT"])
 import finetune, support.checkpoints, support.files, utils
@@ -54,7 +75,7 @@ def step_or_interrupt(*args, **kwargs):
 support.files.atomic_destination = support.checkpoints.atomic_destination = logged_destination
 builtins.open, utils._optimizer_step = logged_open, step_or_interrupt
 sys.exit(finetune.main(sys.argv[1:]))
-'''
+"""
 
 
 def free_port() -> int:
@@ -65,14 +86,33 @@ def free_port() -> int:
 
 def run_job(args: list[str], nproc: int | None, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node=nproc ARGS` (or plain `python ARGS` when nproc is None), offline, on CPU."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
-           "REPO_ROOT": str(REPO_ROOT), **(extra_env or {})}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "LLM_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "REPO_ROOT": str(REPO_ROOT),
+        **(extra_env or {}),
+    }
     launch = [sys.executable]
     if nproc is not None:
-        launch += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-                   "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
-    proc = subprocess.Popen(launch + args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+        launch += [
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--nnodes=1",
+            "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}",
+        ]
+    proc = subprocess.Popen(
+        launch + args,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -102,8 +142,11 @@ def ddp_run(launcher, data, out: Path, *args: str, interrupt_at: int | None = No
     extra = {"WRITE_LOG": str(out.parent / f"{out.name}-writes")}
     if interrupt_at is not None:
         extra["INTERRUPT_AT_STEP"] = str(interrupt_at)
-    return run_job([str(launcher), *COMMON, "--data", str(data), "--batch-size", "2", "--out", str(out), *args],
-                   nproc=2, extra_env=extra)
+    return run_job(
+        [str(launcher), *COMMON, "--data", str(data), "--batch-size", "2", "--out", str(out), *args],
+        nproc=2,
+        extra_env=extra,
+    )
 
 
 def written(out: Path, rank: int) -> set[str]:
@@ -145,8 +188,21 @@ def assert_same_weights(a: Path, b: Path, atol: float) -> None:
 
 def test_ddp_with_batch_b_per_process_equals_one_process_with_batch_2b(tmp_path, ddp_reference, small_data):
     single = tmp_path / "single"
-    result = run_job(["finetune.py", *COMMON, "--data", str(small_data), "--batch-size", "4", "--max-steps", "8",
-                      "--out", str(single)], nproc=None)
+    result = run_job(
+        [
+            "finetune.py",
+            *COMMON,
+            "--data",
+            str(small_data),
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "8",
+            "--out",
+            str(single),
+        ],
+        nproc=None,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # Not bitwise: the gradients are summed in another order (per rank, then across ranks). After 8
     # AdamW steps at lr 1e-3 the weights differ by at most 3e-6 here (key biases aside, see
@@ -187,8 +243,14 @@ def load_file_metadata(path: Path) -> dict:
 
 def test_only_rank_0_writes_files(ddp_reference):
     # .lock: the output folder's lock file, which rank 0 takes for the run
-    expected = {"loss.png", "test-responses.json", "metrics.json", "model.safetensors", "checkpoint.safetensors",
-                ".lock"}
+    expected = {
+        "loss.png",
+        "test-responses.json",
+        "metrics.json",
+        "model.safetensors",
+        "checkpoint.safetensors",
+        ".lock",
+    }
     assert {p.name for p in ddp_reference.iterdir()} == expected  # no stray temporary files either
     rank0, rank1 = written(ddp_reference, 0), written(ddp_reference, 1)
     assert {str(ddp_reference / name) for name in expected} <= rank0
@@ -209,9 +271,18 @@ def test_torchrun_smoke_runs_end_to_end(tmp_path):
 
 # --- the gradient itself, in-process workers (torch.multiprocessing) ---
 
+
 def gradient_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "LLM_DEVICE": "cpu"})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LLM_DEVICE": "cpu",
+        }
+    )
     torch.set_num_threads(1)
     from safetensors.torch import save_file
 
@@ -252,8 +323,9 @@ def test_ddp_gradient_is_the_gradient_of_one_big_batch(tmp_path):
     import utils
 
     out = tmp_path / "grads.safetensors"
-    context = mp.start_processes(gradient_worker, args=(2, free_port(), str(out)), nprocs=2, join=False,
-                                 start_method="spawn")
+    context = mp.start_processes(
+        gradient_worker, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + TIMEOUT
     try:
         while not context.join(timeout=max(deadline - time.monotonic(), 0)):  # False until every worker is done
@@ -289,6 +361,7 @@ def test_torchrun_bad_data_gives_one_clear_message(tmp_path):
 
 # --- the sharding sampler, without processes ---
 
+
 @pytest.mark.parametrize("grouped", [False, True])
 def test_shards_are_disjoint_and_make_up_the_one_process_batches(grouped):
     import types
@@ -303,9 +376,14 @@ def test_shards_are_disjoint_and_make_up_the_one_process_batches(grouped):
     dataset = [utils.TokenizedExample(list(range(n)), i) for i, n in enumerate(lengths)]
 
     def loader():
-        plain = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, drop_last=True,
-                                            collate_fn=lambda batch: [x.prompt_length for x in batch],
-                                            generator=torch.Generator().manual_seed(5))
+        plain = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=8,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=lambda batch: [x.prompt_length for x in batch],
+            generator=torch.Generator().manual_seed(5),
+        )
         return length_grouped_loader(plain, seed=5, chunk_batches=2) if grouped else plain
 
     one_process = loader()
@@ -324,21 +402,64 @@ def test_a_ddp_checkpoint_resumes_with_the_same_global_batch_in_one_process(tmp_
     """Issue 26: README says only the global batch must match: 2 processes x 2 continue as 1 process x 4."""
     out = tmp_path / "regrouped"
     import shutil
+
     shutil.copytree(ddp_reference, out)
     (out / "checkpoint.safetensors").unlink()
-    first = run_job(["finetune.py", *COMMON, "--data", str(small_data), "--batch-size", "2", "--max-steps", "2",
-                     "--overwrite", "--out", str(out)], nproc=2)
+    first = run_job(
+        [
+            "finetune.py",
+            *COMMON,
+            "--data",
+            str(small_data),
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--overwrite",
+            "--out",
+            str(out),
+        ],
+        nproc=2,
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    resumed = run_job(["finetune.py", *COMMON, "--data", str(small_data), "--batch-size", "4", "--max-steps", "3",
-                       "--resume", "--out", str(out)], nproc=None)
+    resumed = run_job(
+        [
+            "finetune.py",
+            *COMMON,
+            "--data",
+            str(small_data),
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "3",
+            "--resume",
+            "--out",
+            str(out),
+        ],
+        nproc=None,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming" in resumed.stdout and "at step 2" in resumed.stdout
-    refused = run_job(["finetune.py", *COMMON, "--data", str(small_data), "--batch-size", "2", "--max-steps", "4",
-                       "--resume", "--out", str(out)], nproc=None)
+    refused = run_job(
+        [
+            "finetune.py",
+            *COMMON,
+            "--data",
+            str(small_data),
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "4",
+            "--resume",
+            "--out",
+            str(out),
+        ],
+        nproc=None,
+    )
     assert refused.returncode == 1 and "global_batch_size: checkpoint 4, this run 2" in refused.stderr
 
 
-STOPPING_LAUNCHER = '''
+STOPPING_LAUNCHER = """
 import os, signal, sys, torch
 real_step = torch.optim.AdamW.step
 steps = 0
@@ -351,7 +472,7 @@ def step(self, *args, **kwargs):
 torch.optim.AdamW.step = step
 import finetune
 sys.exit(finetune.main(sys.argv[1:]))
-'''
+"""
 
 
 def test_a_stopped_rank_ends_the_others_after_the_ddp_timeout(tmp_path, small_data):
@@ -365,13 +486,43 @@ def test_a_stopped_rank_ends_the_others_after_the_ddp_timeout(tmp_path, small_da
     port = free_port()
     ranks = []
     for rank in (0, 1):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "PYTHONPATH": str(REPO_ROOT)}
-        ranks.append(subprocess.Popen([sys.executable, str(launcher), *COMMON, "--data", str(small_data),
-                                       "--batch-size", "2", "--max-steps", "6", "--ddp-timeout", "3",
-                                       "--out", str(tmp_path / "out")], cwd=REPO_ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "LLM_DEVICE": "cpu",
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+        ranks.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(launcher),
+                    *COMMON,
+                    "--data",
+                    str(small_data),
+                    "--batch-size",
+                    "2",
+                    "--max-steps",
+                    "6",
+                    "--ddp-timeout",
+                    "3",
+                    "--out",
+                    str(tmp_path / "out"),
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         _, err = ranks[0].communicate(timeout=TIMEOUT)
     finally:

@@ -1,4 +1,5 @@
 """Offline metrics (exact match, ROUGE-L), parsing a judge's score, and the Ollama judge against a fake server."""
+
 import http.server
 import json
 import socket
@@ -29,10 +30,15 @@ def load_responses(path):
     evaluate_responses(entries, source=str(path))
     return entries
 
+
 RESPONSES = [
     {"instruction": "Name a primary color.", "input": "", "output": "Blue", "model_response": "  blue. "},
-    {"instruction": "Describe the picture.", "input": "A cat on a mat.", "output": "A cat sat",
-     "model_response": "The cats sat on a mat"},
+    {
+        "instruction": "Describe the picture.",
+        "input": "A cat on a mat.",
+        "output": "A cat sat",
+        "model_response": "The cats sat on a mat",
+    },
     {"instruction": "Say hello.", "input": "", "output": "Hello", "model_response": "Goodbye"},
 ]
 
@@ -45,14 +51,18 @@ def write(tmp_path: Path, content: str, name: str = "responses.json") -> Path:
 
 # --- offline metrics ---
 
-@pytest.mark.parametrize("prediction, reference, expected", [
-    ("Blue.", "blue", True),
-    ("  The  answer is\n42!  ", "the answer is 42", True),   # case, spacing, trailing "!"
-    ("Paris?!", "Paris", True),
-    ("blue", "Blue sky", False),
-    ("Hello, world", "hello world", False),                    # inner punctuation counts
-    ("42", "42.0", False),
-])
+
+@pytest.mark.parametrize(
+    "prediction, reference, expected",
+    [
+        ("Blue.", "blue", True),
+        ("  The  answer is\n42!  ", "the answer is 42", True),  # case, spacing, trailing "!"
+        ("Paris?!", "Paris", True),
+        ("blue", "Blue sky", False),
+        ("Hello, world", "hello world", False),  # inner punctuation counts
+        ("42", "42.0", False),
+    ],
+)
 def test_exact_match_normalises_case_spaces_and_trailing_punctuation(prediction, reference, expected):
     assert exact_match(prediction, reference) is expected
 
@@ -75,15 +85,20 @@ def test_evaluate_responses_aggregates():
     assert result["rouge_l"] == pytest.approx((1 + 4 / 9 + 0) / 3)
 
 
-@pytest.mark.parametrize("entries, expected", [
-    ([RESPONSES[0], {"instruction": "x", "output": "y"}], r"<responses>: entry 1: missing field 'model_response'"),
-    ([{"model_response": "y"}], r"entry 0: missing field 'output'"),
-    ([RESPONSES[0], RESPONSES[1], dict(RESPONSES[2], model_response=None)],
-     r"entry 2: field 'model_response' must be a string, got NoneType"),
-    ([RESPONSES[0], "text"], r"entry 1: expected an object"),
-    ([], r"no entries to evaluate"),
-    ({"output": "y", "model_response": "y"}, r"expected a JSON list of entries, got dict"),
-])
+@pytest.mark.parametrize(
+    "entries, expected",
+    [
+        ([RESPONSES[0], {"instruction": "x", "output": "y"}], r"<responses>: entry 1: missing field 'model_response'"),
+        ([{"model_response": "y"}], r"entry 0: missing field 'output'"),
+        (
+            [RESPONSES[0], RESPONSES[1], dict(RESPONSES[2], model_response=None)],
+            r"entry 2: field 'model_response' must be a string, got NoneType",
+        ),
+        ([RESPONSES[0], "text"], r"entry 1: expected an object"),
+        ([], r"no entries to evaluate"),
+        ({"output": "y", "model_response": "y"}, r"expected a JSON list of entries, got dict"),
+    ],
+)
 def test_evaluate_responses_names_entry_and_field(entries, expected):
     with pytest.raises(DatasetError, match=expected):
         evaluate_responses(entries)
@@ -96,7 +111,9 @@ def test_load_responses(tmp_path):
 def test_load_responses_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"missing\.json: file not found"):
         load_responses(tmp_path / "missing.json")
-    bad_json = write(tmp_path, '[\n  {"output": "a", "model_response": "b"},\n  {"output": "c" "model_response": "d"}\n]')
+    bad_json = write(
+        tmp_path, '[\n  {"output": "a", "model_response": "b"},\n  {"output": "c" "model_response": "d"}\n]'
+    )
     with pytest.raises(DatasetError, match=r"responses\.json: invalid JSON at line 3, column 18"):
         load_responses(bad_json)
     missing = write(tmp_path, json.dumps([RESPONSES[0], {"output": "o", "model_resp": "typo"}]))
@@ -110,40 +127,44 @@ def test_load_responses_errors(tmp_path):
 
 # --- reading the judge's score ---
 
-@pytest.mark.parametrize("reply, expected", [
-    ("85", 85),
-    ("85\n", 85),
-    ("Score: 85", 85),
-    ("85/100", 85),
-    ("**85**", 85),
-    ("I would rate this 85 out of 100.", 85),
-    ("0", 0),
-    ("100.", 100),
-    ("85%", 85),
-    ("Score: 85.5", 86),                                       # decimals round half up
-    ("The response is accurate. Rating: **90**", 90),
-    ("### Score\n75", 75),
-    ("Score:\n60", 60),                                         # the only number left
-    ("On a scale of 0-100, I'd give 85.", 85),                 # the range is not a score
-    ("On a scale of 0 to 100, I would rate this response 85.", 85),
-    ("85\n\nThe response scores well but misses 2 of 3 points.", 85),  # a bare first line wins
-    ("Score: 85. It got 2/3 of the facts right.", 85),
-    ("1. Accuracy: good\n2. Fluency: good\nFinal score: 88", 88),
-    ("Graded by llama3.2: score 70", 70),                      # "3.2" is part of a name
-    ("Score: 70/100. Score: 70.", 70),                          # explicit scores that agree
-    ("150", None),                                              # above 100
-    ("-5", None),                                               # negative
-    ("Score: -5", None),
-    ("Score: 120/100", None),
-    ("The answer is good.", None),                              # no number
-    ("", None),
-    ("eighty out of 100", None),                                # "100" is only the scale
-    ("Rating: 8/10", None),                                     # another scale
-    ("I'd give it 4 out of 5.", None),
-    ("The reference scores 100/100 and the response scores 85/100.", None),  # explicit scores disagree
-    ("Somewhere between 80 and 90.", None),                     # several numbers, none marked
-    ("85. The response misses 2 details.", None),              # two unmarked numbers
-])
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("85", 85),
+        ("85\n", 85),
+        ("Score: 85", 85),
+        ("85/100", 85),
+        ("**85**", 85),
+        ("I would rate this 85 out of 100.", 85),
+        ("0", 0),
+        ("100.", 100),
+        ("85%", 85),
+        ("Score: 85.5", 86),  # decimals round half up
+        ("The response is accurate. Rating: **90**", 90),
+        ("### Score\n75", 75),
+        ("Score:\n60", 60),  # the only number left
+        ("On a scale of 0-100, I'd give 85.", 85),  # the range is not a score
+        ("On a scale of 0 to 100, I would rate this response 85.", 85),
+        ("85\n\nThe response scores well but misses 2 of 3 points.", 85),  # a bare first line wins
+        ("Score: 85. It got 2/3 of the facts right.", 85),
+        ("1. Accuracy: good\n2. Fluency: good\nFinal score: 88", 88),
+        ("Graded by llama3.2: score 70", 70),  # "3.2" is part of a name
+        ("Score: 70/100. Score: 70.", 70),  # explicit scores that agree
+        ("150", None),  # above 100
+        ("-5", None),  # negative
+        ("Score: -5", None),
+        ("Score: 120/100", None),
+        ("The answer is good.", None),  # no number
+        ("", None),
+        ("eighty out of 100", None),  # "100" is only the scale
+        ("Rating: 8/10", None),  # another scale
+        ("I'd give it 4 out of 5.", None),
+        ("The reference scores 100/100 and the response scores 85/100.", None),  # explicit scores disagree
+        ("Somewhere between 80 and 90.", None),  # several numbers, none marked
+        ("85. The response misses 2 details.", None),  # two unmarked numbers
+    ],
+)
 def test_parse_score(reply, expected):
     assert parse_score(reply) == expected
 
@@ -161,6 +182,7 @@ def test_judge_prompt_uses_the_training_format():
 
 
 # --- the judge, against a fake Ollama on the loopback interface ---
+
 
 class FakeOllama(http.server.BaseHTTPRequestHandler):
     """Speaks Ollama's /api/tags and non-streaming /api/chat; checks what the client sends."""
@@ -188,22 +210,33 @@ class FakeOllama(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append(body)
         options, messages = body.get("options", {}), body.get("messages", [])
-        problems = [msg for ok, msg in [
-            (body.get("stream") is False, "stream must be false"),
-            (options.get("temperature") == 0, "temperature must be 0"),
-            (options.get("seed") == self.server.expected_seed, f"seed must be {self.server.expected_seed}"),
-            (len(messages) == 1 and messages[0].get("role") == "user", "expected one user message"),
-        ] if not ok]
+        problems = [
+            msg
+            for ok, msg in [
+                (body.get("stream") is False, "stream must be false"),
+                (options.get("temperature") == 0, "temperature must be 0"),
+                (options.get("seed") == self.server.expected_seed, f"seed must be {self.server.expected_seed}"),
+                (len(messages) == 1 and messages[0].get("role") == "user", "expected one user message"),
+            ]
+            if not ok
+        ]
         if problems:
             return self.send_json(400, {"error": "; ".join(problems)})
         if body.get("model") not in ("llama3.2", "llama3.2:latest"):
-            return self.send_json(404, {"error": f"model \"{body.get('model')}\" not found, try pulling it first"})
+            return self.send_json(404, {"error": f'model "{body.get("model")}" not found, try pulling it first'})
         prompt = messages[0]["content"]
         if "SLOW" in prompt:
             time.sleep(0.3)
         reply = next((text for key, text in self.server.replies.items() if key in prompt), "no canned reply")
-        self.send_json(200, {"model": body["model"], "created_at": "2024-01-01T00:00:00Z",
-                             "message": {"role": "assistant", "content": reply}, "done": True})
+        self.send_json(
+            200,
+            {
+                "model": body["model"],
+                "created_at": "2024-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": reply},
+                "done": True,
+            },
+        )
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -248,8 +281,14 @@ JUDGED = [
 def test_query_ollama_speaks_the_chat_protocol(ollama):
     ollama.replies = {"hello": "Hi there"}
     assert query_ollama("hello", url=ollama.url, timeout=2) == "Hi there"
-    assert ollama.requests == [{"model": "llama3.2", "messages": [{"role": "user", "content": "hello"}],
-                                "stream": False, "options": {"temperature": 0, "seed": 123, "num_ctx": 2048}}]
+    assert ollama.requests == [
+        {
+            "model": "llama3.2",
+            "messages": [{"role": "user", "content": "hello"}],
+            "stream": False,
+            "options": {"temperature": 0, "seed": 123, "num_ctx": 2048},
+        }
+    ]
     ollama.expected_seed = 7
     assert query_ollama("hello", url=ollama.url, seed=7, timeout=2) == "Hi there"
     # a bare server address works too
@@ -258,8 +297,13 @@ def test_query_ollama_speaks_the_chat_protocol(ollama):
 
 
 def test_judge_responses_mean_over_parsed_scores(ollama):
-    ollama.replies = {"response-0": "85", "response-1": "Score: 70/100", "response-2": "The answer looks fine.",
-                      "response-3": "**90**", "response-4": "I would rate this 60 out of 100."}
+    ollama.replies = {
+        "response-0": "85",
+        "response-1": "Score: 70/100",
+        "response-2": "The answer looks fine.",
+        "response-3": "**90**",
+        "response-4": "I would rate this 60 out of 100.",
+    }
     result = judge_responses(JUDGED, url=ollama.url, timeout=2, progress=False)
     assert result["scores"] == [85, 70, None, 90, 60]
     assert result["n"] == 5 and result["n_scored"] == 4
@@ -278,13 +322,21 @@ def test_judge_responses_all_unparsed(ollama):
 
 
 def test_no_server_gives_one_clear_message(free_port_url):
-    for call in (lambda: ollama_models(free_port_url, timeout=1),
-                 lambda: judge_responses(JUDGED, url=free_port_url, timeout=1, progress=False),
-                 lambda: query_ollama("hello", url=free_port_url, timeout=1)):
+    for call in (
+        lambda: ollama_models(free_port_url, timeout=1),
+        lambda: judge_responses(JUDGED, url=free_port_url, timeout=1, progress=False),
+        lambda: query_ollama("hello", url=free_port_url, timeout=1),
+    ):
         with pytest.raises(OllamaUnavailableError) as info:
             call()
         message = str(info.value)
-        for fix in (free_port_url.removesuffix("/api/chat"), "ollama.com", "ollama serve", "ollama pull llama3.2", "--judge-url"):
+        for fix in (
+            free_port_url.removesuffix("/api/chat"),
+            "ollama.com",
+            "ollama serve",
+            "ollama pull llama3.2",
+            "--judge-url",
+        ):
             assert fix in message
         assert info.value.__cause__ is None and info.value.__suppress_context__  # no urllib traceback attached
 

@@ -2,10 +2,12 @@
 
 Only the cells of exercise 7 run (with the notebook's `check`), not the experiments of the other exercises.
 """
+
 import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+
 from run_notebooks import NOTEBOOK_DIR
 
 SOLUTIONS = NOTEBOOK_DIR / "11-solutions.ipynb"
@@ -19,7 +21,7 @@ def exercise_7_namespace(path) -> dict:
     namespace = {}
     check_cell = next(c for c in cells if c.cell_type == "code" and "def check(" in c.source)
     # the check cell also loads the tokenizer and data; only `check` itself is needed here
-    source = check_cell.source[check_cell.source.index("def check("):]
+    source = check_cell.source[check_cell.source.index("def check(") :]
     exec(compile(source, str(path), "exec"), namespace)  # noqa: S102 - our own notebook
     for cell in cells[start:]:
         if cell.cell_type == "code":
@@ -34,21 +36,27 @@ def z_of(pc, pr, rc, rr, beta):
 WRONG = {
     "smoothing on the wrong term": lambda pc, pr, rc, rr, beta=0.1, smoothing=0.1: (
         -smoothing * F.logsigmoid(z_of(pc, pr, rc, rr, beta))
-        - (1 - smoothing) * F.logsigmoid(-z_of(pc, pr, rc, rr, beta))).mean(),
+        - (1 - smoothing) * F.logsigmoid(-z_of(pc, pr, rc, rr, beta))
+    ).mean(),
     "beta left out": lambda pc, pr, rc, rr, beta=0.1, smoothing=0.1: (
         -(1 - smoothing) * F.logsigmoid(z_of(pc, pr, rc, rr, 1.0))
-        - smoothing * F.logsigmoid(-z_of(pc, pr, rc, rr, 1.0))).mean(),
+        - smoothing * F.logsigmoid(-z_of(pc, pr, rc, rr, 1.0))
+    ).mean(),
     "reference left out": lambda pc, pr, rc, rr, beta=0.1, smoothing=0.1: (
-        -(1 - smoothing) * F.logsigmoid(beta * (pc - pr)) - smoothing * F.logsigmoid(-beta * (pc - pr))).mean(),
+        -(1 - smoothing) * F.logsigmoid(beta * (pc - pr)) - smoothing * F.logsigmoid(-beta * (pc - pr))
+    ).mean(),
     "same sign in both terms (plain DPO)": lambda pc, pr, rc, rr, beta=0.1, smoothing=0.1: (
         -(1 - smoothing) * F.logsigmoid(z_of(pc, pr, rc, rr, beta))
-        - smoothing * F.logsigmoid(z_of(pc, pr, rc, rr, beta))).mean(),
+        - smoothing * F.logsigmoid(z_of(pc, pr, rc, rr, beta))
+    ).mean(),
     "summed instead of averaged": lambda pc, pr, rc, rr, beta=0.1, smoothing=0.1: (
         -(1 - smoothing) * F.logsigmoid(z_of(pc, pr, rc, rr, beta))
-        - smoothing * F.logsigmoid(-z_of(pc, pr, rc, rr, beta))).sum(),
+        - smoothing * F.logsigmoid(-z_of(pc, pr, rc, rr, beta))
+    ).sum(),
     "per-pair losses, not one number": lambda pc, pr, rc, rr, beta=0.1, smoothing=0.1: (
         -(1 - smoothing) * F.logsigmoid(z_of(pc, pr, rc, rr, beta))
-        - smoothing * F.logsigmoid(-z_of(pc, pr, rc, rr, beta))),
+        - smoothing * F.logsigmoid(-z_of(pc, pr, rc, rr, beta))
+    ),
 }
 
 

@@ -3,11 +3,13 @@ check rejects plausible wrong answers (exercise 7, conservative DPO, also in tes
 
 Also the experiment helpers in utils.py: a run returns its history, and a table never drops a row.
 """
+
 import re
 
 import nbformat
 import pytest
 import torch
+
 import utils
 from run_notebooks import NOTEBOOK_DIR
 
@@ -69,12 +71,17 @@ def test_committed_exercises_show_failing_checks_and_no_solution():
     assert len(stubs) == 7  # one stub cell per exercise
     # The solutions' own code cells (the runs aside, which 10 leaves to the learner) and what they print
     # appear nowhere in 10.
-    solution_only = [cell for cell in nbformat.read(SOLUTIONS, as_version=4).cells
-                     if cell.cell_type == "code" and "needs-gpt2" not in cell.metadata.get("tags", [])
-                     and cell.source not in {c.source for c in nb.cells}]
+    solution_only = [
+        cell
+        for cell in nbformat.read(SOLUTIONS, as_version=4).cells
+        if cell.cell_type == "code"
+        and "needs-gpt2" not in cell.metadata.get("tags", [])
+        and cell.source not in {c.source for c in nb.cells}
+    ]
     assert len(solution_only) >= 7, "11 should have a solution cell per exercise"
     exercise_text = "\n".join(cell.source for cell in nb.cells) + "".join(
-        printed(cell) for cell in nb.cells if cell.cell_type == "code")
+        printed(cell) for cell in nb.cells if cell.cell_type == "code"
+    )
     for cell in solution_only:
         assert cell.source not in exercise_text
         assert not printed(cell) or printed(cell) not in exercise_text
@@ -106,6 +113,7 @@ def _solutions_namespace(upto: int) -> dict:
 # Each wrong answer below is a mistake a learner could make; its check must print FAIL (or report the
 # exception it raises), and with the reference solution of 11 back in place it must print PASS.
 
+
 @pytest.fixture(scope="module")
 def solved():
     """11's namespace: every solution defined and every check function (problems_1 ... problems_6) ready."""
@@ -136,6 +144,7 @@ def _wrong_phi3_space_after_tag(entry):
 def _wrong_tokens_prompt_only(namespace):
     def example_tokens(entry, style):
         return len(utils.encode_text(utils.format_prompt(entry, style), namespace["tokenizer"]))
+
     return example_tokens
 
 
@@ -157,25 +166,28 @@ def _masked_collate_variant(ns, *, prompt_shift=-1, mask_padding=True, first_eos
     def collate(batch, pad_token_id=utils.PAD_TOKEN_ID, ignore_index=utils.IGNORE_INDEX):
         padded = torch.full((len(batch), max(len(ex.token_ids) for ex in batch) + 1), pad_token_id)
         for row, ex in enumerate(batch):
-            padded[row, :len(ex.token_ids)] = torch.tensor(ex.token_ids)
+            padded[row, : len(ex.token_ids)] = torch.tensor(ex.token_ids)
         if shift == 1:
             inputs, targets = padded[:, :-1], padded[:, 1:].clone()
         else:  # no shift: the targets are the inputs themselves
             inputs, targets = padded[:, :-1], padded[:, :-1].clone()
         for row, ex in enumerate(batch):
             if mask_padding:
-                targets[row, len(ex.token_ids) - (0 if first_eos_kept else 1):] = ignore_index
-            targets[row, :max(ex.prompt_length + prompt_shift, 0)] = ignore_index
+                targets[row, len(ex.token_ids) - (0 if first_eos_kept else 1) :] = ignore_index
+            targets[row, : max(ex.prompt_length + prompt_shift, 0)] = ignore_index
         return inputs, targets
+
     return collate
 
 
 WRONG_2 = {
     "masks the first response token too": {"masked_collate": lambda ns: _masked_collate_variant(ns, prompt_shift=0)},
     "leaves the prompt's last target unmasked": {
-        "masked_collate": lambda ns: _masked_collate_variant(ns, prompt_shift=-2)},
+        "masked_collate": lambda ns: _masked_collate_variant(ns, prompt_shift=-2)
+    },
     "masks the end-of-text target too": {
-        "masked_collate": lambda ns: _masked_collate_variant(ns, first_eos_kept=False)},
+        "masked_collate": lambda ns: _masked_collate_variant(ns, first_eos_kept=False)
+    },
     "keeps the padding as targets": {"masked_collate": lambda ns: _masked_collate_variant(ns, mask_padding=False)},
     "forgets to shift the targets": {"masked_collate": lambda ns: _masked_collate_variant(ns, shift=0)},
 }
@@ -190,13 +202,16 @@ def _truncating_variant(*, cut_before_shift=False, limit_offset=0, mask_end_of_t
         padded = torch.tensor([ids + [pad_token_id] * (padded_length - len(ids)) for ids in batch])
         inputs, targets = padded[:, :-1], padded[:, 1:].clone()
         for row, ids in enumerate(batch):
-            targets[row, len(ids) - (1 if mask_end_of_text else 0):] = ignore_index
+            targets[row, len(ids) - (1 if mask_end_of_text else 0) :] = ignore_index
         return inputs[:, :limit], targets[:, :limit]
+
     return collate
 
 
 WRONG_3 = {
-    "cuts the token lists before shifting": {"truncating_collate": lambda ns: _truncating_variant(cut_before_shift=True)},
+    "cuts the token lists before shifting": {
+        "truncating_collate": lambda ns: _truncating_variant(cut_before_shift=True)
+    },
     "keeps one position too many": {"truncating_collate": lambda ns: _truncating_variant(limit_offset=1)},
     "keeps one position too few": {"truncating_collate": lambda ns: _truncating_variant(limit_offset=-1)},
     "masks the end-of-text target": {"truncating_collate": lambda ns: _truncating_variant(mask_end_of_text=True)},
@@ -215,13 +230,15 @@ def _sampler(*, threshold="row", divide=True, strict=True, dim=-1):
         scaled = logits / temperature if divide else logits * temperature
         probabilities = torch.softmax(scaled, dim=dim)
         return torch.multinomial(probabilities, num_samples=1).squeeze(1)
+
     return sample_next_token
 
 
 WRONG_4 = {
     "top-k threshold from the first row only": {"sample_next_token": lambda ns: _sampler(threshold="first row")},
     "top-k threshold as the minimum over all rows": {
-        "sample_next_token": lambda ns: _sampler(threshold="min over rows")},
+        "sample_next_token": lambda ns: _sampler(threshold="min over rows")
+    },
     "top-k keeps k-1 tokens (<= instead of <)": {"sample_next_token": lambda ns: _sampler(strict=False)},
     "temperature multiplied instead of divided": {"sample_next_token": lambda ns: _sampler(divide=False)},
     "softmax over the batch instead of the vocabulary": {"sample_next_token": lambda ns: _sampler(dim=0)},
@@ -235,11 +252,15 @@ def _lora_variant(ns, *, scaling="alpha / rank", transpose_merge=True, b_zero=Tr
         def __init__(self, base, rank, alpha):
             super().__init__()
             self.base = base
-            self.scaling = {"alpha / rank": alpha / rank, "alpha // rank": alpha // rank,
-                            "rank / alpha": rank / alpha, "none": 1.0}[scaling]
+            self.scaling = {
+                "alpha / rank": alpha / rank,
+                "alpha // rank": alpha // rank,
+                "rank / alpha": rank / alpha,
+                "none": 1.0,
+            }[scaling]
             for param in base.parameters():
                 param.requires_grad_(not freeze)
-            self.lora_A = nn.Parameter(torch.randn(base.in_features, rank) / rank ** 0.5)
+            self.lora_A = nn.Parameter(torch.randn(base.in_features, rank) / rank**0.5)
             b = torch.zeros(rank, base.out_features) if b_zero else torch.randn(rank, base.out_features)
             self.lora_B = nn.Parameter(b)
 
@@ -253,6 +274,7 @@ def _lora_variant(ns, *, scaling="alpha / rank", transpose_merge=True, b_zero=Tr
             merged.weight.copy_(self.base.weight + (update.T if transpose_merge else update))
             merged.bias.copy_(self.base.bias)
             return merged
+
     return WrongLoRA
 
 
@@ -280,6 +302,7 @@ def _subset_variant(ns, *, strict=False, sort=False, prompt_only=False, slice_fi
         if sort:
             pool = sorted(pool, key=lambda pair: pair[1])
         return [entry for entry, length in pool if (length < max_tokens if strict else length <= max_tokens)][:n]
+
     return short_subset
 
 
@@ -287,7 +310,9 @@ WRONG_6 = {
     "< instead of <=": {"short_subset": lambda ns: _subset_variant(ns, strict=True)},
     "the n shortest instead of the first n": {"short_subset": lambda ns: _subset_variant(ns, sort=True)},
     "measures the prompt only": {"short_subset": lambda ns: _subset_variant(ns, prompt_only=True)},
-    "filters the first n entries instead of taking n": {"short_subset": lambda ns: _subset_variant(ns, slice_first=True)},
+    "filters the first n entries instead of taking n": {
+        "short_subset": lambda ns: _subset_variant(ns, slice_first=True)
+    },
 }
 
 WRONG = {1: WRONG_1, 2: WRONG_2, 3: WRONG_3, 4: WRONG_4, 5: WRONG_5, 6: WRONG_6}
@@ -318,6 +343,7 @@ def test_lora_check_names_the_scaling(solved, capsys, monkeypatch):
 
 # --- the experiment helpers ---
 
+
 def test_fitting_subset_takes_the_first_short_entries_in_order(tokenizer, dataset):
     lengths = [len(utils.encode_text(utils.format_example(e), tokenizer)) for e in dataset[:100]]
     subset = utils.fitting_subset(dataset[:100], tokenizer, n=5, max_tokens=50)
@@ -326,11 +352,21 @@ def test_fitting_subset_takes_the_first_short_entries_in_order(tokenizer, datase
 
 
 def test_results_table_keeps_skipped_and_failed_rows():
-    ok = utils.ExperimentResult("ran", history=utils.TrainHistory([5], [2.0], [2.5], [100]),
-                                scores={"exact_match": 0.1, "rouge_l": 0.4, "rouge_l_stderr": 0.05},
-                                trainable_parameters=10, train_examples=8, train_seconds=1.0)
-    table = utils.results_table([ok, utils.skipped_experiment("52k", "no data: no network"),
-                                 utils.ExperimentResult("broken", status="failed: ValueError: bad")])
+    ok = utils.ExperimentResult(
+        "ran",
+        history=utils.TrainHistory([5], [2.0], [2.5], [100]),
+        scores={"exact_match": 0.1, "rouge_l": 0.4, "rouge_l_stderr": 0.05},
+        trainable_parameters=10,
+        train_examples=8,
+        train_seconds=1.0,
+    )
+    table = utils.results_table(
+        [
+            ok,
+            utils.skipped_experiment("52k", "no data: no network"),
+            utils.ExperimentResult("broken", status="failed: ValueError: bad"),
+        ]
+    )
     lines = table.splitlines()
     assert len(lines) == 2 + 3
     assert lines[2].split()[:2] == ["ran", "8"] and "0.400 ± 0.050" in lines[2] and "2.500" in lines[2]
@@ -340,8 +376,9 @@ def test_results_table_keeps_skipped_and_failed_rows():
 
 def test_a_run_that_cannot_train_becomes_a_failed_row(monkeypatch, tokenizer, dataset):
     monkeypatch.setenv(utils.SMOKE_ENV, "1")
-    result = utils.run_experiment("too little data", dataset[:3], dataset[3:5], dataset[5:7], tokenizer,
-                                  batch_size=8, progress=False)
+    result = utils.run_experiment(
+        "too little data", dataset[:3], dataset[3:5], dataset[5:7], tokenizer, batch_size=8, progress=False
+    )
     assert not result.ok
     assert result.status == "failed: ValueError: 3 training examples do not fill one batch of 8"
     assert result.settings["mask_prompt"] is False
@@ -350,9 +387,22 @@ def test_a_run_that_cannot_train_becomes_a_failed_row(monkeypatch, tokenizer, da
 
 def test_run_experiment_returns_history_scores_and_answers(monkeypatch, tokenizer, dataset):
     monkeypatch.setenv(utils.SMOKE_ENV, "1")
-    result = utils.run_experiment("masked, cut, LoRA", dataset[:4], dataset[4:6], dataset[6:8], tokenizer,
-                                  style="phi3", mask_prompt=True, allowed_max_length=32, lora_rank=2,
-                                  batch_size=2, eval_freq=1, eval_iter=1, max_new_tokens=3, progress=False)
+    result = utils.run_experiment(
+        "masked, cut, LoRA",
+        dataset[:4],
+        dataset[4:6],
+        dataset[6:8],
+        tokenizer,
+        style="phi3",
+        mask_prompt=True,
+        allowed_max_length=32,
+        lora_rank=2,
+        batch_size=2,
+        eval_freq=1,
+        eval_iter=1,
+        max_new_tokens=3,
+        progress=False,
+    )
     assert result.ok, result.status
     assert result.history.steps == [1, 2]
     assert all(loss == loss for loss in result.history.val_losses)  # not nan
@@ -360,8 +410,15 @@ def test_run_experiment_returns_history_scores_and_answers(monkeypatch, tokenize
     assert result.trainable_parameters == 2 * 2 * ((64 + 192) + (64 + 64) + (64 + 256) + (256 + 64))
     assert [r["instruction"] for r in result.responses] == [e["instruction"] for e in dataset[6:8]]
     assert set(result.scores) >= {"exact_match", "rouge_l", "rouge_l_stderr"}
-    assert result.settings == {"model_name": "gpt2-small", "style": "phi3", "mask_prompt": True,
-                               "allowed_max_length": 32, "lora_rank": 2, "lr": 5e-5, "seed": 123}
+    assert result.settings == {
+        "model_name": "gpt2-small",
+        "style": "phi3",
+        "mask_prompt": True,
+        "allowed_max_length": 32,
+        "lora_rank": 2,
+        "lr": 5e-5,
+        "seed": 123,
+    }
 
 
 def test_score_answers_standard_error():
@@ -377,8 +434,10 @@ def test_generate_responses_samples_reproducibly_whatever_the_batch_size(tokeniz
     entries = dataset[:5]
 
     def answers(**options):
-        return [r["model_response"] for r in utils.generate_responses(model, entries, tokenizer, max_new_tokens=8,
-                                                                      progress=False, **options)]
+        return [
+            r["model_response"]
+            for r in utils.generate_responses(model, entries, tokenizer, max_new_tokens=8, progress=False, **options)
+        ]
 
     greedy = answers()
     assert answers(temperature=0.0, seed=7) == greedy  # temperature 0 ignores the seed

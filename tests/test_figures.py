@@ -3,6 +3,7 @@
 When a figure test fails after a change to the code or the data, redraw with `make figures` and
 look at the new PNGs before committing them.
 """
+
 import json
 import re
 from pathlib import Path
@@ -43,14 +44,19 @@ def test_committed_figure_matches_the_code(name, redrawn):
     old_info, new_info = png_text(committed), png_text(fresh)
     # content: every text, token ID and label, exactly
     assert json.loads(old_info.get("Texts", "null")) == json.loads(new_info["Texts"]), (
-        f"{name}: the texts drawn differ from the committed figure; run `make figures`")
+        f"{name}: the texts drawn differ from the committed figure; run `make figures`"
+    )
     old, new = imread(committed), imread(fresh)
-    assert old.shape == new.shape, (f"{name}: committed {old.shape[1]}x{old.shape[0]} px, now drawn "
-                                    f"{new.shape[1]}x{new.shape[0]} px; run `make figures`")
+    assert old.shape == new.shape, (
+        f"{name}: committed {old.shape[1]}x{old.shape[0]} px, now drawn "
+        f"{new.shape[1]}x{new.shape[0]} px; run `make figures`"
+    )
     # pixels: exact up to rendering noise, when drawn by the same matplotlib and FreeType
     if old_info.get("Renderer") != new_info["Renderer"]:
-        pytest.skip(f"{name} was drawn with {old_info.get('Renderer')}, this is {new_info['Renderer']}: "
-                    f"texts and size checked, pixels not compared")
+        pytest.skip(
+            f"{name} was drawn with {old_info.get('Renderer')}, this is {new_info['Renderer']}: "
+            f"texts and size checked, pixels not compared"
+        )
     channels = min(old.shape[2], new.shape[2], 3)
     diff = np.abs(old[..., :channels].astype(np.float64) - new[..., :channels]).mean() * 255
     assert diff < MAX_MEAN_DIFF, f"{name} drifted from the code (mean difference {diff:.2f}/255); run `make figures`"
@@ -75,8 +81,8 @@ def test_drawing_is_deterministic(tmp_path):
 def png_chunks(data: bytes) -> list[str]:
     chunks, at = [], 8  # after the signature: length, type, data, CRC
     while at < len(data):
-        length = int.from_bytes(data[at:at + 4], "big")
-        chunks.append(data[at + 4:at + 8].decode("ascii"))
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append(data[at + 4 : at + 8].decode("ascii"))
         at += 12 + length
     return chunks
 
@@ -98,8 +104,10 @@ def notebook_images():
                 continue
             source = "".join(cell["source"])
             for tag in IMG_TAG.findall(source):
-                attributes = {m.group(1).lower(): next(g for g in m.groups()[1:] if g is not None)
-                              for m in ATTRIBUTE.finditer(tag)}
+                attributes = {
+                    m.group(1).lower(): next(g for g in m.groups()[1:] if g is not None)
+                    for m in ATTRIBUTE.finditer(tag)
+                }
                 found.append((notebook.name, "img", attributes.get("src", ""), attributes.get("alt")))
             for alt, src in MARKDOWN_IMAGE.findall(source):
                 found.append((notebook.name, "markdown", src, alt))

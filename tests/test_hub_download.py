@@ -3,6 +3,7 @@
 A scripted Hub on 127.0.0.1 (HF_ENDPOINT) answers huggingface_hub's HEAD with an ETag and sends the
 file (or drips it, or sends other bytes). Every server lives for one test and stops when the client hangs up.
 """
+
 import hashlib
 import http.server
 import os

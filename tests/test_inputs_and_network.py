@@ -3,6 +3,7 @@
 Every server here is a thread on 127.0.0.1 that lives for one test; slow servers drip for a bounded
 time and stop as soon as the client hangs up, so the whole file runs in a few seconds.
 """
+
 import http.server
 import json
 import math
@@ -38,12 +39,15 @@ from utils import (
     validate_instruction_data,
 )
 
-GOOD = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
-        {"instruction": "Reverse the word.", "input": "cat", "output": "tac"}]
+GOOD = [
+    {"instruction": "Name a color.", "input": "", "output": "Blue."},
+    {"instruction": "Reverse the word.", "input": "cat", "output": "tac"},
+]
 GOOD_BODY = json.dumps(GOOD).encode()
 
 
 # --- a scripted HTTP server: each request path maps to a behaviour ---
+
 
 class Scripted(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -146,9 +150,31 @@ def server():
 def tls_server(server, tmp_path, monkeypatch):
     """`server`, speaking HTTPS with a throwaway self-signed certificate that the client is told to trust."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -176,14 +202,20 @@ def cached_files(cache: Path) -> list[Path]:
 
 # --- 7. the dataset cache keeps only a body that is an instruction dataset ---
 
-@pytest.mark.parametrize("route, expected", [
-    (lambda h: h.reply(200, b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>", "text/html"),
-     r"not usable, so it was not cached(.|\n)*invalid JSON .*looks like a web page"),
-    (truncated, r"closed the connection after 10 of 1000 bytes"),
-    (truncated_without_length, r"not usable, so it was not cached(.|\n)*invalid JSON"),
-    (lambda h: h.reply(200, json.dumps({"error": "gone"}).encode()), r"expected a JSON list of entries"),
-    (lambda h: h.reply(200, json.dumps([{"instruction": "i"}]).encode()), r"entry 0: missing field 'output'"),
-])
+
+@pytest.mark.parametrize(
+    "route, expected",
+    [
+        (
+            lambda h: h.reply(200, b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>", "text/html"),
+            r"not usable, so it was not cached(.|\n)*invalid JSON .*looks like a web page",
+        ),
+        (truncated, r"closed the connection after 10 of 1000 bytes"),
+        (truncated_without_length, r"not usable, so it was not cached(.|\n)*invalid JSON"),
+        (lambda h: h.reply(200, json.dumps({"error": "gone"}).encode()), r"expected a JSON list of entries"),
+        (lambda h: h.reply(200, json.dumps([{"instruction": "i"}]).encode()), r"entry 0: missing field 'output'"),
+    ],
+)
 def test_a_bad_body_is_never_cached(server, tmp_path, route, expected):
     server.routes["/data.json"] = route
     cache = tmp_path / "cache"
@@ -215,8 +247,14 @@ def test_a_bad_cached_file_and_no_server_says_both(server, tmp_path):
     path = download_file(f"{server.url}/data.json", cache)
     path.write_bytes(GOOD_BODY[:20])
     server.routes.clear()  # now 404
-    with pytest.warns(UserWarning), pytest.raises(DatasetError, match=r"(?s)HTTP Error 404.*cached copy is not usable"
-                                                                      r" either.*invalid JSON"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(
+            DatasetError,
+            match=r"(?s)HTTP Error 404.*cached copy is not usable"
+            r" either.*invalid JSON",
+        ),
+    ):
         load_instruction_data(f"{server.url}/data.json", cache_dir=cache)
     assert path.read_bytes() == GOOD_BODY[:20]  # left for the user to inspect; never served as data
 
@@ -228,6 +266,7 @@ def test_download_file_takes_another_check(server, tmp_path):
 
 
 # --- 10. overall deadlines, and dropped connections that say so ---
+
 
 @pytest.mark.parametrize("route", [drip, drip_status_line, drip_error])
 def test_a_dripping_server_is_cut_off_at_the_deadline(server, tmp_path, route):
@@ -287,13 +326,17 @@ def test_a_dripping_judge_is_cut_off_at_its_timeout(server, route):
 
 # --- 8. the judge: odd replies are unparsed, a failure mid-way keeps the scores ---
 
+
 def chat_reply(content) -> callable:
-    return lambda h: h.reply(200, json.dumps({"message": {"role": "assistant", "content": content},
-                                              "done": True}).encode())
+    return lambda h: h.reply(
+        200, json.dumps({"message": {"role": "assistant", "content": content}, "done": True}).encode()
+    )
 
 
-JUDGED = [{"instruction": f"Task {i}.", "input": "", "output": f"Answer {i}.", "model_response": f"response-{i}"}
-          for i in range(5)]
+JUDGED = [
+    {"instruction": f"Task {i}.", "input": "", "output": f"Answer {i}.", "model_response": f"response-{i}"}
+    for i in range(5)
+]
 
 
 class JudgeScript:
@@ -324,12 +367,15 @@ def test_a_reply_that_is_not_text_counts_as_unparsed(server):
         query_ollama("hello", url=f"{server.url}/api/chat", timeout=2)
 
 
-@pytest.mark.parametrize("failure, expected", [
-    (lambda h: h.reply(400, json.dumps({"error": "out of memory"}).encode()), r"HTTP 400 .*out of memory"),
-    (reset, r"closed the connection"),
-    (lambda h: h.reply(200, b"<html>proxy error</html>"), r"did not answer with a JSON object"),
-    (drip, r"did not answer within 1 s"),
-])
+@pytest.mark.parametrize(
+    "failure, expected",
+    [
+        (lambda h: h.reply(400, json.dumps({"error": "out of memory"}).encode()), r"HTTP 400 .*out of memory"),
+        (reset, r"closed the connection"),
+        (lambda h: h.reply(200, b"<html>proxy error</html>"), r"did not answer with a JSON object"),
+        (drip, r"did not answer within 1 s"),
+    ],
+)
 def test_a_failure_mid_way_keeps_every_score_received(server, failure, expected):
     JudgeScript(server, [chat_reply("85"), chat_reply("no idea"), chat_reply("60"), failure, chat_reply("99")])
     with pytest.warns(UserWarning, match=r"stopped at entry 3 of 5; the 3 replies before it are kept"):
@@ -344,21 +390,30 @@ def test_a_failure_mid_way_keeps_every_score_received(server, failure, expected)
 
 # --- 8 and 11: text and JSON that must not get past validation ---
 
+
 def write_bytes(tmp_path: Path, payload: bytes, name: str = "data.json") -> Path:
     path = tmp_path / name
     path.write_bytes(payload)
     return path
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('[{"instruction": "a", "input": "", "output": "b"}, {"instruction": "x\\ud800y", "output": "o"}]',
-     r"data\.json: entry 1: field 'instruction': not valid Unicode text \(a lone surrogate '\\ud800' at character 1\)"),
-    ('[{"instruction": "i", "output": "\\udfff"}]', r"entry 0: field 'output': not valid Unicode"),
-    ('[{"instruction": "i", "output": "o", "input": "\\ud83d"}]', r"entry 0: field 'input': not valid Unicode"),
-    ('[{"instruction": "i", "output": "o", "meta": {"tags": ["ok", "\\ud800"]}}]',
-     r"entry 0: field 'meta' > 'tags' > \[1\]: not valid Unicode"),
-    ('[{"instruction": "i", "output": "o", "\\ud800": "x"}]', r"entry 0: a key: not valid Unicode"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            '[{"instruction": "a", "input": "", "output": "b"}, {"instruction": "x\\ud800y", "output": "o"}]',
+            r"data\.json: entry 1: field 'instruction': not valid Unicode text "
+            r"\(a lone surrogate '\\ud800' at character 1\)",
+        ),
+        ('[{"instruction": "i", "output": "\\udfff"}]', r"entry 0: field 'output': not valid Unicode"),
+        ('[{"instruction": "i", "output": "o", "input": "\\ud83d"}]', r"entry 0: field 'input': not valid Unicode"),
+        (
+            '[{"instruction": "i", "output": "o", "meta": {"tags": ["ok", "\\ud800"]}}]',
+            r"entry 0: field 'meta' > 'tags' > \[1\]: not valid Unicode",
+        ),
+        ('[{"instruction": "i", "output": "o", "\\ud800": "x"}]', r"entry 0: a key: not valid Unicode"),
+    ],
+)
 def test_text_that_utf8_cannot_encode_is_rejected(tmp_path, text, expected):
     with pytest.raises(DatasetError, match=expected):
         load_instruction_data(write_bytes(tmp_path, text.encode()))
@@ -366,7 +421,7 @@ def test_text_that_utf8_cannot_encode_is_rejected(tmp_path, text, expected):
 
 def test_a_valid_surrogate_pair_is_fine(tmp_path):
     path = write_bytes(tmp_path, b'[{"instruction": "Smile \\ud83d\\ude00", "output": "ok"}]')
-    assert load_instruction_data(path)[0]["instruction"] == "Smile \U0001F600"
+    assert load_instruction_data(path)[0]["instruction"] == "Smile \U0001f600"
 
 
 def test_responses_with_unencodable_text_are_rejected_before_evaluation(tmp_path):
@@ -399,7 +454,9 @@ def test_deep_nesting_is_a_dataset_error(tmp_path):
 
 
 def test_huge_integers_and_nan_are_dataset_errors(tmp_path):
-    with pytest.raises(DatasetError, match=r"data\.json: entry 0 \(line 1, column 43\): unusable JSON value: Exceeds the limit"):
+    with pytest.raises(
+        DatasetError, match=r"data\.json: entry 0 \(line 1, column 43\): unusable JSON value: Exceeds the limit"
+    ):
         load_instruction_data(write_bytes(tmp_path, b'[{"instruction": "a", "output": "b", "n": %s}]' % (b"9" * 5000)))
     for constant in (b"NaN", b"Infinity", b"-Infinity"):
         with pytest.raises(DatasetError, match=r"unusable JSON value: (NaN|-?Infinity) is not standard JSON"):
@@ -417,46 +474,60 @@ def test_a_folder_is_not_a_file(tmp_path):
 
 # --- 11. arguments of generate, generate_batch and custom_collate_fn ---
 
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    cfg = {"vocab_size": 100, "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1,
-           "drop_rate": 0.0, "qkv_bias": False}
+    cfg = {
+        "vocab_size": 100,
+        "context_length": 16,
+        "emb_dim": 16,
+        "n_heads": 2,
+        "n_layers": 1,
+        "drop_rate": 0.0,
+        "qkv_bias": False,
+    }
     return GPTModel(cfg).eval()
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"idx": torch.zeros(1, 0, dtype=torch.long)}, r"idx must hold at least one prompt of at least one token"),
-    ({"idx": torch.zeros(0, 3, dtype=torch.long)}, r"idx must hold at least one prompt"),
-    ({"idx": torch.tensor([[1, 100]])}, r"idx holds the token ID 100, outside this model's vocabulary 0..99"),
-    ({"idx": torch.tensor([[-1, 2]])}, r"idx holds the token ID -1"),
-    ({"idx": torch.tensor([[1.0, 2.0]])}, r"idx must hold integer token IDs"),
-    ({"top_k": 0}, r"top_k must be None or an integer >= 1, got 0"),
-    ({"top_k": -3}, r"top_k must be"),
-    ({"temperature": math.nan}, r"temperature must be a finite number >= 0 \(0 = greedy\), got nan"),
-    ({"temperature": -0.5}, r"temperature must be a finite number >= 0"),
-    ({"temperature": math.inf}, r"temperature must be"),
-    ({"context_size": 0}, r"context_size must be an integer >= 1, got 0"),
-    ({"context_size": -4}, r"context_size must be"),
-    ({"max_new_tokens": -1}, r"max_new_tokens must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"idx": torch.zeros(1, 0, dtype=torch.long)}, r"idx must hold at least one prompt of at least one token"),
+        ({"idx": torch.zeros(0, 3, dtype=torch.long)}, r"idx must hold at least one prompt"),
+        ({"idx": torch.tensor([[1, 100]])}, r"idx holds the token ID 100, outside this model's vocabulary 0..99"),
+        ({"idx": torch.tensor([[-1, 2]])}, r"idx holds the token ID -1"),
+        ({"idx": torch.tensor([[1.0, 2.0]])}, r"idx must hold integer token IDs"),
+        ({"top_k": 0}, r"top_k must be None or an integer >= 1, got 0"),
+        ({"top_k": -3}, r"top_k must be"),
+        ({"temperature": math.nan}, r"temperature must be a finite number >= 0 \(0 = greedy\), got nan"),
+        ({"temperature": -0.5}, r"temperature must be a finite number >= 0"),
+        ({"temperature": math.inf}, r"temperature must be"),
+        ({"context_size": 0}, r"context_size must be an integer >= 1, got 0"),
+        ({"context_size": -4}, r"context_size must be"),
+        ({"max_new_tokens": -1}, r"max_new_tokens must be an integer >= 0"),
+    ],
+)
 def test_generate_names_the_bad_argument(model, kwargs, expected):
     args = {"idx": torch.tensor([[1, 2, 3]]), "max_new_tokens": 2, "context_size": 8, **kwargs}
     with pytest.raises(ValueError, match=expected):
         generate(model, **args)
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"prompts": []}, r"prompts is empty"),
-    ({"prompts": [[1, 2], []]}, r"prompts\[1\] is empty"),
-    ({"prompts": [[1, 2], [3, 100]]}, r"prompts\[1\] holds the token ID 100"),
-    ({"batch_size": -1}, r"batch_size must be None \(all at once\) or an integer >= 1, got -1"),
-    ({"batch_size": 0}, r"batch_size must be"),
-    ({"pad_token_id": 50256}, r"pad_token_id holds the token ID 50256"),
-    ({"top_k": 0}, r"top_k must be"),
-    ({"temperature": math.nan}, r"temperature must be"),
-    ({"context_size": 0}, r"context_size must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"prompts": []}, r"prompts is empty"),
+        ({"prompts": [[1, 2], []]}, r"prompts\[1\] is empty"),
+        ({"prompts": [[1, 2], [3, 100]]}, r"prompts\[1\] holds the token ID 100"),
+        ({"batch_size": -1}, r"batch_size must be None \(all at once\) or an integer >= 1, got -1"),
+        ({"batch_size": 0}, r"batch_size must be"),
+        ({"pad_token_id": 50256}, r"pad_token_id holds the token ID 50256"),
+        ({"top_k": 0}, r"top_k must be"),
+        ({"temperature": math.nan}, r"temperature must be"),
+        ({"context_size": 0}, r"context_size must be"),
+    ],
+)
 def test_generate_batch_names_the_bad_argument(model, kwargs, expected):
     args = {"prompts": [[1, 2], [3]], "max_new_tokens": 2, "context_size": 8, "pad_token_id": 0, **kwargs}
     with pytest.raises(ValueError, match=expected):
@@ -471,24 +542,28 @@ def test_valid_arguments_still_generate(model):
     assert generate(model, torch.tensor([[1]]), max_new_tokens=0, context_size=8).tolist() == [[1]]
 
 
-@pytest.mark.parametrize("batch, kwargs, expected", [
-    ([], {}, r"batch is empty"),
-    ([[1, 2], []], {}, r"batch\[1\] has no tokens"),
-    ([[1, -5]], {}, r"batch\[0\] holds the negative token ID -5"),
-    ([[1, 2, 3]], {"allowed_max_length": -1}, r"allowed_max_length must be None or an integer >= 1, got -1"),
-    ([[1, 2, 3]], {"allowed_max_length": 0}, r"allowed_max_length must be"),
-    # issue 26: garbage in, a clear error out (not -1 targets, a float tensor or a TypeError)
-    ([[1, 2], [3]], {"pad_token_id": -1}, r"pad_token_id must be an integer token ID >= 0, got -1"),
-    ([[1, 2], [3]], {"pad_token_id": 2.0}, r"pad_token_id must be an integer token ID >= 0, got 2.0"),
-    ([[1.5, 2.0], [3.0]], {}, r"batch\[0\] holds 1.5 \(float\): token IDs must be integers"),
-    ([[1, 2], ["a", 3]], {}, r"batch\[1\] holds 'a' \(str\): token IDs must be integers"),
-])
+@pytest.mark.parametrize(
+    "batch, kwargs, expected",
+    [
+        ([], {}, r"batch is empty"),
+        ([[1, 2], []], {}, r"batch\[1\] has no tokens"),
+        ([[1, -5]], {}, r"batch\[0\] holds the negative token ID -5"),
+        ([[1, 2, 3]], {"allowed_max_length": -1}, r"allowed_max_length must be None or an integer >= 1, got -1"),
+        ([[1, 2, 3]], {"allowed_max_length": 0}, r"allowed_max_length must be"),
+        # issue 26: garbage in, a clear error out (not -1 targets, a float tensor or a TypeError)
+        ([[1, 2], [3]], {"pad_token_id": -1}, r"pad_token_id must be an integer token ID >= 0, got -1"),
+        ([[1, 2], [3]], {"pad_token_id": 2.0}, r"pad_token_id must be an integer token ID >= 0, got 2.0"),
+        ([[1.5, 2.0], [3.0]], {}, r"batch\[0\] holds 1.5 \(float\): token IDs must be integers"),
+        ([[1, 2], ["a", 3]], {}, r"batch\[1\] holds 'a' \(str\): token IDs must be integers"),
+    ],
+)
 def test_collate_names_the_bad_argument(batch, kwargs, expected):
     with pytest.raises(ValueError, match=expected):
         custom_collate_fn(batch, **kwargs)
 
 
 # --- issue 26: library calls that gave garbage or a traceback ---
+
 
 class HugeExample(Sequence):
     """Ten million token IDs that must never be walked or padded whole: only a cut prefix may be read."""
@@ -506,8 +581,9 @@ def test_collate_cuts_a_huge_example_before_padding():
     huge = utils.TokenizedExample(HugeExample(), prompt_length=3)
     with pytest.warns(UserWarning, match="1 of 2 sequences are longer than allowed_max_length=8"):
         inputs, targets = custom_collate_fn([huge, utils.TokenizedExample([1, 2, 3], 1)], allowed_max_length=8)
-    reference = custom_collate_fn([utils.TokenizedExample([7] * 12, 3), utils.TokenizedExample([1, 2, 3], 1)],
-                                  allowed_max_length=8)
+    reference = custom_collate_fn(
+        [utils.TokenizedExample([7] * 12, 3), utils.TokenizedExample([1, 2, 3], 1)], allowed_max_length=8
+    )
     assert torch.equal(inputs, reference[0]) and torch.equal(targets, reference[1])
     assert targets[0, -1] == 7  # a cut sequence keeps its real next token as the last target
 
@@ -541,25 +617,37 @@ def test_an_unreadable_tokenizer_folder_is_one_clear_error(tmp_path, monkeypatch
         return real_read_bytes(path)
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    with pytest.raises(utils.TokenizerUnavailableError, match=r"(vocab.bpe|encoder.json): cannot be read \(Permission denied\)"):
+    with pytest.raises(
+        utils.TokenizerUnavailableError, match=r"(vocab.bpe|encoder.json): cannot be read \(Permission denied\)"
+    ):
         utils.get_tokenizer(tmp_path)
 
 
-@pytest.mark.parametrize("entries, expected", [
-    ([{"instruction": "x"}], r"entry 0: missing field 'output'"),
-    ([{"instruction": "x", "output": "y"}, {"instruction": 1, "output": "y"}],
-     r"entry 1: field 'instruction' must be a string, got int"),
-    (["just text"], r"entry 0: expected an object"),
-])
+@pytest.mark.parametrize(
+    "entries, expected",
+    [
+        ([{"instruction": "x"}], r"entry 0: missing field 'output'"),
+        (
+            [{"instruction": "x", "output": "y"}, {"instruction": 1, "output": "y"}],
+            r"entry 1: field 'instruction' must be a string, got int",
+        ),
+        (["just text"], r"entry 0: expected an object"),
+    ],
+)
 def test_instruction_dataset_checks_entries_built_in_code(entries, expected):
     with pytest.raises(DatasetError, match=expected):
         utils.InstructionDataset(entries, utils.get_tokenizer())
 
 
 def test_dataset_report_on_a_missing_file_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "scripts/dataset_report.py", str(tmp_path / "missing.json")],
-                            cwd=utils.REPO_ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(utils.REPO_ROOT)})
+    result = subprocess.run(
+        [sys.executable, "scripts/dataset_report.py", str(tmp_path / "missing.json")],
+        cwd=utils.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(utils.REPO_ROOT)},
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"dataset_report: {tmp_path / 'missing.json'}: file not found"
 
@@ -577,8 +665,16 @@ def test_parse_score_survives_a_number_of_thousands_of_digits():
 
 
 def test_one_reply_that_breaks_the_parser_loses_only_that_reply(server, monkeypatch):
-    JudgeScript(server, [chat_reply("85"), chat_reply("Score: 85/" + "9" * 5000), chat_reply("boom"),
-                         chat_reply("70"), chat_reply("60")])
+    JudgeScript(
+        server,
+        [
+            chat_reply("85"),
+            chat_reply("Score: 85/" + "9" * 5000),
+            chat_reply("boom"),
+            chat_reply("70"),
+            chat_reply("60"),
+        ],
+    )
     real_parse = utils.parse_score
     monkeypatch.setattr(utils, "parse_score", lambda reply: 1 // 0 if reply == "boom" else real_parse(reply))
     result = judge_responses(JUDGED, url=f"{server.url}/api/chat", timeout=2, progress=False)
@@ -592,8 +688,19 @@ def test_the_judge_retries_a_busy_or_failing_server_with_backoff(server, monkeyp
     waits = []
     monkeypatch.setattr(support.ollama.time, "sleep", waits.append)
     busy = lambda h: h.reply(429, b'{"error": "busy"}')  # noqa: E731
-    JudgeScript(server, [chat_reply("80"), lambda h: h.reply(500, b'{"error": "oops"}'), busy, chat_reply("70"),
-                         busy, busy, busy, busy])
+    JudgeScript(
+        server,
+        [
+            chat_reply("80"),
+            lambda h: h.reply(500, b'{"error": "oops"}'),
+            busy,
+            chat_reply("70"),
+            busy,
+            busy,
+            busy,
+            busy,
+        ],
+    )
     with pytest.warns(UserWarning, match="stopped at entry 2"):
         result = judge_responses(JUDGED[:3], url=f"{server.url}/api/chat", timeout=2, progress=False)
     assert result["scores"] == [80, 70, None] and result["n_judged"] == 2
@@ -608,12 +715,26 @@ def test_a_huge_error_page_is_cut_before_it_reaches_the_results(server):
     assert "HTTP 400" in result["error"] and len(result["error"]) < 1000
 
 
-@pytest.mark.parametrize("value, shown", [("1e999", "1e999 is beyond a float's range"), ("-1e999", "-1e999 is beyond"),
-                                          ("NaN", "NaN is not standard JSON"), ("-Infinity", "-Infinity is not"),
-                                          ("1" * 5000, "Exceeds the limit")])
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("1e999", "1e999 is beyond a float's range"),
+        ("-1e999", "-1e999 is beyond"),
+        ("NaN", "NaN is not standard JSON"),
+        ("-Infinity", "-Infinity is not"),
+        ("1" * 5000, "Exceeds the limit"),
+    ],
+)
 def test_nan_infinity_and_oversized_numbers_are_refused_with_entry_and_line(tmp_path, value, shown):
     """Issue 26, case 14 and the NaN weak spot: 1e999 is refused like NaN, and the message says where."""
-    path = write_bytes(tmp_path, ('[{"instruction": "a", "output": "b", "note": "NaN 1e999 in text is fine"},\n'
-                                  f' {{"instruction": "a", "output": "b", "x": [1, {value}]}}]').encode())
-    with pytest.raises(DatasetError, match=rf"entry 1 \(line 2, column 47\): unusable JSON value: .*{re.escape(shown)}"):
+    path = write_bytes(
+        tmp_path,
+        (
+            '[{"instruction": "a", "output": "b", "note": "NaN 1e999 in text is fine"},\n'
+            f' {{"instruction": "a", "output": "b", "x": [1, {value}]}}]'
+        ).encode(),
+    )
+    with pytest.raises(
+        DatasetError, match=rf"entry 1 \(line 2, column 47\): unusable JSON value: .*{re.escape(shown)}"
+    ):
         load_instruction_data(path)

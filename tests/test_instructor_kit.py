@@ -4,6 +4,7 @@ Nothing here needs the network: the HTML builds use a stand-in folder of assets 
 one (reveal.js & co. are fetched by `npm pack` only in `make slides` / `make site`), and the machine
 check's environment (packages, Python, tokenizer, weights, timing) is faked.
 """
+
 import ast
 import io
 import re
@@ -28,6 +29,7 @@ NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
 
 # --- slides: metadata ---
 
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_cell_has_slide_metadata(path):
     nb = nbformat.read(path, as_version=4)
@@ -35,16 +37,18 @@ def test_every_cell_has_slide_metadata(path):
 
 
 def toy_notebook():
-    return new_notebook(cells=[
-        new_markdown_cell("# 0X · Title\n\n- what this is about"),
-        new_code_cell("import torch"),
-        new_markdown_cell("## A section\n\n- first idea"),
-        new_code_cell("x = 1\nx"),
-        new_markdown_cell("- second idea, after a result"),
-        new_code_cell("\n".join(f"line_{i} = {i}" for i in range(30))),  # too long to share the slide
-        new_markdown_cell("### A sub-topic"),
-        new_code_cell(""),
-    ])
+    return new_notebook(
+        cells=[
+            new_markdown_cell("# 0X · Title\n\n- what this is about"),
+            new_code_cell("import torch"),
+            new_markdown_cell("## A section\n\n- first idea"),
+            new_code_cell("x = 1\nx"),
+            new_markdown_cell("- second idea, after a result"),
+            new_code_cell("\n".join(f"line_{i} = {i}" for i in range(30))),  # too long to share the slide
+            new_markdown_cell("### A sub-topic"),
+            new_code_cell(""),
+        ]
+    )
 
 
 def slide_types(nb):
@@ -86,8 +90,9 @@ def test_rules_follow_a_rewritten_notebook():
 
 
 def test_long_outputs_are_trimmed_for_html_slides():
-    cell = new_code_cell("print(...)", outputs=[new_output("stream", name="stdout",
-                                                           text="".join(f"{i}\n" for i in range(40)))])
+    cell = new_code_cell(
+        "print(...)", outputs=[new_output("stream", name="stdout", text="".join(f"{i}\n" for i in range(40)))]
+    )
     nb = new_notebook(cells=[cell])
     slides.trim_long_outputs(nb, max_lines=5)
     assert cell.outputs[0].text == "0\n1\n2\n3\n4\n... (35 more lines in the notebook)\n"
@@ -95,25 +100,34 @@ def test_long_outputs_are_trimmed_for_html_slides():
 
 # --- offline HTML: assets, remote loads, widgets ---
 
+
 def fake_assets(folder: Path) -> Path:
     """The layout ensure_assets produces, with stand-in files (nothing fetched)."""
-    files = ["reveal.js/dist/reveal.js", "reveal.js/dist/reveal.css", "reveal.js/dist/theme/simple.css",
-             "reveal.js/plugin/notes/notes.js", "requirejs/require.js", "jquery/dist/jquery.min.js",
-             "mathjax/MathJax.js"]
+    files = [
+        "reveal.js/dist/reveal.js",
+        "reveal.js/dist/reveal.css",
+        "reveal.js/dist/theme/simple.css",
+        "reveal.js/plugin/notes/notes.js",
+        "requirejs/require.js",
+        "jquery/dist/jquery.min.js",
+        "mathjax/MathJax.js",
+    ]
     for name in files:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text("/* stand-in */\n")
-    for pkg, (version, _, sub, _) in notebook_html.NPM_ASSETS.items():
+    for version, _, sub, _ in notebook_html.NPM_ASSETS.values():
         (folder / sub / ".version").write_text(version + "\n")
     return folder
 
 
 def test_remote_loads_are_found_and_links_are_not():
-    page = ('<a href="https://github.com/rasbt/LLMs-from-scratch">code</a>\n'
-            '<script src="https://cdnjs.cloudflare.com/require.min.js"></script>\n'
-            '<link rel="stylesheet" href="//unpkg.com/reveal.js/dist/reveal.css">\n'
-            "<script type=\"module\">import mermaid from 'https://cdn.example/mermaid.mjs';</script>\n"
-            '<script src="assets/requirejs/require.js"></script>')
+    page = (
+        '<a href="https://github.com/rasbt/LLMs-from-scratch">code</a>\n'
+        '<script src="https://cdnjs.cloudflare.com/require.min.js"></script>\n'
+        '<link rel="stylesheet" href="//unpkg.com/reveal.js/dist/reveal.css">\n'
+        "<script type=\"module\">import mermaid from 'https://cdn.example/mermaid.mjs';</script>\n"
+        '<script src="assets/requirejs/require.js"></script>'
+    )
     found = notebook_html.remote_loads(page)
     assert len(found) == 3 and not any("github.com" in f or "assets/" in f for f in found)
 
@@ -137,15 +151,20 @@ def test_missing_npm_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_widgets_become_their_final_text():
-    state = {"bar": {"state": {"children": ["IPY_MODEL_left", "IPY_MODEL_progress", "IPY_MODEL_right"]}},
-             "left": {"state": {"value": "Epoch 1: 100%"}},
-             "progress": {"state": {"value": 116, "max": 116}},
-             "right": {"state": {"value": " 116/116 [00:42&lt;00:00]"}}}
-    widget = new_output("display_data", data={notebook_html.WIDGET_VIEW: {"model_id": "bar"},
-                                              "text/plain": "  0%|          | 0/116"})
+    state = {
+        "bar": {"state": {"children": ["IPY_MODEL_left", "IPY_MODEL_progress", "IPY_MODEL_right"]}},
+        "left": {"state": {"value": "Epoch 1: 100%"}},
+        "progress": {"state": {"value": 116, "max": 116}},
+        "right": {"state": {"value": " 116/116 [00:42&lt;00:00]"}},
+    }
+    widget = new_output(
+        "display_data", data={notebook_html.WIDGET_VIEW: {"model_id": "bar"}, "text/plain": "  0%|          | 0/116"}
+    )
     stream = new_output("stream", name="stderr", text="  0%|  | 0/3\r 33%|# | 1/3\r100%|##| 3/3\n")
-    nb = new_notebook(cells=[new_code_cell("train()", outputs=[widget, stream])],
-                      metadata={"widgets": {notebook_html.WIDGET_STATE: {"state": state}}})
+    nb = new_notebook(
+        cells=[new_code_cell("train()", outputs=[widget, stream])],
+        metadata={"widgets": {notebook_html.WIDGET_STATE: {"state": state}}},
+    )
     assert notebook_html.static_outputs(nb) == 1
     final = "Epoch 1: 100%|██████████|  116/116 [00:42<00:00]"
     assert nb.cells[0].outputs[0].data == {"text/plain": final}
@@ -155,9 +174,13 @@ def test_widgets_become_their_final_text():
 
 # --- HTML slides and the site (built into tmp, with stand-in assets) ---
 
+
 def local_refs(page: str) -> list[str]:
-    return [url for url in re.findall(r'<(?:script|link|img)\b[^>]*\b(?:src|href)="([^"]+)"', page)
-            if not url.startswith(("http", "data:"))]
+    return [
+        url
+        for url in re.findall(r'<(?:script|link|img)\b[^>]*\b(?:src|href)="([^"]+)"', page)
+        if not url.startswith(("http", "data:"))
+    ]
 
 
 def test_slides_one_offline_html_per_notebook(tmp_path):
@@ -202,19 +225,24 @@ def test_site_links_and_images_resolve(site):
 
 def test_site_navigation_in_reading_order(site):
     second = (site / "notebooks" / NOTEBOOKS[1].with_suffix(".html").name).read_text()
-    pager = second[re.search(r'<nav[^>]*class="pager"', second).start():]
+    pager = second[re.search(r'<nav[^>]*class="pager"', second).start() :]
     prev_href, next_href = re.findall(r'href="([^"]+)"', pager)[:2]
     assert prev_href == NOTEBOOKS[0].stem + ".html" and next_href == NOTEBOOKS[2].stem + ".html"
 
 
 def test_broken_links_are_reported(tmp_path):
-    (tmp_path / "index.html").write_text('<h2 id="here">x</h2><a href="#here">ok</a><a href="#gone">no</a>'
-                                         '<img src="figures/missing.png"><a href="https://example.org">ok</a>')
-    assert build_site.broken_links(tmp_path) == ["index.html: <a> #gone (no such anchor)",
-                                                 "index.html: <img> figures/missing.png (no such file)"]
+    (tmp_path / "index.html").write_text(
+        '<h2 id="here">x</h2><a href="#here">ok</a><a href="#gone">no</a>'
+        '<img src="figures/missing.png"><a href="https://example.org">ok</a>'
+    )
+    assert build_site.broken_links(tmp_path) == [
+        "index.html: <a> #gone (no such anchor)",
+        "index.html: <img> figures/missing.png (no such file)",
+    ]
 
 
 # --- the machine check ---
+
 
 @pytest.mark.parametrize("name", ["check_setup.py", "machine_checks.py"])
 def test_check_setup_imports_only_the_standard_library(name):
@@ -247,6 +275,7 @@ def test_old_python_fails():
 def test_no_torch_fails_and_says_how_to_fix():
     def no_torch(name):
         raise ImportError(name)
+
     [result] = check_setup.check_torch(import_module=no_torch)
     assert result.status == "FAIL" and result.fix == "make setup"
 
@@ -254,12 +283,13 @@ def test_no_torch_fails_and_says_how_to_fix():
 def test_tokenizer_lookup(tmp_path):
     import utils
     from support.tokenizer_files import install_tokenizer_files
+
     empty_cache = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
     online, offline = (lambda url: True), (lambda url: False)
     assert check_setup.check_tokenizer(empty_cache, reachable=online).status == "WARN"  # not downloaded yet
     assert check_setup.check_tokenizer(empty_cache, reachable=offline).status == "FAIL"  # and cannot be
     broken = {utils.TOKENIZER_DIR_ENV: str(tmp_path)}
-    assert check_setup.check_tokenizer(broken).status == "FAIL"                 # folder without the files
+    assert check_setup.check_tokenizer(broken).status == "FAIL"  # folder without the files
     local = __import__("os").environ.get(utils.TOKENIZER_DIR_ENV)
     if local:  # the test machines' copy of GPT-2's vocabulary (tests/conftest.py)
         assert check_setup.check_tokenizer({utils.TOKENIZER_DIR_ENV: local}).status == "OK"
@@ -270,12 +300,15 @@ def test_tokenizer_lookup(tmp_path):
 def test_tokenizer_before_set_up_warns():
     def nothing(name):
         raise ImportError(name)
+
     assert check_setup.check_tokenizer({}, import_module=nothing).status == "WARN"
 
 
 def fake_utils(cached: set[str]):
-    return lambda name: SimpleNamespace(HF_REPOS={"gpt2-small": "a", "gpt2-medium": "b"},
-                                        cached_gpt2_weights=lambda size: Path("/x") if size in cached else None)
+    return lambda name: SimpleNamespace(
+        HF_REPOS={"gpt2-small": "a", "gpt2-medium": "b"},
+        cached_gpt2_weights=lambda size: Path("/x") if size in cached else None,
+    )
 
 
 def test_weights_in_cache():
@@ -287,7 +320,10 @@ def test_weights_in_cache():
 
 def test_ram_and_disk_against_model_sizes(tmp_path):
     small, medium = check_setup.NEEDS["gpt2-small"], check_setup.NEEDS["gpt2-medium"]
-    statuses = lambda ram, disk: [r.status for r in check_setup.check_resources(ram, disk, tmp_path)]
+
+    def statuses(ram, disk):
+        return [r.status for r in check_setup.check_resources(ram, disk, tmp_path)]
+
     assert statuses(medium["ram"], medium["disk"]) == ["OK", "OK"]
     assert statuses(small["ram"], small["disk"]) == ["WARN", "WARN"]
     assert statuses(small["ram"] - 1, small["disk"] - 1) == ["FAIL", "FAIL"]
@@ -307,6 +343,7 @@ def test_training_estimate_uses_the_injected_timing():
 def test_training_speed_failure_is_a_warning():
     def broken():
         raise RuntimeError("out of memory")
+
     result = check_setup.check_training_speed(broken)
     assert result.status == "WARN" and "out of memory" in result.detail
 
@@ -326,8 +363,9 @@ def test_exit_status_is_nonzero_on_fail(monkeypatch, capsys):
 MAX_SLIDES = 30  # about 30-45 minutes presented; the exercises and their solutions are worked through, not presented
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "exercises" not in p.name and "solutions" not in p.name],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in NOTEBOOKS if "exercises" not in p.name and "solutions" not in p.name], ids=lambda p: p.name
+)
 def test_teaching_notebook_fits_one_sitting(path):
     nb = nbformat.read(path, as_version=4)
     count = sum(cell.metadata.get("slideshow", {}).get("slide_type") in ("slide", "subslide") for cell in nb.cells)

@@ -5,6 +5,7 @@
 - train_model stays a loop a learner can read: short, few parameters, no DDP object in any signature;
 - support/ never imports utils (or finetune): utils imports from support, never the other way round.
 """
+
 import ast
 import json
 import re
@@ -15,9 +16,19 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UTILS = REPO_ROOT / "utils.py"
 # The final numbering of the notebooks (notes/BRIEF.md): a header names the notebook that teaches its code.
-NOTEBOOKS = {1: "instruction dataset", 2: "prompt formatting", 3: "tokenization and batching", 4: "dataloaders",
-             5: "gpt2 model", 6: "pretrained weights", 7: "finetuning", 8: "generation and evaluation",
-             9: "preference tuning", 10: "exercises", 11: "solutions"}
+NOTEBOOKS = {
+    1: "instruction dataset",
+    2: "prompt formatting",
+    3: "tokenization and batching",
+    4: "dataloaders",
+    5: "gpt2 model",
+    6: "pretrained weights",
+    7: "finetuning",
+    8: "generation and evaluation",
+    9: "preference tuning",
+    10: "exercises",
+    11: "solutions",
+}
 
 
 def utils_tree() -> ast.Module:
@@ -41,8 +52,9 @@ def top_level_definitions(tree: ast.Module) -> dict[str, ast.AST]:
 
 
 def referenced_names(node: ast.AST) -> set[str]:
-    return ({n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-            | {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)})
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+    }
 
 
 def notebook_uses(names: set[str]) -> set[str]:
@@ -72,8 +84,10 @@ def test_every_name_in_utils_is_used_by_a_notebook():
             reached.add(name)
             todo += references[name] - reached
     unused = sorted(set(definitions) - reached)
-    assert not unused, (f"utils.py defines names no notebook uses, directly or through a utils function: {unused}. "
-                        "Teach them in a notebook, or move them to support/ (or where their only user lives).")
+    assert not unused, (
+        f"utils.py defines names no notebook uses, directly or through a utils function: {unused}. "
+        "Teach them in a notebook, or move them to support/ (or where their only user lives)."
+    )
 
 
 def test_the_reachability_check_can_fail():
@@ -128,8 +142,9 @@ def test_support_never_imports_utils(path):
         else:
             continue
         for module in modules:
-            assert module.split(".")[0] not in ("utils", "finetune"), \
+            assert module.split(".")[0] not in ("utils", "finetune"), (
                 f"{path.name} line {node.lineno} imports {module}: support/ must not import utils or finetune"
+            )
 
 
 def test_support_imports_without_utils(tmp_path):
@@ -138,7 +153,10 @@ def test_support_imports_without_utils(tmp_path):
     import sys
 
     modules = sorted(p.stem for p in (REPO_ROOT / "support").glob("*.py") if p.stem != "__init__")
-    code = ("import sys\n" + "".join(f"import support.{m}\n" for m in modules)
-            + "assert 'utils' not in sys.modules, 'support imported utils'\n")
+    code = (
+        "import sys\n"
+        + "".join(f"import support.{m}\n" for m in modules)
+        + "assert 'utils' not in sys.modules, 'support imported utils'\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -3,18 +3,36 @@
 Checkpoints are small random GPT-2s written by transformers itself, so no download is needed.
 """
 
-from utils import (GPT_CONFIGS, HF_REPOS, GPTModel, KVCache, WeightsUnavailableError, build_gpt2,
-                   download_gpt2_weights, generate, generate_batch, load_gpt2_weights,
-                   text_to_token_ids, token_ids_to_text)
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from utils import (
+    GPT_CONFIGS,
+    HF_REPOS,
+    GPTModel,
+    KVCache,
+    WeightsUnavailableError,
+    build_gpt2,
+    download_gpt2_weights,
+    generate,
+    generate_batch,
+    load_gpt2_weights,
+    text_to_token_ids,
+    token_ids_to_text,
+)
+
 VOCAB = 384
-SMALL_CFG = {"vocab_size": VOCAB, "context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2,
-             "drop_rate": 0.0, "qkv_bias": True}
+SMALL_CFG = {
+    "vocab_size": VOCAB,
+    "context_length": 64,
+    "emb_dim": 64,
+    "n_heads": 4,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": True,
+}
 
 
 def random_hf_model(tied: bool, cfg: dict = SMALL_CFG, seed: int = 0) -> GPT2LMHeadModel:
@@ -23,10 +41,16 @@ def random_hf_model(tied: bool, cfg: dict = SMALL_CFG, seed: int = 0) -> GPT2LMH
     std=1 makes logits spread out, so greedy decoding varies its tokens and has no near-ties.
     """
     torch.manual_seed(seed)
-    config = GPT2Config(n_embd=cfg["emb_dim"], n_layer=cfg["n_layers"], n_head=cfg["n_heads"],
-                        n_positions=cfg["context_length"], vocab_size=cfg["vocab_size"],
-                        tie_word_embeddings=tied, bos_token_id=cfg["vocab_size"] - 1,
-                        eos_token_id=cfg["vocab_size"] - 1)
+    config = GPT2Config(
+        n_embd=cfg["emb_dim"],
+        n_layer=cfg["n_layers"],
+        n_head=cfg["n_heads"],
+        n_positions=cfg["context_length"],
+        vocab_size=cfg["vocab_size"],
+        tie_word_embeddings=tied,
+        bos_token_id=cfg["vocab_size"] - 1,
+        eos_token_id=cfg["vocab_size"] - 1,
+    )
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         for param in model.parameters():
@@ -68,12 +92,17 @@ def prompts_of_lengths(lengths, seed=3):
 
 # --- model ---
 
+
 def test_configs_and_parameter_counts():
     assert set(GPT_CONFIGS) == {"gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny"}
     assert set(HF_REPOS) == set(GPT_CONFIGS) - {"tiny"}
     # Hugging Face's parameter counts of the tied GPT-2s; our untied head adds vocab x emb.
-    expected = {"gpt2-small": 124_439_808, "gpt2-medium": 354_823_168,
-                "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
+    expected = {
+        "gpt2-small": 124_439_808,
+        "gpt2-medium": 354_823_168,
+        "gpt2-large": 774_030_080,
+        "gpt2-xl": 1_557_611_200,
+    }
     for name, count in expected.items():
         with torch.device("meta"):  # shapes only, no memory
             gpt = GPTModel(GPT_CONFIGS[name])
@@ -106,11 +135,12 @@ def test_kv_cache_logits_equal_full_forward(model):
         full = model(ids)
         cache = KVCache(model, batch_size=2, max_len=20)
         pieces = [model(ids[:, :12], cache), model(ids[:, 12:15], cache)]
-        pieces += [model(ids[:, i:i + 1], cache) for i in range(15, 20)]
+        pieces += [model(ids[:, i : i + 1], cache) for i in range(15, 20)]
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-4)
 
 
 # --- pretrained weights ---
+
 
 @pytest.mark.parametrize("kind", ["tied", "untied"])
 @pytest.mark.parametrize("prefix", ["as saved", "stripped", "added"])
@@ -120,8 +150,13 @@ def test_logits_match_transformers(checkpoints, tmp_path, kind, prefix):
     if prefix == "stripped":
         path = rewrite(path, tmp_path, lambda t: {k.removeprefix("transformer."): v for k, v in t.items()})
     elif prefix == "added":
-        path = rewrite(path, tmp_path, lambda t: {(k if k.startswith(("transformer.", "lm_head"))
-                                                   else "transformer." + k): v for k, v in t.items()})
+        path = rewrite(
+            path,
+            tmp_path,
+            lambda t: {
+                (k if k.startswith(("transformer.", "lm_head")) else "transformer." + k): v for k, v in t.items()
+            },
+        )
     gpt = load_gpt2_weights(GPTModel(SMALL_CFG), path).eval()
     ids = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -155,7 +190,7 @@ def test_build_gpt2_tiny(tmp_path):
 def test_truncated_file_names_the_file(checkpoints, tmp_path):
     data = checkpoints["tied"][1].read_bytes()
     broken = tmp_path / "model.safetensors"
-    broken.write_bytes(data[:len(data) // 2])
+    broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsUnavailableError, match="download it again") as info:
         load_gpt2_weights(GPTModel(SMALL_CFG), broken)
     assert str(broken) in str(info.value)
@@ -166,6 +201,7 @@ def test_truncated_file_names_the_file(checkpoints, tmp_path):
 def test_wrong_shape_names_the_key(checkpoints, tmp_path):
     def shrink(t):
         t["transformer.wpe.weight"] = t["transformer.wpe.weight"][:32]
+
     path = rewrite(checkpoints["tied"][1], tmp_path, shrink)
     with pytest.raises(ValueError, match=r"wpe\.weight: checkpoint has \(32, 64\), the model needs \(64, 64\)"):
         load_gpt2_weights(GPTModel(SMALL_CFG), path)
@@ -175,6 +211,7 @@ def test_missing_and_extra_keys_are_named(checkpoints, tmp_path):
     def change(t):
         del t["transformer.h.1.ln_2.bias"]
         t["transformer.h.2.ln_1.weight"] = torch.ones(64)
+
     path = rewrite(checkpoints["tied"][1], tmp_path, change)
     with pytest.raises(ValueError) as info:
         load_gpt2_weights(GPTModel(SMALL_CFG), path)
@@ -204,10 +241,11 @@ def test_offline_download_says_how_to_fix(monkeypatch, tmp_path):
 
 # --- generation ---
 
+
 def greedy_alone(gpt, prompt, max_new_tokens, context_size, **kwargs):
     """New tokens of one prompt by generate() on it alone."""
     out = generate(gpt, torch.tensor([prompt]), max_new_tokens, context_size, **kwargs)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def test_greedy_varies_tokens(model):
@@ -231,8 +269,14 @@ def test_greedy_matches_transformers(checkpoints):
         gpt = load_gpt2_weights(GPTModel(SMALL_CFG), path).eval()
         for prompt in prompts_of_lengths([3, 14]):
             ids = torch.tensor([prompt])
-            theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
-                                 do_sample=False, eos_token_id=None, pad_token_id=0)
+            theirs = hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=20,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
             assert torch.equal(generate(gpt, ids, 20, 64), theirs)
 
 

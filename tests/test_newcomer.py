@@ -4,6 +4,7 @@ tried from a fresh copy of the repository, offline (issue 12; issue 11 item 6; i
 Make targets run from a temporary clone (tracked files as they are in this worktree); nothing here
 installs packages or reaches the network.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ VENV_PYTHON = Path(sys.executable)
 
 
 # --- a fresh clone, with this worktree's tracked files as they are now ---
+
 
 def tracked_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
@@ -60,6 +62,7 @@ def make_dry_run(folder: Path, *args: str) -> str:
 
 # --- 1, 2: make lab serves the repository root (figures load) and starts as root ---
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,8 +77,13 @@ def test_make_lab_serves_the_repository_root_so_figures_load(clone):
     port, token = free_port(), "newcomer-test"
     argv = command.replace('"', "").split()
     argv[0] = str(VENV_PYTHON)
-    argv += ["--no-browser", f"--port={port}", f"--ServerApp.token={token}", "--ServerApp.open_browser=False",
-             f"--ServerApp.runtime_dir={clone / '.jupyter-runtime'}"]
+    argv += [
+        "--no-browser",
+        f"--port={port}",
+        f"--ServerApp.token={token}",
+        "--ServerApp.open_browser=False",
+        f"--ServerApp.runtime_dir={clone / '.jupyter-runtime'}",
+    ]
     if "--allow-root" not in argv:
         argv.append("--allow-root")
     server = subprocess.Popen(argv, cwd=clone, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -113,6 +121,7 @@ def test_make_lab_allows_root_and_takes_extra_arguments(clone):
 
 # --- 3: make run checks the prerequisites once, before any notebook ---
 
+
 @pytest.fixture
 def no_tokenizer(tmp_path, monkeypatch):
     """No tokenizer folder, an empty tiktoken cache, and a network that fails at once."""
@@ -128,8 +137,9 @@ def no_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setattr("tiktoken.load.read_file", no_network)
 
 
-def test_run_without_tokenizer_stops_before_any_notebook_with_the_whole_fix_once(no_tokenizer, tmp_path,
-                                                                                 monkeypatch, capsys):
+def test_run_without_tokenizer_stops_before_any_notebook_with_the_whole_fix_once(
+    no_tokenizer, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(utils, "cached_gpt2_weights", lambda *a, **k: None)
     monkeypatch.delenv("LLM_SMOKE", raising=False)
     rc = run_notebooks.main(["--out", str(tmp_path / "out")])
@@ -151,6 +161,7 @@ def test_prerequisites_say_whether_weights_are_cached(monkeypatch, tmp_path):
 
 
 # --- issue 11 item 6: the runner survives bad notebooks and never destroys one ---
+
 
 def notebook(path: Path, *sources: str, tags: dict[int, list[str]] | None = None) -> Path:
     nb = nbformat.v4.new_notebook()
@@ -193,8 +204,9 @@ def test_inplace_keeps_a_failed_notebook_and_strips_needs_gpt2_outputs(tmp_path,
     monkeypatch.setattr(utils, "cached_gpt2_weights", lambda *a, **k: None)
     failing = notebook(tmp_path / "a.ipynb", "1 / 0")
     before = failing.read_bytes()
-    tagged = notebook(tmp_path / "b.ipynb", "print('depends on the weights')", "print('shown')",
-                      tags={0: ["needs-gpt2"]})
+    tagged = notebook(
+        tmp_path / "b.ipynb", "print('depends on the weights')", "print('shown')", tags={0: ["needs-gpt2"]}
+    )
     assert run_notebooks.main(["--inplace", str(failing), str(tagged)]) == 1
     assert "ZeroDivisionError: division by zero" in capsys.readouterr().out
     assert failing.read_bytes() == before  # not half an execution
@@ -248,6 +260,7 @@ def test_kernels_talk_over_ipc_so_no_tcp_warning(tmp_path, capfd):
 
 # --- 4 and issue 9 item 6: the weights lookup learns "offline" within about 2 s ---
 
+
 @pytest.fixture
 def hub_memo(tmp_path, monkeypatch):
     memo = tmp_path / "hub-unreachable.json"
@@ -287,8 +300,7 @@ def silent_server():
 
 
 @pytest.mark.parametrize("kind", ["refused", "no-answer"])
-def test_unreachable_hub_is_known_within_seconds_and_remembered(kind, tmp_path, hub_memo, monkeypatch,
-                                                                silent_server):
+def test_unreachable_hub_is_known_within_seconds_and_remembered(kind, tmp_path, hub_memo, monkeypatch, silent_server):
     port = free_port() if kind == "refused" else silent_server
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     start = time.monotonic()
@@ -329,8 +341,13 @@ def test_make_download_offline_does_not_send_the_user_to_make_download(tmp_path,
 def test_standin_message_is_short(monkeypatch, capsys):
     monkeypatch.delenv("LLM_SMOKE", raising=False)
     monkeypatch.setattr(utils, "_WEIGHTS_FAILED", set())
-    monkeypatch.setattr(utils, "download_gpt2_weights", lambda name: (_ for _ in ()).throw(
-        utils.WeightsUnavailableError("gpt2-small weights: not in the cache, and the Hub cannot be reached. Fix: x")))
+    monkeypatch.setattr(
+        utils,
+        "download_gpt2_weights",
+        lambda name: (_ for _ in ()).throw(
+            utils.WeightsUnavailableError("gpt2-small weights: not in the cache, and the Hub cannot be reached. Fix: x")
+        ),
+    )
     _, label = utils.load_gpt2_or_standin("gpt2-small")
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 2 and "UNTRAINED" in printed[1] and "UNTRAINED" in label
@@ -338,12 +355,22 @@ def test_standin_message_is_short(monkeypatch, capsys):
 
 # --- 6: the suite passes with only the cache `make download` leaves, and skips cleanly without it ---
 
+
 def run_pytest_in(folder: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GPT2_TOKENIZER_DIR", "TIKTOKEN_CACHE_DIR", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GPT2_TOKENIZER_DIR", "TIKTOKEN_CACHE_DIR", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST")
+    }
     env.update(env_extra or {})
-    return subprocess.run([str(VENV_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(VENV_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 SUBSET = ["tests/test_data.py", "tests/test_collate.py", "-k", "tokeniz or collate or offline"]
@@ -361,8 +388,9 @@ def test_suite_passes_with_only_the_tiktoken_cache(clone, gpt2_vocab_dir):
 
 def test_suite_without_tokenizer_skips_with_one_reason(clone):
     shutil.rmtree(clone / ".cache" / "tiktoken", ignore_errors=True)
-    result = run_pytest_in(clone, *SUBSET, "-rs", env_extra={"HTTPS_PROXY": "http://127.0.0.1:9",
-                                                             "HTTP_PROXY": "http://127.0.0.1:9"})
+    result = run_pytest_in(
+        clone, *SUBSET, "-rs", env_extra={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    )
     out = result.stdout
     assert result.returncode == 0, out[-3000:]
     skip_lines = [line for line in out.splitlines() if line.startswith("SKIPPED")]
@@ -373,10 +401,11 @@ def test_suite_without_tokenizer_skips_with_one_reason(clone):
 
 # --- 7, 8: set-up installs each requirement file once, from a wheelhouse when there is one ---
 
+
 @pytest.fixture
 def setup_sandbox(tmp_path):
     """A copy of the set-up files in a folder whose name holds quotes, with a recording stand-in Python."""
-    root = tmp_path / "it's a \"course\" $(touch pwned)"
+    root = tmp_path / 'it\'s a "course" $(touch pwned)'
     (root / "scripts").mkdir(parents=True)
     for name in ("scripts/setup.sh", "requirements.txt", "requirements-test.txt", "utils.py"):
         shutil.copy2(REPO_ROOT / name, root / name)
@@ -399,8 +428,14 @@ exec '{VENV_PYTHON}' "$@"
 def run_setup(root: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("GPT2_TOKENIZER_DIR", "WHEELHOUSE")}
     env.update(env_extra or {})
-    return subprocess.run(["bash", str(root / "scripts" / "setup.sh"), *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash", str(root / "scripts" / "setup.sh"), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_switching_between_run_and_test_installs_nothing_again(setup_sandbox):
@@ -449,6 +484,7 @@ def test_readme_stops_advising_to_copy_the_venv():
 
 # --- 10: small things ---
 
+
 def test_every_declared_make_target_has_a_rule(clone):
     makefile = (clone / "Makefile").read_text()
     phony = re.search(r"^\.PHONY:(.*)$", makefile, re.MULTILINE).group(1).split()
@@ -479,15 +515,18 @@ def test_notebook_header_has_strip_credit_and_exercises(number):
     assert f'<img src="../figures/here-{number}.png" width="900" alt="You are here' in header
     assert CREDIT in header and "https://github.com/rasbt/LLM-workshop-2024" in header
     assert "Exercises" in cells[-1].source and "(10-exercises.ipynb)" in cells[-1].source
-    links = {"02": ["https://crfm.stanford.edu/2023/03/13/alpaca.html", "https://arxiv.org/abs/2404.14219"],
-             "03": ["https://github.com/openai/tiktoken"]}
+    links = {
+        "02": ["https://crfm.stanford.edu/2023/03/13/alpaca.html", "https://arxiv.org/abs/2404.14219"],
+        "03": ["https://github.com/openai/tiktoken"],
+    }
     for link in links.get(number, []):
         assert link in header
 
 
 def test_here_strips_exist_for_every_notebook_and_differ():
-    import make_figures
     from matplotlib.image import imread
+
+    import make_figures
 
     names = [f"here-{n:02d}.png" for n in range(1, 12)]
     assert set(names) <= set(make_figures.FIGURES)
@@ -497,6 +536,7 @@ def test_here_strips_exist_for_every_notebook_and_differ():
 
 
 # --- plot style (issue 13 item 1): one style, big enough for a projector ---
+
 
 def test_one_plot_style_for_projectors():
     import matplotlib

@@ -3,6 +3,7 @@
 Each draft is loaded from the notebook itself, given the same weights as its utils counterpart
 (the parameter names match, so load_state_dict copies them), and fed random inputs.
 """
+
 import pytest
 import torch
 
@@ -10,12 +11,33 @@ import utils
 from test_notebooks import notebook_function
 
 CONFIGS = [
-    {"vocab_size": 97, "context_length": 16, "emb_dim": 8, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
-     "qkv_bias": True},
-    {"vocab_size": 50, "context_length": 12, "emb_dim": 12, "n_heads": 3, "n_layers": 1, "drop_rate": 0.0,
-     "qkv_bias": False},
-    {"vocab_size": 64, "context_length": 10, "emb_dim": 6, "n_heads": 1, "n_layers": 3, "drop_rate": 0.0,
-     "qkv_bias": True},
+    {
+        "vocab_size": 97,
+        "context_length": 16,
+        "emb_dim": 8,
+        "n_heads": 2,
+        "n_layers": 2,
+        "drop_rate": 0.0,
+        "qkv_bias": True,
+    },
+    {
+        "vocab_size": 50,
+        "context_length": 12,
+        "emb_dim": 12,
+        "n_heads": 3,
+        "n_layers": 1,
+        "drop_rate": 0.0,
+        "qkv_bias": False,
+    },
+    {
+        "vocab_size": 64,
+        "context_length": 10,
+        "emb_dim": 6,
+        "n_heads": 1,
+        "n_layers": 3,
+        "drop_rate": 0.0,
+        "qkv_bias": True,
+    },
 ]
 
 
@@ -77,9 +99,15 @@ def test_checkpoint_names_match_a_transformers_gpt2():
     """gpt2_checkpoint_name and is_conv1d_weight (shown in notebook 06) fit a checkpoint transformers builds."""
     transformers = pytest.importorskip("transformers")
     cfg = utils.GPT_CONFIGS["tiny"]
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=cfg["vocab_size"], n_positions=cfg["context_length"], n_embd=cfg["emb_dim"],
-        n_layer=cfg["n_layers"], n_head=cfg["n_heads"]))
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=cfg["vocab_size"],
+            n_positions=cfg["context_length"],
+            n_embd=cfg["emb_dim"],
+            n_layer=cfg["n_layers"],
+            n_head=cfg["n_heads"],
+        )
+    )
     theirs = {key.removeprefix("transformer."): tensor for key, tensor in hf.state_dict().items()}
     ours = utils.GPTModel(cfg).state_dict()
     for name, param in ours.items():
@@ -95,6 +123,7 @@ def test_weight_dependent_cells_are_tagged_and_explained():
     import re
 
     import nbformat
+
     from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, cell_tags
 
     cells = nbformat.read(next(NOTEBOOK_DIR.glob("06*.ipynb")), as_version=4).cells
@@ -107,6 +136,6 @@ def test_weight_dependent_cells_are_tagged_and_explained():
             assert NEEDS_GPT2 in cell_tags(cell), f"cell {i} uses the loaded model but is not tagged:\n{cell.source}"
         if NEEDS_GPT2 in cell_tags(cell):
             tagged += 1
-            note = next(c for c in cells[i + 1:] if c.cell_type == "markdown")
+            note = next(c for c in cells[i + 1 :] if c.cell_type == "markdown")
             assert "What you will see" in note.source, f"no 'What you will see' note after cell {i}"
     assert tagged >= 4

@@ -4,6 +4,7 @@ training step against utils, and the teaching examples of 08.
 The training runs use the very small GPT of test_training (vocabulary of 256, synthetic tokens):
 checkpoint cadence and hooks do not depend on the model's size.
 """
+
 import contextlib
 import io
 import re
@@ -11,12 +12,12 @@ import re
 import nbformat
 import pytest
 import torch
-from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, cell_tags
-from test_notebooks import notebook_function
-from test_training import assert_same_weights, run, small_model, synthetic_loader
 
 import support.trainer
 import utils
+from run_notebooks import NEEDS_GPT2, NOTEBOOK_DIR, cell_tags
+from test_notebooks import notebook_function
+from test_training import assert_same_weights, run, small_model, synthetic_loader
 from utils import calc_loss_batch, create_optimizer, generate
 
 
@@ -44,14 +45,25 @@ def test_defaults_write_one_checkpoint_per_epoch(tmp_path, checkpoint_writes):
 
 
 def test_a_max_steps_stop_saves_where_it_stopped(tmp_path, checkpoint_writes):
-    run(small_model(), synthetic_loader(2), num_epochs=3, eval_freq=1, max_steps=11,
-        checkpoint_path=tmp_path / "checkpoint.safetensors")
+    run(
+        small_model(),
+        synthetic_loader(2),
+        num_epochs=3,
+        eval_freq=1,
+        max_steps=11,
+        checkpoint_path=tmp_path / "checkpoint.safetensors",
+    )
     assert checkpoint_writes == [8, 11]
 
 
 def test_save_every_steps_adds_to_the_epoch_ends(tmp_path, checkpoint_writes):
-    run(small_model(), synthetic_loader(2), num_epochs=2, save_every=3,
-        checkpoint_path=tmp_path / "checkpoint.safetensors")
+    run(
+        small_model(),
+        synthetic_loader(2),
+        num_epochs=2,
+        save_every=3,
+        checkpoint_path=tmp_path / "checkpoint.safetensors",
+    )
     assert checkpoint_writes == [3, 6, 8, 9, 12, 15, 16]
 
 
@@ -62,8 +74,14 @@ def test_save_every_minutes_follows_the_clock(tmp_path, checkpoint_writes, monke
     def tick(state):  # each step "takes" 40 s, counted after the step's save check
         clock["now"] += 40.0
 
-    run(small_model(), synthetic_loader(2), num_epochs=1, save_every_minutes=1.0, callback=tick,
-        checkpoint_path=tmp_path / "checkpoint.safetensors")
+    run(
+        small_model(),
+        synthetic_loader(2),
+        num_epochs=1,
+        save_every_minutes=1.0,
+        callback=tick,
+        checkpoint_path=tmp_path / "checkpoint.safetensors",
+    )
     # Step k checks at 40·(k-1) s: step 3 (80 s) is the first due, then every second step
     # (80 s after the last save), and step 8 ends the epoch.
     assert checkpoint_writes == [3, 5, 7, 8]
@@ -102,8 +120,13 @@ def test_notebook_training_step_agrees_with_utils():
     assert loss == pytest.approx(expected_loss, rel=1e-6)
 
     looped, losses = small_model(seed=3), []
-    run(looped, loader, max_steps=1, optimizer=create_optimizer(looped, lr=1e-2),
-        callback=lambda state: losses.append(state.last_loss))
+    run(
+        looped,
+        loader,
+        max_steps=1,
+        optimizer=create_optimizer(looped, lr=1e-2),
+        callback=lambda state: losses.append(state.last_loss),
+    )
     assert losses == [pytest.approx(loss, rel=1e-6)]
     for (name, a), b in zip(drafted.state_dict().items(), looped.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
@@ -119,20 +142,36 @@ def test_notebook07_training_call_writes_one_checkpoint_per_epoch(tmp_path, chec
     """07's train_model call, with the keywords it passes, checkpoints once per epoch and shows a sample each epoch."""
     import ast
 
-    calls = [node for cell in notebook_cells("07") if cell.cell_type == "code" and "checkpoint_path=" in cell.source
-             for node in ast.walk(ast.parse(cell.source))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "train_model"]
+    calls = [
+        node
+        for cell in notebook_cells("07")
+        if cell.cell_type == "code" and "checkpoint_path=" in cell.source
+        for node in ast.walk(ast.parse(cell.source))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "train_model"
+    ]
     assert len(calls) == 1, "07 trains the model with one train_model call that saves checkpoints"
     # the same keywords with small values: a keyword added to the notebook's call must be added here too
-    values = {"num_epochs": 2, "eval_freq": 1, "eval_iter": 1, "autocast_dtype": None,
-              "checkpoint_path": tmp_path / "checkpoint.safetensors", "resume": False}
+    values = {
+        "num_epochs": 2,
+        "eval_freq": 1,
+        "eval_iter": 1,
+        "autocast_dtype": None,
+        "checkpoint_path": tmp_path / "checkpoint.safetensors",
+        "resume": False,
+    }
     samples = []
     values["on_epoch_end"] = lambda state: samples.append(state.epoch)
     keywords = {k.arg for k in calls[0].keywords}
     assert keywords <= set(values), f"07 passes {sorted(keywords - set(values))}: extend this test"
     model = small_model()
-    utils.train_model(model, synthetic_loader(2), synthetic_loader(4, shuffle=False), create_optimizer(model, lr=1e-2),
-                      "cpu", **{k: values[k] for k in keywords})
+    utils.train_model(
+        model,
+        synthetic_loader(2),
+        synthetic_loader(4, shuffle=False),
+        create_optimizer(model, lr=1e-2),
+        "cpu",
+        **{k: values[k] for k in keywords},
+    )
     assert checkpoint_writes == [8, 16]
     assert samples == ([1, 2] if "on_epoch_end" in keywords else [])
 
@@ -191,7 +230,7 @@ def test_notebook08_prints_answers_compactly():
     """The answers cell prints one line per answer: no run of blank lines from a stand-in's output."""
     (cell,) = [c for c in notebook_cells("08") if c.cell_type == "code" and "shorten(" in c.source]
     namespace = {}
-    exec(compile(cell.source.split("print(f\"[{model_label}]")[0], "08", "exec"), namespace)  # noqa: S102
+    exec(compile(cell.source.split('print(f"[{model_label}]')[0], "08", "exec"), namespace)  # noqa: S102
     shorten = namespace["shorten"]
     assert shorten("\n\n\n\n") == repr("\n\n\n\n")
     assert len(shorten("word " * 200)) <= 90 and "\n" not in shorten("a\nb" * 50)
@@ -200,9 +239,13 @@ def test_notebook08_prints_answers_compactly():
 
 # --- what a reader without GPT-2's weights still sees (issue 21) ---
 
+
 def _standin_cells(prefix):
-    return [c for c in notebook_cells(prefix) if c.cell_type == "code" and NEEDS_GPT2 not in cell_tags(c)
-            and c.source.startswith("# untrained stand-in")]
+    return [
+        c
+        for c in notebook_cells(prefix)
+        if c.cell_type == "code" and NEEDS_GPT2 not in cell_tags(c) and c.source.startswith("# untrained stand-in")
+    ]
 
 
 def test_07_shows_the_standin_loss_plot_in_a_cell_apart():
@@ -221,7 +264,13 @@ def test_08_shows_the_standin_score_table_beside_reference_points():
 
 def test_08_sets_up_ollama_step_by_step():
     text = "\n".join(c.source for c in notebook_cells("08") if c.cell_type == "markdown")
-    for step in ("ollama.com/install.sh", "ollama serve", "ollama pull llama3.2", "curl http://localhost:11434",
-                 "connection refused", "model not found"):
+    for step in (
+        "ollama.com/install.sh",
+        "ollama serve",
+        "ollama pull llama3.2",
+        "curl http://localhost:11434",
+        "connection refused",
+        "model not found",
+    ):
         assert step in text, step
     assert "0.6 s per answer" in text and "ch07.ipynb" in text  # the judge's time, with its source

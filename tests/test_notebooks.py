@@ -5,6 +5,7 @@ what a machine without GPT-2's weights runs too. Cells tagged `needs-gpt2` (thei
 OpenAI's weights) and `varies` (timings, machine facts) are not compared. The `executed` fixture
 (tests/conftest.py) runs each notebook once per session, shared with tests/test_exercises.py.
 """
+
 import random
 import re
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_committed_outputs_are_reproduced(executed, path):
 
 MACHINE_PATH = re.compile(
     r"(?<![\w.~])(?:/(?:work|tmp|home|root|Users|var/folders|private|mnt|opt|srv)/"  # Unix and macOS homes, temp
-    r"|[A-Za-z]:[\\/]+(?:Users|Documents and Settings|Windows|Temp)\b)"               # Windows drives
+    r"|[A-Za-z]:[\\/]+(?:Users|Documents and Settings|Windows|Temp)\b)"  # Windows drives
 )
 
 
@@ -87,7 +88,7 @@ def absolute_paths(nb, repo_root=utils.REPO_ROOT) -> list[str]:
         for output in cell.get("outputs", []):
             text = output_text(output)
             hits = [m.group(0) for m in MACHINE_PATH.finditer(text)] + [e for e in extra if e in text]
-            found += [f"code cell {number}: {text[text.find(hit):][:80]!r}" for hit in hits]
+            found += [f"code cell {number}: {text[text.find(hit) :][:80]!r}" for hit in hits]
     return found
 
 
@@ -97,28 +98,39 @@ def test_committed_outputs_hold_no_absolute_path(path):
     assert not problems, f"{path.name}: print paths relative to the repository:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("text", [
-    "or copy it to /work/main/.cache/data/f92ec6eb1e-alpaca_data.json.",
-    "saved /tmp/tmpab12/checkpoint.safetensors",
-    "/home/alice/course/runs/gpt2-small-test-responses.json (110 entries)",
-    "File \"/root/.venv/lib/python3.12/site-packages/torch/nn/modules/module.py\", line 1",
-    "C:\\Users\\alice\\course\\instruction-data.json",
-    "/Users/bob/Library/Caches/huggingface/hub",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "or copy it to /work/main/.cache/data/f92ec6eb1e-alpaca_data.json.",
+        "saved /tmp/tmpab12/checkpoint.safetensors",
+        "/home/alice/course/runs/gpt2-small-test-responses.json (110 entries)",
+        'File "/root/.venv/lib/python3.12/site-packages/torch/nn/modules/module.py", line 1',
+        "C:\\Users\\alice\\course\\instruction-data.json",
+        "/Users/bob/Library/Caches/huggingface/hub",
+    ],
+)
 def test_absolute_path_check_catches_planted_paths(text):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
-        nbformat.v4.new_output("stream", name="stdout", text=text)])])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output("stream", name="stdout", text=text)])]
+    )
     assert absolute_paths(nb), text
 
 
-@pytest.mark.parametrize("text", [
-    ".cache/data/f92ec6eb1e-alpaca_data.json", "runs/gpt2-small-test-responses.json (110 entries)",
-    "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json", "1/2 of 3/4",
-    "checkpoints/gpt2-small-instruct.safetensors", "input and output / target",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        ".cache/data/f92ec6eb1e-alpaca_data.json",
+        "runs/gpt2-small-test-responses.json (110 entries)",
+        "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json",
+        "1/2 of 3/4",
+        "checkpoints/gpt2-small-instruct.safetensors",
+        "input and output / target",
+    ],
+)
 def test_absolute_path_check_passes_relative_paths_and_urls(text):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
-        nbformat.v4.new_output("stream", name="stdout", text=text)])])
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output("stream", name="stdout", text=text)])]
+    )
     assert absolute_paths(nb, repo_root=Path("/nonexistent-repo")) == []
 
 

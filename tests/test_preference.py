@@ -3,6 +3,7 @@
 The loss is checked against a direct, loop-by-loop implementation of eq. 7 of Rafailov et al. 2023
 ("Direct Preference Optimization: Your Language Model is Secretly a Reward Model", arXiv:2305.18290) in float64.
 """
+
 import copy
 import json
 import math
@@ -26,6 +27,7 @@ def pairs():
 
 
 # --- the data ---
+
 
 def test_every_pair_links_to_its_instruction_entry(pairs, dataset):
     assert len(pairs) == len(dataset)
@@ -59,6 +61,7 @@ def test_each_axis_changes_what_it_says(pairs, dataset):
 
 def test_preference_split_follows_the_instruction_split(pairs, dataset):
     """A prompt lands in the same split as in instruction finetuning: no val/test prompt is trained on."""
+
     def prompt(e):
         return e["instruction"], e["input"]
 
@@ -82,19 +85,27 @@ def test_off_topic_answers_come_from_the_same_split(pairs, dataset):
 
 
 def test_the_generator_rebuilds_the_committed_file():
-    result = subprocess.run([sys.executable, "scripts/make_preference_data.py", "--check"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "scripts/make_preference_data.py", "--check"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"instruction": "Q", "chosen": "A"}, "entry 1: missing field 'rejected'"),
-    ({"instruction": "Q", "chosen": "A", "rejected": 3}, "entry 1: field 'rejected' must be a string, got int"),
-    ({"instruction": "Q", "chosen": "  ", "rejected": "B"}, "entry 1: field 'chosen' is empty"),
-    ({"instruction": "Q", "chosen": "Same.", "rejected": "Same. "}, "entry 1: field 'rejected' is the same answer"),
-    ({"instruction": "Q", "input": 5, "chosen": "A", "rejected": "B"}, "entry 1: field 'input' must be a string"),
-    ("just text", "entry 1: expected an object"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"instruction": "Q", "chosen": "A"}, "entry 1: missing field 'rejected'"),
+        ({"instruction": "Q", "chosen": "A", "rejected": 3}, "entry 1: field 'rejected' must be a string, got int"),
+        ({"instruction": "Q", "chosen": "  ", "rejected": "B"}, "entry 1: field 'chosen' is empty"),
+        ({"instruction": "Q", "chosen": "Same.", "rejected": "Same. "}, "entry 1: field 'rejected' is the same answer"),
+        ({"instruction": "Q", "input": 5, "chosen": "A", "rejected": "B"}, "entry 1: field 'input' must be a string"),
+        ("just text", "entry 1: expected an object"),
+    ],
+)
 def test_bad_entries_are_named_by_file_index_and_field(tmp_path, entry, message):
     path = tmp_path / "prefs.json"
     path.write_text(json.dumps([{"instruction": "Q", "chosen": "A", "rejected": "B"}, entry]))
@@ -111,6 +122,7 @@ def test_a_pair_without_its_prompt_in_the_instruction_data_is_refused(dataset):
 
 
 # --- the loss against the paper ---
+
 
 def direct_sequence_logprob(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """sum over real targets t of log softmax(logits[t])[target[t]], one position at a time."""
@@ -133,12 +145,18 @@ def random_preference_batch(generator: torch.Generator, n_pairs: int, length: in
     """Token rows as preference_collate_fn builds them: prompts of random length, answers, end-of-text, padding."""
     examples = []
     for _ in range(n_pairs):
-        prompt = torch.randint(0, vocab - 1, (int(torch.randint(1, length // 2, (1,), generator=generator)),),
-                               generator=generator).tolist()
-        answers = [torch.randint(0, vocab - 1, (int(torch.randint(1, length // 2, (1,), generator=generator)),),
-                                 generator=generator).tolist() for _ in range(2)]
-        examples.append(utils.PreferenceExample(*(utils.TokenizedExample(prompt + answer, len(prompt))
-                                                  for answer in answers)))
+        prompt = torch.randint(
+            0, vocab - 1, (int(torch.randint(1, length // 2, (1,), generator=generator)),), generator=generator
+        ).tolist()
+        answers = [
+            torch.randint(
+                0, vocab - 1, (int(torch.randint(1, length // 2, (1,), generator=generator)),), generator=generator
+            ).tolist()
+            for _ in range(2)
+        ]
+        examples.append(
+            utils.PreferenceExample(*(utils.TokenizedExample(prompt + answer, len(prompt)) for answer in answers))
+        )
     batch = utils.preference_collate_fn(examples)
     # the end-of-text token (and padding) becomes the last ID of this small vocabulary
     inputs, targets = (t.masked_fill(t == utils.PAD_TOKEN_ID, vocab - 1) for t in (batch.inputs, batch.targets))
@@ -151,15 +169,20 @@ def test_dpo_loss_and_rewards_equal_the_published_formula(seed, n_pairs, beta):
     vocab = 11
     batch = random_preference_batch(generator, n_pairs, length=16, vocab=vocab)
     assert (batch.targets == IGNORE_INDEX).any()  # prompt masking and padding are both exercised
-    policy_logits, reference_logits = (torch.randn(*batch.targets.shape, vocab, generator=generator,
-                                                   dtype=torch.float64) * 3 for _ in range(2))
+    policy_logits, reference_logits = (
+        torch.randn(*batch.targets.shape, vocab, generator=generator, dtype=torch.float64) * 3 for _ in range(2)
+    )
     policy, reference = (utils.sequence_logprobs(logits, batch.targets) for logits in (policy_logits, reference_logits))
     loss, chosen_rewards, rejected_rewards = utils.dpo_loss(*policy.chunk(2), *reference.chunk(2), beta=beta)
 
-    direct = [[direct_sequence_logprob(logits[row], batch.targets[row]) for row in range(2 * n_pairs)]
-              for logits in (policy_logits, reference_logits)]
-    expected = [direct_dpo(direct[0][i], direct[0][n_pairs + i], direct[1][i], direct[1][n_pairs + i], beta)
-                for i in range(n_pairs)]
+    direct = [
+        [direct_sequence_logprob(logits[row], batch.targets[row]) for row in range(2 * n_pairs)]
+        for logits in (policy_logits, reference_logits)
+    ]
+    expected = [
+        direct_dpo(direct[0][i], direct[0][n_pairs + i], direct[1][i], direct[1][n_pairs + i], beta)
+        for i in range(n_pairs)
+    ]
     assert loss.item() == pytest.approx(sum(e[0] for e in expected) / n_pairs, abs=1e-6)
     assert chosen_rewards.tolist() == pytest.approx([e[1] for e in expected], abs=1e-6)
     assert rejected_rewards.tolist() == pytest.approx([e[2] for e in expected], abs=1e-6)
@@ -192,6 +215,7 @@ def test_the_loss_starts_at_log_2_when_policy_equals_reference():
 
 
 # --- a short run on the stand-in ---
+
 
 def standin(seed: int = 0) -> utils.GPTModel:
     torch.manual_seed(seed)
@@ -231,8 +255,17 @@ def test_a_few_dpo_steps_raise_held_out_accuracy_and_margin(preference_loaders):
     policy, reference = standin(0), standin(0)
     train_loader = make(train_set, shuffle=True, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3, weight_decay=0.0)
-    history = utils.train_dpo(policy, reference, train_loader, make(val_set, batch_size=4), optimizer, "cpu",
-                              num_steps=8, eval_freq=8, beta=0.1)
+    history = utils.train_dpo(
+        policy,
+        reference,
+        train_loader,
+        make(val_set, batch_size=4),
+        optimizer,
+        "cpu",
+        num_steps=8,
+        eval_freq=8,
+        beta=0.1,
+    )
     assert history.steps == [0, 8]
     assert history.val_accuracies[0] == 0.5 and history.val_margins[0] == 0  # policy == reference at step 0
     assert history.val_losses[0] == pytest.approx(math.log(2), abs=1e-6)
@@ -245,6 +278,7 @@ def test_a_few_dpo_steps_raise_held_out_accuracy_and_margin(preference_loaders):
 
 
 # --- notebook 09's drafts agree with utils ---
+
 
 def test_notebook_drafts_agree_with_utils():
     from test_notebooks import notebook_function
@@ -259,11 +293,13 @@ def test_notebook_drafts_agree_with_utils():
     for n_pairs in (1, 3):
         batch = random_preference_batch(generator, n_pairs, length=14, vocab=9)
         logits = torch.randn(*batch.targets.shape, 9, generator=generator, dtype=torch.float64)
-        torch.testing.assert_close(draft_logprobs(logits, batch.targets),
-                                   utils.sequence_logprobs(logits, batch.targets), atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            draft_logprobs(logits, batch.targets), utils.sequence_logprobs(logits, batch.targets), atol=1e-10, rtol=0
+        )
 
 
 # --- the command line: finetune.py --dpo ---
+
 
 def test_finetune_dpo_smoke_runs_from_a_checkpoint(tmp_path, tokenizer, capsys):
     import finetune
@@ -281,7 +317,10 @@ def test_finetune_dpo_smoke_runs_from_a_checkpoint(tmp_path, tokenizer, capsys):
     # a second run into the same folder is refused, with one line naming the fix
     capsys.readouterr()
     assert finetune.main(["--smoke", "--dpo", str(start), "--out", str(tmp_path / "dpo")]) == 1
-    assert "already holds a run (dpo-model.safetensors, dpo-metrics.json, dpo-checkpoint.safetensors)" in capsys.readouterr().err
+    assert (
+        "already holds a run (dpo-model.safetensors, dpo-metrics.json, dpo-checkpoint.safetensors)"
+        in capsys.readouterr().err
+    )
 
 
 def test_finetune_dpo_names_a_missing_start(tmp_path, capsys):
@@ -294,6 +333,7 @@ def test_finetune_dpo_names_a_missing_start(tmp_path, capsys):
 
 # --- the DPO loop on train_model's hooks: checkpoints, resume, the finite-loss stop ---
 
+
 def small_dpo_run(train_set, val_set, make, steps: int, hooks, lr: float = 1e-3) -> utils.GPTModel:
     policy, reference = standin(0), standin(0)
     train = copy.copy(train_set)
@@ -302,8 +342,7 @@ def small_dpo_run(train_set, val_set, make, steps: int, hooks, lr: float = 1e-3)
     val.examples = val_set.examples[:2]
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
     loader = make(train, shuffle=True, generator=torch.Generator().manual_seed(0))
-    utils.train_dpo(policy, reference, loader, make(val), optimizer, "cpu", num_steps=steps, eval_freq=100,
-                    hooks=hooks)
+    utils.train_dpo(policy, reference, loader, make(val), optimizer, "cpu", num_steps=steps, eval_freq=100, hooks=hooks)
     return policy
 
 
@@ -315,8 +354,7 @@ def test_a_resumed_dpo_run_ends_with_the_same_weights(tmp_path, preference_loade
     path = tmp_path / "dpo-checkpoint.safetensors"
     small_dpo_run(*preference_loaders, steps=6, hooks=TrainingRun(path, seed=1, max_steps=3, progress=False))
     assert path.exists()
-    resumed = small_dpo_run(*preference_loaders, steps=6,
-                            hooks=TrainingRun(path, resume=True, seed=1, progress=False))
+    resumed = small_dpo_run(*preference_loaders, steps=6, hooks=TrainingRun(path, resume=True, seed=1, progress=False))
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
 
@@ -327,7 +365,8 @@ def test_a_diverging_dpo_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, 
 
     path = tmp_path / "dpo-checkpoint.safetensors"
     with pytest.raises(utils.TrainingError, match="diverged"):
-        small_dpo_run(*preference_loaders, steps=6, lr=1e30,
-                      hooks=TrainingRun(path, seed=1, save_every=1, progress=False))
+        small_dpo_run(
+            *preference_loaders, steps=6, lr=1e30, hooks=TrainingRun(path, seed=1, save_every=1, progress=False)
+        )
     saved = utils.load_checkpoint(standin(5), path)  # loads: only finite weights were ever saved
     assert all(torch.isfinite(p).all() for p in saved.parameters())

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import train_with_hooks
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -26,6 +25,7 @@ import finetune
 import support.checkpoints
 import support.files
 import utils
+from helpers import train_with_hooks
 from support.checkpoints import CheckpointError, save_checkpoint
 from support.files import atomic_write_json
 from support.trainer import TrainingError
@@ -33,8 +33,15 @@ from utils import GPTModel, TokenizedExample, create_optimizer, custom_collate_f
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 256
-SMALL_CFG = {"vocab_size": VOCAB, "context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
-             "drop_rate": 0.0, "qkv_bias": True}
+SMALL_CFG = {
+    "vocab_size": VOCAB,
+    "context_length": 64,
+    "emb_dim": 32,
+    "n_heads": 2,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": True,
+}
 
 
 def small_model(seed: int = 0) -> GPTModel:
@@ -42,21 +49,33 @@ def small_model(seed: int = 0) -> GPTModel:
     return GPTModel(SMALL_CFG)
 
 
-def loader(batch_size: int = 2, n: int = 16, mask_prompt: bool = False, prompt_length: int = 3,
-           max_length: int | None = None) -> DataLoader:
+def loader(
+    batch_size: int = 2, n: int = 16, mask_prompt: bool = False, prompt_length: int = 3, max_length: int | None = None
+) -> DataLoader:
     g = torch.Generator().manual_seed(0)
-    examples = [TokenizedExample(torch.randint(0, VOCAB - 1, (int(torch.randint(6, 20, (), generator=g)),),
-                                               generator=g).tolist(), prompt_length) for _ in range(n)]
-    collate = partial(custom_collate_fn, pad_token_id=VOCAB - 1, mask_prompt=mask_prompt,
-                      allowed_max_length=max_length)
+    examples = [
+        TokenizedExample(
+            torch.randint(0, VOCAB - 1, (int(torch.randint(6, 20, (), generator=g)),), generator=g).tolist(),
+            prompt_length,
+        )
+        for _ in range(n)
+    ]
+    collate = partial(custom_collate_fn, pad_token_id=VOCAB - 1, mask_prompt=mask_prompt, allowed_max_length=max_length)
     return DataLoader(examples, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=torch.Generator())
 
 
 def train(model, path=None, optimizer=None, train_loader=None, **kwargs):
     optimizer = optimizer or create_optimizer(model, lr=1e-2)
     kwargs = {"num_epochs": 1, "eval_freq": 2, "eval_iter": 1, "progress": False, **kwargs}
-    return train_with_hooks(model, loader() if train_loader is None else train_loader, loader(4), optimizer, "cpu",
-                            checkpoint_path=path, **kwargs)
+    return train_with_hooks(
+        model,
+        loader() if train_loader is None else train_loader,
+        loader(4),
+        optimizer,
+        "cpu",
+        checkpoint_path=path,
+        **kwargs,
+    )
 
 
 def rewrite_checkpoint(path: Path, change) -> None:
@@ -68,15 +87,18 @@ def rewrite_checkpoint(path: Path, change) -> None:
     change(tensors, metadata)
     if "checksums" in metadata:
         metadata.pop("checksums")
-        metadata["checksums"] = json.dumps(support.checkpoints.checksums_of(
-            {name: t.contiguous() for name, t in tensors.items()}, metadata))
+        metadata["checksums"] = json.dumps(
+            support.checkpoints.checksums_of({name: t.contiguous() for name, t in tensors.items()}, metadata)
+        )
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
 def state_of(model, optimizer) -> tuple[dict, dict]:
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-           for i, s in optimizer.state_dict()["state"].items()}
+    opt = {
+        i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+        for i, s in optimizer.state_dict()["state"].items()
+    }
     return weights, opt
 
 
@@ -101,27 +123,32 @@ def checkpoint(tmp_path) -> Path:
 
 # --- 1. a checkpoint is checked whole before it touches the model or the optimizer ---
 
+
 def cut_rows(name):
     def change(tensors, metadata):
         tensors[name] = tensors[name][:3]
+
     return change
 
 
 def fill_nan(name):
     def change(tensors, metadata):
         tensors[name] = torch.full_like(tensors[name], float("nan"))
+
     return change
 
 
 def as_float64(name):
     def change(tensors, metadata):
         tensors[name] = tensors[name].double()
+
     return change
 
 
 def drop(name):
     def change(tensors, metadata):
         del tensors[name]
+
     return change
 
 
@@ -132,24 +159,44 @@ def add_train_state_field(tensors, metadata):
 def drop_metadata(key):
     def change(tensors, metadata):
         del metadata[key]
+
     return change
 
 
-@pytest.mark.parametrize("change, message", [
-    (cut_rows("optimizer.0.exp_avg"), r"optimizer\.0\.exp_avg is torch\.float32 \(3, 32\), its parameter "
-                                      r"torch\.float32 \(256, 32\)"),
-    (cut_rows("tok_emb.weight"), r"tok_emb\.weight has shape \(3, 32\), the model needs \(256, 32\)"),
-    (fill_nan("trf_blocks.0.att.qkv.weight"), r"trf_blocks\.0\.att\.qkv\.weight holds NaN"),
-    (fill_nan("optimizer.3.exp_avg_sq"), r"optimizer\.3\.exp_avg_sq holds NaN"),
-    (as_float64("final_norm.weight"), r"final_norm\.weight is torch\.float64, the model needs torch\.float32"),
-    (drop("optimizer.2.exp_avg"), r"optimizer\.2\.exp_avg is missing"),
-    (drop("rng.torch"), r"rng\.torch .* missing or damaged"),
-    (add_train_state_field, r"train_state has unknown fields \['surprise'\]"),
-    (drop_metadata("optimizer"), r"holds weights only"),
-    (lambda t, m: (cut_rows("optimizer.1.exp_avg_sq")(t, m), m.pop("checksums")),  # a file without checksums
-     r"its metadata has no checksums"),
-], ids=["optimizer-cut", "weight-cut", "weight-nan", "optimizer-nan", "dtype", "optimizer-missing", "rng-missing",
-        "train-state-field", "optimizer-metadata", "no-checksums"])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            cut_rows("optimizer.0.exp_avg"),
+            r"optimizer\.0\.exp_avg is torch\.float32 \(3, 32\), its parameter "
+            r"torch\.float32 \(256, 32\)",
+        ),
+        (cut_rows("tok_emb.weight"), r"tok_emb\.weight has shape \(3, 32\), the model needs \(256, 32\)"),
+        (fill_nan("trf_blocks.0.att.qkv.weight"), r"trf_blocks\.0\.att\.qkv\.weight holds NaN"),
+        (fill_nan("optimizer.3.exp_avg_sq"), r"optimizer\.3\.exp_avg_sq holds NaN"),
+        (as_float64("final_norm.weight"), r"final_norm\.weight is torch\.float64, the model needs torch\.float32"),
+        (drop("optimizer.2.exp_avg"), r"optimizer\.2\.exp_avg is missing"),
+        (drop("rng.torch"), r"rng\.torch .* missing or damaged"),
+        (add_train_state_field, r"train_state has unknown fields \['surprise'\]"),
+        (drop_metadata("optimizer"), r"holds weights only"),
+        (
+            lambda t, m: (cut_rows("optimizer.1.exp_avg_sq")(t, m), m.pop("checksums")),  # a file without checksums
+            r"its metadata has no checksums",
+        ),
+    ],
+    ids=[
+        "optimizer-cut",
+        "weight-cut",
+        "weight-nan",
+        "optimizer-nan",
+        "dtype",
+        "optimizer-missing",
+        "rng-missing",
+        "train-state-field",
+        "optimizer-metadata",
+        "no-checksums",
+    ],
+)
 def test_damaged_checkpoint_is_refused_before_anything_changes(checkpoint, change, message):
     rewrite_checkpoint(checkpoint, change)
     model = small_model(seed=1)
@@ -179,16 +226,21 @@ def edit_json(key, field, value):
         else:
             entry[field] = value
         metadata[key] = json.dumps(entry)
+
     return change
 
 
-@pytest.mark.parametrize("change, message", [
-    (edit_json("optimizer", "lr", 5.0), r"metadata entry 'optimizer' does not match its checksum"),
-    (edit_json("train_state", "step", 10**6), r"metadata entry 'train_state' does not match its checksum"),
-    (edit_json("train_state", "batches_done", 999), r"metadata entry 'train_state' does not match its checksum"),
-    (lambda t, m: (m.pop("checksums"), t["tok_emb.weight"].add_(1.0)), r"its metadata has no checksums"),
-    (lambda t, m: m.update(extra="{}"), r"metadata entry 'extra' has no checksum"),
-], ids=["lr", "step", "batches-done", "checksums-deleted", "entry-added"])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (edit_json("optimizer", "lr", 5.0), r"metadata entry 'optimizer' does not match its checksum"),
+        (edit_json("train_state", "step", 10**6), r"metadata entry 'train_state' does not match its checksum"),
+        (edit_json("train_state", "batches_done", 999), r"metadata entry 'train_state' does not match its checksum"),
+        (lambda t, m: (m.pop("checksums"), t["tok_emb.weight"].add_(1.0)), r"its metadata has no checksums"),
+        (lambda t, m: m.update(extra="{}"), r"metadata entry 'extra' has no checksum"),
+    ],
+    ids=["lr", "step", "batches-done", "checksums-deleted", "entry-added"],
+)
 def test_metadata_edited_by_hand_is_refused(checkpoint, change, message):
     """Issue 26: the metadata is covered by the checksums, and a checkpoint without checksums is refused."""
     edit_by_hand(checkpoint, change)
@@ -202,8 +254,11 @@ def test_metadata_edited_by_hand_is_refused(checkpoint, change, message):
 
 def test_a_plain_weights_file_without_checksums_still_loads(tmp_path):
     model = small_model(seed=3)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "out_head.weight"},
-              str(tmp_path / "plain.safetensors"), metadata={"tied": json.dumps({"out_head.weight": "tok_emb.weight"})})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items() if k != "out_head.weight"},
+        str(tmp_path / "plain.safetensors"),
+        metadata={"tied": json.dumps({"out_head.weight": "tok_emb.weight"})},
+    )
     loaded = load_checkpoint(small_model(seed=4), tmp_path / "plain.safetensors")
     assert torch.equal(loaded.tok_emb.weight, model.tok_emb.weight)
 
@@ -211,9 +266,9 @@ def test_a_plain_weights_file_without_checksums_still_loads(tmp_path):
 def test_bytes_overwritten_inside_a_tensor_fail_the_checksum(checkpoint):
     data = bytearray(checkpoint.read_bytes())
     header_size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + header_size])
+    header = json.loads(data[8 : 8 + header_size])
     begin = 8 + header_size + header["tok_emb.weight"]["data_offsets"][0]
-    data[begin + 1000:begin + 1256] = bytes(range(256))  # plausible-looking floats, not NaN
+    data[begin + 1000 : begin + 1256] = bytes(range(256))  # plausible-looking floats, not NaN
     checkpoint.write_bytes(bytes(data))
     model = small_model(seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -231,6 +286,7 @@ def test_resume_through_finetune_reports_a_cut_tensor_without_traceback(finished
 
 # --- 2. a NaN loss stops the run and keeps the last good checkpoint ---
 
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.safetensors"
 
@@ -240,8 +296,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
                 model.final_norm.weight.fill_(float("nan"))
 
     model = small_model()
-    with pytest.raises(TrainingError, match=r"step 3: the training loss is nan.*keeps the last good state, "
-                                            r"from step 2"):
+    with pytest.raises(
+        TrainingError,
+        match=r"step 3: the training loss is nan.*keeps the last good state, "
+        r"from step 2",
+    ):
         train(model, path, save_every=2, callback=poison)
     saved = load_checkpoint(small_model(seed=1), path)  # loads: every value finite
     assert json.loads(safe_open(str(path), "pt").metadata()["train_state"])["step"] == 2
@@ -275,13 +334,37 @@ def test_smoke_honours_an_explicit_lr_and_says_its_own():
 
 def test_smoke_honours_every_flag_given_and_refuses_weights(capsys):
     """Issue 26, case 16: --smoke sets its small defaults only for the flags not on the command line."""
-    args = finetune.parse_args(["--smoke", "--batch-size", "2", "--max-steps", "3", "--eval-iter", "2", "--epochs", "2",
-                                "--eval-freq", "1", "--max-new-tokens", "5"])
-    assert (args.batch_size, args.max_steps, args.eval_iter, args.epochs, args.eval_freq, args.max_new_tokens) == \
-        (2, 3, 2, 2, 1, 5)
+    args = finetune.parse_args(
+        [
+            "--smoke",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "3",
+            "--eval-iter",
+            "2",
+            "--epochs",
+            "2",
+            "--eval-freq",
+            "1",
+            "--max-new-tokens",
+            "5",
+        ]
+    )
+    assert (args.batch_size, args.max_steps, args.eval_iter, args.epochs, args.eval_freq, args.max_new_tokens) == (
+        2,
+        3,
+        2,
+        2,
+        1,
+        5,
+    )
     plain = finetune.parse_args(["--smoke"])
-    assert (plain.batch_size, plain.max_steps, plain.epochs) == (finetune.SMOKE["batch_size"],
-                                                                finetune.SMOKE["max_steps"], 1)
+    assert (plain.batch_size, plain.max_steps, plain.epochs) == (
+        finetune.SMOKE["batch_size"],
+        finetune.SMOKE["max_steps"],
+        1,
+    )
     with pytest.raises(SystemExit):
         finetune.parse_args(["--smoke", "--weights", "w.safetensors"])
     assert "--smoke trains the UNTRAINED tiny model: drop --weights" in capsys.readouterr().err
@@ -302,8 +385,11 @@ def test_network_deadlines_are_flags_that_reach_the_calls(monkeypatch, tmp_path)
     defaults = finetune.parse_args([])
     assert defaults.download_deadline <= 300 and defaults.judge_timeout <= 300
     seen = {}
-    monkeypatch.setattr(finetune, "load_instruction_data",
-                        lambda source, download_deadline: seen.setdefault("deadline", download_deadline) and 1 / 0)
+    monkeypatch.setattr(
+        finetune,
+        "load_instruction_data",
+        lambda source, download_deadline: seen.setdefault("deadline", download_deadline) and 1 / 0,
+    )
     with pytest.raises(ZeroDivisionError):
         finetune.load_splits(finetune.parse_args(["--data", "http://127.0.0.1:9/d.json", "--download-deadline", "7"]))
     monkeypatch.setattr(finetune, "judge_responses", lambda *a, **k: seen.setdefault("timeout", k["timeout"]) and 1 / 0)
@@ -320,12 +406,21 @@ def test_diverging_finetune_run_fails_and_writes_no_results(tmp_path, capsys):
     assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: t.__setitem__("transformer.wpe.weight", torch.full_like(t["transformer.wpe.weight"], float("nan"))),
-     r"wpe\.weight: holds NaN"),
-    (lambda t: t.__setitem__("transformer.ln_f.bias", torch.zeros(64, dtype=torch.int32)),
-     r"ln_f\.bias: dtype torch\.int32, not floating point"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda t: t.__setitem__(
+                "transformer.wpe.weight", torch.full_like(t["transformer.wpe.weight"], float("nan"))
+            ),
+            r"wpe\.weight: holds NaN",
+        ),
+        (
+            lambda t: t.__setitem__("transformer.ln_f.bias", torch.zeros(64, dtype=torch.int32)),
+            r"ln_f\.bias: dtype torch\.int32, not floating point",
+        ),
+    ],
+)
 def test_weights_loader_checks_dtype_and_values(tmp_path, change, message):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -339,6 +434,7 @@ def test_weights_loader_checks_dtype_and_values(tmp_path, change, message):
 
 
 # --- 3. --out is checked before training ---
+
 
 def test_out_that_is_a_file_or_under_a_file_is_refused_before_training(tmp_path, capsys):
     a_file = tmp_path / "results.txt"
@@ -355,8 +451,10 @@ def test_read_only_out_is_refused_before_training(tmp_path, monkeypatch, capsys)
     out.mkdir()
     out.chmod(0o555)
     if os.access(out, os.W_OK):  # root writes anywhere: fake the refusal the file system would give
+
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
+
         monkeypatch.setattr(finetune.tempfile, "TemporaryFile", refuse)
     monkeypatch.setattr(finetune, "load_splits", lambda args: pytest.fail("the data was loaded"))
     assert finetune.main(["--smoke", "--out", str(out)]) == 1
@@ -365,6 +463,7 @@ def test_read_only_out_is_refused_before_training(tmp_path, monkeypatch, capsys)
 
 def test_a_disk_without_room_for_a_checkpoint_is_refused_before_training(tmp_path, monkeypatch, capsys):
     import shutil
+
     free = 1_000_000  # 1 MB; the tiny model's checkpoint alone is about 80 MB
     monkeypatch.setattr(finetune.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, free))
     monkeypatch.setattr(finetune, "train_model", lambda *a, **k: pytest.fail("training started"))
@@ -381,8 +480,9 @@ def small_disk(tmp_path):
     def mount(options: str = "size=2m") -> Path:
         folder = tmp_path / f"disk{len(mounted)}"
         folder.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the mocked tests above cover this")
         mounted.append(folder)
@@ -435,6 +535,7 @@ def test_room_estimate_covers_a_real_checkpoint(tmp_path, monkeypatch):
 
 # --- 4. an existing run is never overwritten silently ---
 
+
 @pytest.fixture(scope="module")
 def _smoke_run(tmp_path_factory, tokenizer) -> Path:  # `tokenizer`: skipped with the fix when there is none
     out = tmp_path_factory.mktemp("smoke") / "run"
@@ -445,6 +546,7 @@ def _smoke_run(tmp_path_factory, tokenizer) -> Path:  # `tokenizer`: skipped wit
 @pytest.fixture
 def finished_smoke_run(_smoke_run, tmp_path) -> Path:
     import shutil
+
     return Path(shutil.copytree(_smoke_run, tmp_path / "run"))
 
 
@@ -466,16 +568,26 @@ def test_resume_and_overwrite_together_are_refused():
 
 # --- 5. every setting that shapes the run is recorded; a mismatching resume is refused in one line ---
 
+
 def test_resume_with_other_settings_lists_every_difference(tmp_path):
     path = tmp_path / "checkpoint.safetensors"
     train(small_model(), path, max_steps=2, settings={"lr": 0.01, "style": "alpaca", "mask_prompt": False})
     with pytest.raises(CheckpointError) as info:
-        train(small_model(), path, resume=True, seed=7,
-              settings={"lr": 0.001, "style": "phi3", "mask_prompt": False, "max_length": 16})
+        train(
+            small_model(),
+            path,
+            resume=True,
+            seed=7,
+            settings={"lr": 0.001, "style": "phi3", "mask_prompt": False, "max_length": 16},
+        )
     message = str(info.value)
     assert "\n" not in message
-    for expected in ("seed: checkpoint 123, this run 7", "lr: checkpoint 0.01, this run 0.001",
-                     "style: checkpoint 'alpaca', this run 'phi3'", "max_length: checkpoint '(not recorded)'"):
+    for expected in (
+        "seed: checkpoint 123, this run 7",
+        "lr: checkpoint 0.01, this run 0.001",
+        "style: checkpoint 'alpaca', this run 'phi3'",
+        "max_length: checkpoint '(not recorded)'",
+    ):
         assert expected in message
     assert "mask_prompt" not in message
 
@@ -483,11 +595,41 @@ def test_resume_with_other_settings_lists_every_difference(tmp_path):
 def test_finetune_records_its_settings_and_refuses_a_changed_resume(finished_smoke_run, capsys):
     with safe_open(str(finished_smoke_run / "checkpoint.safetensors"), "pt") as f:
         settings = json.loads(f.metadata()["train_state"])["settings"]
-    assert {"model", "data_sha256", "style", "mask_prompt", "max_length", "group_by_length", "lr", "weight_decay",
-            "global_batch_size", "lora_rank", "lora_alpha", "weights", "bf16"} <= settings.keys()
+    assert {
+        "model",
+        "data_sha256",
+        "style",
+        "mask_prompt",
+        "max_length",
+        "group_by_length",
+        "lr",
+        "weight_decay",
+        "global_batch_size",
+        "lora_rank",
+        "lora_alpha",
+        "weights",
+        "bf16",
+    } <= settings.keys()
     assert settings["lr"] == finetune.SMOKE["lr"] and settings["max_length"] == 256
-    assert finetune.main(["--smoke", "--resume", "--style", "phi3", "--mask-prompt", "--max-length", "200",
-                          "--group-by-length", "--lr", "1e-4", "--out", str(finished_smoke_run)]) == 1
+    assert (
+        finetune.main(
+            [
+                "--smoke",
+                "--resume",
+                "--style",
+                "phi3",
+                "--mask-prompt",
+                "--max-length",
+                "200",
+                "--group-by-length",
+                "--lr",
+                "1e-4",
+                "--out",
+                str(finished_smoke_run),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
     for name in ("style", "mask_prompt", "max_length", "group_by_length", "lr"):
@@ -501,6 +643,7 @@ def test_finetune_resume_with_the_same_settings_goes_on(finished_smoke_run, caps
 
 # --- 9. runs that would train nothing fail clearly ---
 
+
 def test_all_targets_masked_is_refused(tmp_path, capsys):
     assert finetune.main(["--smoke", "--mask-prompt", "--max-length", "16", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
@@ -511,8 +654,9 @@ def test_all_targets_masked_is_refused(tmp_path, capsys):
 def test_train_split_smaller_than_a_batch_is_refused(tmp_path, capsys, dataset):
     data = tmp_path / "few.json"
     data.write_text(json.dumps(dataset[:20]), encoding="utf-8")
-    assert finetune.main(["--model", "tiny", "--data", str(data), "--batch-size", "64",
-                          "--out", str(tmp_path / "r")]) == 1
+    assert (
+        finetune.main(["--model", "tiny", "--data", str(data), "--batch-size", "64", "--out", str(tmp_path / "r")]) == 1
+    )
     assert "make not one batch of --batch-size 64" in capsys.readouterr().err
 
 
@@ -538,8 +682,10 @@ def test_max_steps_below_one_is_refused(steps):
 
 def test_train_model_refuses_steps_without_real_targets_and_empty_loaders(tmp_path):
     every_target_masked = loader(mask_prompt=True, prompt_length=6, max_length=4)  # cut inside every prompt
-    with pytest.warns(UserWarning, match="were cut"), \
-            pytest.raises(TrainingError, match="step 1: its batches hold no real target"):
+    with (
+        pytest.warns(UserWarning, match="were cut"),
+        pytest.raises(TrainingError, match="step 1: its batches hold no real target"),
+    ):
         train(small_model(), tmp_path / "c.safetensors", train_loader=every_target_masked)
     assert not (tmp_path / "c.safetensors").exists()
     with pytest.raises(TrainingError, match="yields no batches"):
@@ -549,6 +695,7 @@ def test_train_model_refuses_steps_without_real_targets_and_empty_loaders(tmp_pa
 
 
 # --- 11. one message per error, strict JSON, signals, temporary files, work after training ---
+
 
 def test_errors_are_one_message_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LLM_DEVICE", "bogus")
@@ -590,8 +737,12 @@ def test_json_results_are_strict(tmp_path):
 
     def no_constants(name):
         raise AssertionError(f"{name} in {path}")
+
     assert json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constants) == {
-        "loss": None, "x": [None, 1.5], "t": "\ud800"}
+        "loss": None,
+        "x": [None, 1.5],
+        "t": "\ud800",
+    }
 
 
 def test_interrupted_save_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -667,9 +818,18 @@ def test_a_second_run_in_the_same_out_is_refused_and_names_the_holder(tmp_path, 
 
 
 def test_a_lock_held_by_another_process_is_seen(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from support.files import OutputFolderLock; "
-                               "lock = OutputFolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
-                               str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from support.files import OutputFolderLock; "
+            "lock = OutputFolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(support.files.FolderInUseError, match=f"process {holder.pid} on"):
@@ -703,14 +863,20 @@ def test_resume_of_a_finished_run_without_its_checkpoint_is_refused(finished_smo
     assert (finished_smoke_run / "model.safetensors").read_bytes() == model
 
 
-@pytest.mark.parametrize("kind, what", [("loop", "leads nowhere"), ("dangling", "leads nowhere"),
-                                        ("folder", "a folder"), ("fifo", "not a regular file")])
+@pytest.mark.parametrize(
+    "kind, what",
+    [("loop", "leads nowhere"), ("dangling", "leads nowhere"), ("folder", "a folder"), ("fifo", "not a regular file")],
+)
 def test_a_checkpoint_path_that_is_no_file_is_refused_on_resume(finished_smoke_run, capsys, kind, what):
     """Issue 26, case 13."""
     checkpoint = finished_smoke_run / "checkpoint.safetensors"
     checkpoint.unlink()
-    {"loop": lambda: checkpoint.symlink_to(checkpoint.name), "dangling": lambda: checkpoint.symlink_to("gone"),
-     "folder": checkpoint.mkdir, "fifo": lambda: os.mkfifo(checkpoint)}[kind]()
+    {
+        "loop": lambda: checkpoint.symlink_to(checkpoint.name),
+        "dangling": lambda: checkpoint.symlink_to("gone"),
+        "folder": checkpoint.mkdir,
+        "fifo": lambda: os.mkfifo(checkpoint),
+    }[kind]()
     assert finetune.main(["--smoke", "--resume", "--out", str(finished_smoke_run)]) == 1
     err = capsys.readouterr().err
     assert f"{checkpoint} is " in err and what in err and "starting from scratch" not in err
@@ -746,10 +912,32 @@ def test_sigterm_stops_with_the_resume_hint_and_leaves_no_temporary_file(tmp_pat
     data = tmp_path / "data.json"
     data.write_text(json.dumps(dataset[:60]), encoding="utf-8")
     out = tmp_path / "run"
-    command = [sys.executable, str(REPO_ROOT / "finetune.py"), "--model", "tiny", "--data", str(data),
-               "--batch-size", "2", "--epochs", "20", "--save-every", "1", "--eval-iter", "0", "--out", str(out)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "LLM_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "finetune.py"),
+        "--model",
+        "tiny",
+        "--data",
+        str(data),
+        "--batch-size",
+        "2",
+        "--epochs",
+        "20",
+        "--save-every",
+        "1",
+        "--eval-iter",
+        "0",
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LLM_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"},
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "checkpoint.safetensors").exists() and process.poll() is None:
@@ -793,6 +981,7 @@ def test_run_notebooks_removes_what_a_killed_write_of_the_notebook_left(tmp_path
     """Issue 26 weak spot: run_notebooks.py --inplace killed mid-write left a temporary folder beside the notebook."""
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import nbformat
+
     import run_notebooks
 
     path = tmp_path / "01-x.ipynb"

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import train_with_hooks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 import utils
+from helpers import train_with_hooks
 from support.batching import LengthGroupedBatchSampler, length_grouped_loader
 from support.checkpoints import save_checkpoint
 from utils import (
@@ -42,8 +42,15 @@ from utils import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 256
-SMALL_CFG = {"vocab_size": VOCAB, "context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
-             "drop_rate": 0.0, "qkv_bias": True}
+SMALL_CFG = {
+    "vocab_size": VOCAB,
+    "context_length": 64,
+    "emb_dim": 32,
+    "n_heads": 2,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": True,
+}
 
 
 def small_model(seed: int = 0, drop_rate: float = 0.0, tied: bool = False) -> GPTModel:
@@ -67,8 +74,13 @@ def synthetic_examples(n: int = 16, seed: int = 0) -> list[TokenizedExample]:
 
 def synthetic_loader(batch_size: int, examples=None, shuffle: bool = True, mask_prompt: bool = False) -> DataLoader:
     collate = partial(custom_collate_fn, pad_token_id=VOCAB - 1, mask_prompt=mask_prompt)
-    return DataLoader(examples or synthetic_examples(), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                      generator=torch.Generator() if shuffle else None)
+    return DataLoader(
+        examples or synthetic_examples(),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        generator=torch.Generator() if shuffle else None,
+    )
 
 
 def run(model, loader, optimizer=None, **kwargs):
@@ -83,6 +95,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 # --- loss and training loop ---
+
 
 def test_calc_loss_batch_is_the_mean_over_real_targets():
     model = small_model().eval()
@@ -99,8 +112,17 @@ def test_loss_decreases_on_real_examples(tokenizer, dataset):
     short = sorted(dataset, key=lambda e: len(utils.format_example(e)))[:10]  # cheap steps
     train_loader, val_loader, _ = utils.create_dataloaders(short[:8], short[8:], short[8:], tokenizer, batch_size=4)
     before = calc_loss_loader(train_loader, model, "cpu")
-    history = train_with_hooks(model, train_loader, val_loader, create_optimizer(model, lr=3e-3), "cpu",
-                               num_epochs=3, eval_freq=3, eval_iter=1, progress=False)
+    history = train_with_hooks(
+        model,
+        train_loader,
+        val_loader,
+        create_optimizer(model, lr=3e-3),
+        "cpu",
+        num_epochs=3,
+        eval_freq=3,
+        eval_iter=1,
+        progress=False,
+    )
     after = calc_loss_loader(train_loader, model, "cpu")
     assert history.steps == [3, 6]
     assert after < before - 0.5, (before, after)
@@ -114,8 +136,13 @@ def test_gradient_accumulation_equals_one_big_batch():
     results = []
     for batch_size, accum in ((8, 1), (2, 4)):
         model = small_model()
-        history = run(model, synthetic_loader(batch_size, mask_prompt=True),
-                      torch.optim.SGD(model.parameters(), lr=0.5), grad_accum_steps=accum, eval_freq=1)
+        history = run(
+            model,
+            synthetic_loader(batch_size, mask_prompt=True),
+            torch.optim.SGD(model.parameters(), lr=0.5),
+            grad_accum_steps=accum,
+            eval_freq=1,
+        )
         results.append((model, history))
     (big, h_big), (accumulated, h_acc) = results
     assert h_big.steps == h_acc.steps == [1, 2]
@@ -146,6 +173,7 @@ def test_tokens_seen_counts_only_real_targets():
 
 
 # --- checkpoints and resume ---
+
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_checkpoint_round_trip(tmp_path, tied):
@@ -183,9 +211,11 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, how):
     if how == "max_steps":
         run(model, synthetic_loader(2), checkpoint_path=path, max_steps=6, **config)  # stops mid epoch 2
     else:
+
         def crash(state):
             if state.step == 5:
                 raise Interrupt
+
         with pytest.raises(Interrupt):  # the last checkpoint is from step 3, in epoch 1
             run(model, synthetic_loader(2), checkpoint_path=path, save_every=3, callback=crash, **config)
 
@@ -226,6 +256,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
 
 # --- LoRA ---
 
+
 def test_lora_starts_as_the_base_model_and_trains_only_its_matrices():
     model = small_model().eval()
     x = torch.randint(0, VOCAB, (2, 10))
@@ -264,9 +295,15 @@ def test_merged_lora_gives_the_same_outputs_as_plain_gpt_weights():
 
 # --- length-grouped batching ---
 
+
 @settings(max_examples=60, deadline=None)
-@given(lengths=st.lists(st.integers(1, 500), max_size=120), batch_size=st.integers(1, 9),
-       chunk_batches=st.integers(1, 5), seed=st.integers(0, 10**6), epoch=st.integers(0, 3))
+@given(
+    lengths=st.lists(st.integers(1, 500), max_size=120),
+    batch_size=st.integers(1, 9),
+    chunk_batches=st.integers(1, 5),
+    seed=st.integers(0, 10**6),
+    epoch=st.integers(0, 3),
+)
 def test_length_grouped_sampler_yields_every_index_once(lengths, batch_size, chunk_batches, seed, epoch):
     sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=seed, chunk_batches=chunk_batches)
     sampler.set_epoch(epoch)
@@ -301,10 +338,12 @@ def test_length_grouping_pads_little_on_the_real_train_split(tokenizer, dataset)
 
 # --- finetune.py ---
 
+
 def run_finetune(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu"}  # nothing may reach the network
-    return subprocess.run([sys.executable, "finetune.py", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "finetune.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def free_port() -> int:
@@ -345,8 +384,9 @@ def test_finetune_bad_data_gives_one_clear_message(tmp_path):
 
 
 def test_finetune_missing_weights_give_one_clear_message(tmp_path):
-    result = run_finetune("--model", "gpt2-small", "--weights", str(tmp_path / "nope.safetensors"),
-                          "--out", str(tmp_path / "out"))
+    result = run_finetune(
+        "--model", "gpt2-small", "--weights", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "out")
+    )
     assert result.returncode != 0
     assert "nope.safetensors: no such file" in result.stderr
     assert "Traceback" not in result.stderr
