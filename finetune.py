@@ -849,6 +849,9 @@ def _remove_empty_out(args: argparse.Namespace) -> None:
     if created is None:
         return
     folder = args.out
+    lock_file = folder / OutputFolderLock.NAME  # released by now; in a folder this run made, nobody else's
+    if lock_file.is_file() and [p.name for p in folder.iterdir()] == [OutputFolderLock.NAME]:
+        lock_file.unlink()
     while True:
         try:
             folder.rmdir()  # only succeeds when empty

@@ -12,8 +12,8 @@ import argparse
 import os
 import sys
 
+import support.network
 import utils
-from support.network import HUB_FAILURE_FILE
 
 RETRY = "Connect this machine to the network and run this command again"
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # This command is the fix the other messages point to, so it checks the network afresh
     # rather than trusting a failure remembered from earlier.
-    HUB_FAILURE_FILE.unlink(missing_ok=True)
+    support.network.HUB_FAILURE_FILE.unlink(missing_ok=True)
     fine, failed = [], []  # failed: (required?, "what: why. fix")
     try:
         fine.append(f"tokenizer ({utils.get_tokenizer().n_vocab} tokens)")

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import chat
-from utils import GPT_CONFIGS, PAD_TOKEN_ID, GPTModel, format_prompt, generate, save_checkpoint
+from support.checkpoints import save_checkpoint
+from utils import GPT_CONFIGS, PAD_TOKEN_ID, GPTModel, format_prompt, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -350,7 +350,9 @@ def test_missing_model_says_which_pull(ollama):
 
 
 def test_other_failures_are_explained(ollama):
-    with pytest.raises(OllamaUnavailableError, match=r"did not answer within 0.1 s(.|\n)*larger timeout"):
+    with pytest.raises(
+        OllamaUnavailableError, match=r"did not answer within 0.1 s(.|\n)*allow more with timeout=SECONDS"
+    ):
         query_ollama("SLOW", url=ollama.url, timeout=0.1)
     with pytest.raises(OllamaUnavailableError, match=r"answered HTTP 404"):
         query_ollama("hello", url=ollama.url.replace("/api/chat", "/v1/other"), timeout=2)

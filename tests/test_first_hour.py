@@ -20,7 +20,9 @@ import pytest
 import check_setup
 import lint_docs
 import machine_checks
+import support.network
 import utils
+from support.tokenizer_files import GPT2_VOCAB_FILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = Path(sys.executable)
@@ -204,7 +206,7 @@ def test_get_tokenizer_with_an_unwritable_cache_raises_one_clear_line(tmp_path, 
     monkeypatch.delenv("GPT2_TOKENIZER_DIR", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
-    by_url = {url: name for name, (url, _) in utils.GPT2_VOCAB_FILES.items()}
+    by_url = {url: name for name, (url, _) in GPT2_VOCAB_FILES.items()}
     monkeypatch.setattr(tiktoken.load, "read_file", lambda url: (gpt2_vocab_dir / by_url[url]).read_bytes())
     with pytest.raises(utils.TokenizerUnavailableError) as info:  # the download works; saving it cannot
         utils.get_tokenizer()
@@ -312,7 +314,7 @@ def offline_download(monkeypatch, tokenizer_ok: bool):
             raise utils.TokenizerUnavailableError("Could not load GPT-2's tokenizer (test)")
         return type("T", (), {"n_vocab": 50257})()
 
-    monkeypatch.setattr(utils, "HUB_FAILURE_FILE", Path("/nonexistent/memo"))
+    monkeypatch.setattr(support.network, "HUB_FAILURE_FILE", Path("/nonexistent/memo"))
     monkeypatch.setattr(utils, "get_tokenizer", tokenizer)
     monkeypatch.setattr(utils, "download_gpt2_weights", no_weights)
     return download

@@ -409,6 +409,7 @@ def setup_sandbox(tmp_path):
     (root / "scripts").mkdir(parents=True)
     for name in ("scripts/setup.sh", "requirements.txt", "requirements-test.txt", "utils.py"):
         shutil.copy2(REPO_ROOT / name, root / name)
+    shutil.copytree(REPO_ROOT / "support", root / "support")  # setup.sh seeds the tokenizer cache with it
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     log = tmp_path / "pip.log"
