@@ -3,6 +3,18 @@
 from support.trainer import TrainingRun
 from utils import train_model
 
+# A GPT small enough that training tests take seconds on a CPU.
+VOCAB = 256
+SMALL_CFG = {
+    "vocab_size": VOCAB,
+    "context_length": 64,
+    "emb_dim": 32,
+    "n_heads": 2,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": True,
+}
+
 HOOK_OPTIONS = {
     "checkpoint_path",
     "resume",

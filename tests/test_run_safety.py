@@ -25,23 +25,13 @@ import finetune
 import support.checkpoints
 import support.files
 import utils
-from helpers import train_with_hooks
+from helpers import SMALL_CFG, VOCAB, train_with_hooks
 from support.checkpoints import CheckpointError, save_checkpoint
 from support.files import atomic_write_json
 from support.trainer import TrainingError
 from utils import GPTModel, TokenizedExample, create_optimizer, custom_collate_fn, load_checkpoint, load_gpt2_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VOCAB = 256
-SMALL_CFG = {
-    "vocab_size": VOCAB,
-    "context_length": 64,
-    "emb_dim": 32,
-    "n_heads": 2,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
 
 
 def small_model(seed: int = 0) -> GPTModel:

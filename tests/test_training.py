@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 import utils
-from helpers import train_with_hooks
+from helpers import SMALL_CFG, VOCAB, train_with_hooks
 from support.batching import LengthGroupedBatchSampler, length_grouped_loader
 from support.checkpoints import save_checkpoint
 from utils import (
@@ -41,16 +41,6 @@ from utils import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VOCAB = 256
-SMALL_CFG = {
-    "vocab_size": VOCAB,
-    "context_length": 64,
-    "emb_dim": 32,
-    "n_heads": 2,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
 
 
 def small_model(seed: int = 0, drop_rate: float = 0.0, tied: bool = False) -> GPTModel:
