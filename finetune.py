@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 
 from support.batching import length_grouped_loader
 from support.checkpoints import CheckpointError, save_checkpoint
-from support.ddp import DistributedRun, DistributedStall
+from support.ddp import DistributedRun, DistributedStall, exit_process
 from support.files import FolderInUseError, OutputFolderLock, atomic_write_json, remove_stale_temporaries
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError
 from support.tokenizer_files import TokenizerUnavailableError
@@ -914,4 +914,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
