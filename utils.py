@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 # Machinery a learner need not read (support/ never imports this file): safe files, strict JSON,
 # downloads with deadlines, the checkpoint format, the Ollama client.
 from support.checkpoints import load_checkpoint  # noqa: F401 (notebooks 07 and 08 import it from here)
+from support.experiments import ExperimentResult
 from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json  # noqa: F401
 from support.jsonio import DatasetError, check_json_value, parse_json_bytes, read_json_file
 from support.network import WeightsUnavailableError, download_file, hub_download, verify_hub_file
@@ -2114,32 +2115,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
 # --- 10 exercises: experiments, one finetuning run start to end, for comparisons ---
 
 
-@dataclass
-class ExperimentResult:
-    """One row of a comparison table: what ran, whether it ran, and what it measured."""
-
-    name: str
-    status: str = "ok"  # "ok", or "skipped: <reason>" / "failed: <reason>"; never dropped from a table
-    model_label: str = ""
-    settings: dict = field(default_factory=dict)
-    history: TrainHistory | None = None
-    scores: dict | None = None  # evaluate_responses() of the test answers, plus rouge_l_stderr
-    responses: list[dict] = field(default_factory=list)
-    trainable_parameters: int = 0
-    train_examples: int = 0
-    train_seconds: float = float("nan")
-    model: nn.Module | None = None  # only with keep_model=True
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-def skipped_experiment(name: str, reason: str) -> ExperimentResult:
-    """A row for a run that could not start (no network, no data): it shows in the table as skipped."""
-    return ExperimentResult(name, status=f"skipped: {reason}")
-
-
 def fitting_subset(
     data: Sequence[dict], tokenizer, n: int, max_tokens: int, style: str | PromptStyle = "alpaca"
 ) -> list[dict]:
@@ -2190,33 +2165,15 @@ def run_experiment(
 ) -> ExperimentResult:
     """Finetune a fresh `model_name` on `train_data`, answer `test_data` greedily, score the answers.
 
-    - Options: the prompt `style`, `mask_prompt`, `allowed_max_length`, LoRA (`lora_rank` > 0; alpha
-      defaults to the rank), `lr`; everything else stays fixed, so two runs differ in what you changed.
-    - Returns the training history, the scores (with ROUGE-L's standard error) and the answers.
-    - A run that fails returns a row with status "failed: <error>" instead of raising, so a
-      comparison table shows it rather than losing it.
+    Only the options you pass differ between two runs (LoRA: `lora_rank` > 0, alpha defaults to the rank).
+    A run that fails returns a row with status "failed: <error>" instead of raising, so the table keeps it.
     """
-    settings = {
-        "model_name": model_name,
-        "style": get_prompt_style(style).name,
-        "mask_prompt": mask_prompt,
-        "allowed_max_length": allowed_max_length,
-        "lora_rank": lora_rank,
-        "lr": lr,
-        "seed": seed,
-    }
+    settings = {"model_name": model_name, "style": get_prompt_style(style).name, "mask_prompt": mask_prompt}
+    settings |= {"allowed_max_length": allowed_max_length, "lora_rank": lora_rank, "lr": lr, "seed": seed}
     try:
         device = get_device(device)
         train_loader, val_loader, _ = create_dataloaders(
-            train_data,
-            val_data,
-            test_data,
-            tokenizer,
-            batch_size=batch_size,
-            style=style,
-            mask_prompt=mask_prompt,
-            allowed_max_length=allowed_max_length,
-            seed=seed,
+            train_data, val_data, test_data, tokenizer, batch_size, style, mask_prompt, allowed_max_length, seed=seed
         )
         if len(train_loader) == 0:
             raise ValueError(f"{len(train_data)} training examples do not fill one batch of {batch_size}")
@@ -2228,21 +2185,13 @@ def run_experiment(
         start = time.perf_counter()
         with warnings.catch_warnings():  # allowed_max_length cuts are expected here; the caller chose them
             warnings.filterwarnings("ignore", message=".*longer than allowed_max_length.*")
+            hooks = TrainingRun(seed=seed, progress=progress)
+            optimizer = create_optimizer(model, lr=lr)
             history = train_model(
-                model,
-                train_loader,
-                val_loader,
-                create_optimizer(model, lr=lr),
-                device,
-                num_epochs=num_epochs,
-                eval_freq=eval_freq,
-                eval_iter=eval_iter,
-                hooks=TrainingRun(seed=seed, progress=progress),
+                model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter, hooks=hooks
             )
         seconds = time.perf_counter() - start
-        responses = generate_responses(
-            model, test_data, tokenizer, style=style, max_new_tokens=max_new_tokens, progress=progress
-        )
+        responses = generate_responses(model, test_data, tokenizer, style, max_new_tokens, progress=progress)
         scores = score_answers(responses)
     except Exception as exc:  # noqa: BLE001 - the table reports it; KeyboardInterrupt still stops the run
         print(f"{name}: failed ({type(exc).__name__}: {exc})")
@@ -2260,24 +2209,3 @@ def run_experiment(
         train_seconds=seconds,
         model=model if keep_model else None,
     )
-
-
-def results_table(results: Sequence[ExperimentResult]) -> str:
-    """A plain-text table with one row per experiment, skipped and failed runs included."""
-    header = (
-        f"{'experiment':24} {'examples':>8} {'trainable':>11} {'train s':>8} {'val loss':>9} "
-        f"{'exact match':>11} {'ROUGE-L':>14}"
-    )
-    rows = [header, "-" * len(header)]
-    for r in results:
-        if not r.ok:
-            rows.append(f"{r.name:24} {r.status}")
-            continue
-        val = r.history.val_losses if r.history else []
-        losses = f"{val[-1]:.3f}" if val else "-"
-        s = r.scores
-        rows.append(
-            f"{r.name:24} {r.train_examples:8d} {r.trainable_parameters:11,d} {r.train_seconds:8.0f} "
-            f"{losses:>9} {s['exact_match']:11.1%} {s['rouge_l']:7.3f} ± {s['rouge_l_stderr']:.3f}"
-        )
-    return "\n".join(rows)
