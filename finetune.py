@@ -52,6 +52,7 @@ from support.ddp import DistributedRun, DistributedStall
 from support.files import FolderInUseError, OutputFolderLock, atomic_write_json, remove_stale_temporaries
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError
 from support.plots import plot_losses
+from support.precision import bf16_autocast_recommended
 from support.tokenizer_files import TokenizerUnavailableError
 from support.trainer import TrainingError, TrainingRun, seed_everything
 from utils import (
@@ -65,7 +66,6 @@ from utils import (
     PreferenceDataset,
     WeightsUnavailableError,
     apply_lora,
-    bf16_autocast_recommended,
     build_gpt2,
     count_parameters,
     create_dataloaders,

@@ -37,6 +37,7 @@ from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atom
 from support.jsonio import DatasetError, check_json_value, parse_json_bytes, read_json_file
 from support.network import WeightsUnavailableError, download_file, hub_download, verify_hub_file
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, require_model
+from support.precision import attention_inputs, attention_precision
 from support.scores import parse_score
 from support.tokenizer_files import TokenizerUnavailableError, check_tokenizer_folder
 from support.trainer import TrainingError, TrainingRun, seed_everything
@@ -500,38 +501,6 @@ class KVCache:
         self.is_real.zero_()
 
 
-# torch's CPU attention kernel is several times slower in bfloat16 than in float32 when training
-# (its backward ~4x), and attention is a small share of the FLOPs: on a CPU, bf16 training steps
-# (autocast or bf16 weights) compute attention in float32. Not generation (no gradients): casting
-# a whole KV cache to float32 for every new token would cost more than it saves.
-CPU_BF16_ATTENTION_IN_FLOAT32 = True
-
-
-def _cpu_autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_cpu_enabled()
-
-
-def _attention_precision(q: torch.Tensor):
-    """No autocast inside attention when it is to run in float32 (autocast would cast it back to bf16)."""
-    if CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_grad_enabled() and _cpu_autocast_on():
-        return torch.autocast("cpu", enabled=False)
-    return contextlib.nullcontext()
-
-
-def _attention_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    if (
-        CPU_BF16_ATTENTION_IN_FLOAT32
-        and tensors[0].device.type == "cpu"
-        and torch.is_grad_enabled()
-        and (tensors[0].dtype == torch.bfloat16 or _cpu_autocast_on())
-    ):
-        return tuple(z.float() for z in tensors)
-    return tensors
-
-
 class MultiHeadAttention(nn.Module):
     """Causal self-attention. One Linear computes queries, keys and values (GPT-2's c_attn)."""
 
@@ -557,9 +526,9 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         # Without a mask, is_causal is right only when queries and keys are the same positions;
         # a single new token after cached ones may see every key, so no causal mask then.
-        with _attention_precision(q):
+        with attention_precision(q):
             out = F.scaled_dot_product_attention(
-                *_attention_inputs(q, k, v),
+                *attention_inputs(q, k, v),
                 attn_mask=attn_mask,
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=attn_mask is None and t == k.size(2),
@@ -1307,33 +1276,6 @@ def create_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> 
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the fused kernel
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def bf16_autocast_recommended(device: str | torch.device) -> bool:
-    """Whether bfloat16 autocast should make training steps faster on `device`.
-
-    - CUDA: when the GPU does bf16 natively (Ampere and newer).
-    - CPU: when /proc/cpuinfo lists `avx512_bf16` or `amx_bf16` (bf16 dot products in hardware).
-      Without them bf16 is emulated and gains nothing. benchmarks/bench_training.py measures
-      both on the machine at hand. Apple's mps and anything else: False.
-    Weights, optimizer state and the loss stay float32 either way (mixed precision).
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return False
 
 
 @dataclass
