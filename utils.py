@@ -39,7 +39,7 @@ from support.network import WeightsUnavailableError, download_file, hub_download
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, require_model
 from support.precision import attention_inputs, attention_precision
 from support.scores import parse_score
-from support.tokenizer_files import TokenizerUnavailableError, check_tokenizer_folder
+from support.tokenizer_files import TOKENIZER_DIR_ENV, TokenizerUnavailableError, tiktoken_gpt2, tokenizer_from_folder  # noqa: F401
 from support.trainer import TrainingError, TrainingRun, seed_everything
 
 DEFAULT_DATA_PATH = REPO_ROOT / "instruction-data.json"
@@ -209,61 +209,17 @@ def format_example(entry: dict, style: str | PromptStyle = "alpaca") -> str:
 
 # --- 03 tokenization and batching: GPT-2's tokenizer through tiktoken ---
 
-TOKENIZER_DIR_ENV = "GPT2_TOKENIZER_DIR"
-
-
-@lru_cache(maxsize=4)
-def _tokenizer_from_folder(folder: Path):
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
-
-    check_tokenizer_folder(folder)
-    # The same regex and special token as tiktoken's own "gpt2" encoding; only the files are local.
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(folder / "vocab.bpe"), encoder_json_file=str(folder / "encoder.json")
-    )
-    return tiktoken.Encoding(
-        name="gpt2",
-        explicit_n_vocab=50257,
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: PAD_TOKEN_ID},
-    )
-
 
 def get_tokenizer(local_dir: str | Path | None = None):
     """GPT-2's tokenizer (a tiktoken Encoding with 50,257 tokens).
 
-    Looks in this order: `local_dir`, the folder in $GPT2_TOKENIZER_DIR (both must hold
-    encoder.json and vocab.bpe), then tiktoken's own cache ($TIKTOKEN_CACHE_DIR) or download.
-    Never falls back to another tokenizer.
+    From `local_dir`, else from the folder in $GPT2_TOKENIZER_DIR (each holding encoder.json and vocab.bpe),
+    else tiktoken's own "gpt2" (downloaded once, cached). Never falls back to another tokenizer.
     """
-    import tiktoken
-
     local_dir = local_dir or os.environ.get(TOKENIZER_DIR_ENV)
     if local_dir:
-        return _tokenizer_from_folder(Path(local_dir).resolve())
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and "DATA_GYM_CACHE_DIR" not in os.environ:
-        # Keep tiktoken's download inside the project, so a prepared folder works offline.
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(DEFAULT_CACHE_DIR / "tiktoken")
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as exc:  # tiktoken raises requests' errors, or ValueError on a bad hash
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename:  # the disk, not the network
-            cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-            raise TokenizerUnavailableError(
-                f"Could not save GPT-2's tokenizer in {cache} ({exc.strerror}). Fix: make that folder writable, "
-                f"or set TIKTOKEN_CACHE_DIR to a writable folder, or {TOKENIZER_DIR_ENV} to a folder holding "
-                "encoder.json and vocab.bpe."
-            ) from None
-        raise TokenizerUnavailableError(
-            "Could not load GPT-2's tokenizer: tiktoken needs to download encoder.json and vocab.bpe "
-            f"and that failed ({type(exc).__name__}).\n"
-            "Fix, either:\n"
-            "  - on a machine with network, run `make download` once (fills .cache/tiktoken), or\n"
-            f"  - set {TOKENIZER_DIR_ENV}=/path/to/folder holding encoder.json and vocab.bpe."
-        ) from None
+        return tokenizer_from_folder(Path(local_dir).resolve())
+    return tiktoken_gpt2()
 
 
 def encode_text(text: str, tokenizer) -> list[int]:
