@@ -1243,6 +1243,12 @@ class TrainHistory:
     val_losses: list[float] = field(default_factory=list)
     tokens_seen: list[int] = field(default_factory=list)
 
+    def record(self, step: int, train_loss: float, val_loss: float, tokens_seen: int) -> None:
+        self.steps.append(step)
+        self.train_losses.append(train_loss)
+        self.val_losses.append(val_loss)
+        self.tokens_seen.append(tokens_seen)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -1266,6 +1272,13 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
         return cls(**{**d, "history": TrainHistory(**d["history"])})
+
+    def count_step(self, loss: float, n_batches: int, n_real: int, n_positions: int) -> None:
+        """Book one optimizer step over `n_batches` micro-batches with `n_real` real targets."""
+        self.step, self.last_loss = self.step + 1, loss
+        self.batches_done += n_batches
+        self.tokens_seen += n_real
+        self.positions_seen += n_positions
 
 
 def _optimizer_step(
@@ -1328,6 +1341,33 @@ class TrainingHooks:
         pass
 
 
+def _training_hooks(hooks: TrainingHooks | None, checkpoint_path: str | Path | None, resume: bool) -> TrainingHooks:
+    """The hooks train_model calls: the caller's, a TrainingRun for checkpoint_path, or the do-nothing defaults."""
+    if hooks is not None and checkpoint_path is not None:
+        raise ValueError("give checkpoint_path to the hooks (TrainingRun(checkpoint_path, ...)), not to both")
+    if hooks is not None:
+        return hooks
+    return TrainingRun(checkpoint_path, resume) if checkpoint_path is not None else TrainingHooks()
+
+
+def _progress_bar(total_steps: int, steps_done: int, show: bool):
+    """A tqdm bar over the optimizer steps; a resumed run starts at the steps it has done."""
+    from tqdm import tqdm
+
+    initial = min(steps_done, total_steps)
+    return tqdm(total=total_steps, initial=initial, desc="training", unit="step", disable=not show, dynamic_ncols=True)
+
+
+def _check_training_args(train_loader: DataLoader, grad_accum_steps: int, eval_freq: int) -> None:
+    if grad_accum_steps < 1 or eval_freq < 1:
+        raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
+    if len(train_loader) == 0:
+        raise TrainingError(
+            "the train loader yields no batches: fewer training examples than the batch size "
+            "(its last, partial batch is dropped)? Use a smaller batch size or more data."
+        )
+
+
 def train_model(
     model: nn.Module,
     train_loader: DataLoader,
@@ -1347,67 +1387,41 @@ def train_model(
     """Finetune `model`; returns the loss history.
 
     - One optimizer step per `grad_accum_steps` micro-batches (the loader's batches).
-    - Every `eval_freq` steps (and after the last one) train and val loss are measured on `eval_iter`
-      batches each; the train batches are always the same ones, so the two curves compare point to point.
-    - tokens_seen counts real target tokens only: padding and -100 (masked) targets are not counted.
+    - Every `eval_freq` steps (and after the last one) train and val loss on `eval_iter` batches each;
+      the train batches are always the same ones, so the two curves compare point to point.
     - autocast_dtype=torch.bfloat16: the forward pass runs under torch.autocast (mixed precision).
-    - checkpoint_path: a checkpoint at the end of every epoch and of the run; resume=True continues
-      from it, ending with the same weights as a run never interrupted (support.trainer.TrainingRun).
+    - checkpoint_path: a checkpoint after every epoch and at the end; resume=True continues from it.
     - on_epoch_end(state) runs after each epoch, in eval mode: e.g. print a sample answer.
     - hooks: anything else (timed saves, max_steps, several processes): see TrainingHooks.
     """
-    from tqdm import tqdm
-
-    if hooks is None:
-        hooks = TrainingRun(checkpoint_path, resume) if checkpoint_path is not None else TrainingHooks()
-    elif checkpoint_path is not None:
-        raise ValueError("give checkpoint_path to the hooks (TrainingRun(checkpoint_path, ...)), not to both")
-    if grad_accum_steps < 1 or eval_freq < 1:
-        raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
-    if len(train_loader) == 0:
-        raise TrainingError(
-            "the train loader yields no batches: fewer training examples than the batch size "
-            "(its last, partial batch is dropped)? Use a smaller batch size or more data."
-        )
+    hooks = _training_hooks(hooks, checkpoint_path, resume)
+    _check_training_args(train_loader, grad_accum_steps, eval_freq)
     device = torch.device(device)
     model.to(device)
     state = TrainState(grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader))
     trained = hooks.on_train_start(model, optimizer, state)  # may resume: weights, optimizer, RNG, state
-    history = state.history
     with torch.random.fork_rng(devices=[]):  # picking them must not shift the training RNG
         train_eval_batches = list(itertools.islice(hooks.epoch_batches(train_loader, 0), eval_iter))
 
     def evaluate() -> None:
-        if not history.steps or history.steps[-1] != state.step:
+        if not state.history.steps or state.history.steps[-1] != state.step:  # not evaluated at this step yet
             with torch.random.fork_rng(devices=[]):
-                losses = evaluate_model(model, train_eval_batches, val_loader, device, eval_iter, autocast_dtype, hooks)
-            history.steps.append(state.step)
-            history.train_losses.append(losses[0])
-            history.val_losses.append(losses[1])
-            history.tokens_seen.append(state.tokens_seen)
-            bar.set_postfix(train=f"{losses[0]:.3f}", val=f"{losses[1]:.3f}")
+                train_loss, val_loss = evaluate_model(
+                    model, train_eval_batches, val_loader, device, eval_iter, autocast_dtype, hooks
+                )
+            state.history.record(state.step, train_loss, val_loss, state.tokens_seen)
+            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
 
     total_steps = math.ceil(len(train_loader) / grad_accum_steps) * num_epochs
-    bar = tqdm(
-        total=total_steps,
-        initial=min(state.step, total_steps),
-        desc="training",
-        unit="step",
-        disable=not hooks.progress,
-        dynamic_ncols=True,
-    )
-    trained.train()
-    stop = hooks.should_stop(state)
-    try:
+    with _progress_bar(total_steps, state.step, hooks.progress) as bar:
+        trained.train()
+        stop = hooks.should_stop(state)
         for epoch in range(state.epoch, num_epochs):
             # after a resume, skip the batches of this epoch that were trained on already
             batches = itertools.islice(hooks.epoch_batches(train_loader, epoch), state.batches_done, None)
             while not stop and (window := list(itertools.islice(batches, grad_accum_steps))):
                 loss, n_real, n_positions = _optimizer_step(trained, window, optimizer, device, autocast_dtype, hooks)
-                state.step, state.last_loss = state.step + 1, loss
-                state.batches_done += len(window)
-                state.tokens_seen += n_real
-                state.positions_seen += n_positions
+                state.count_step(loss, len(window), n_real, n_positions)
                 bar.update(1)
                 stop = state.step >= total_steps or hooks.should_stop(state)
                 if state.step % eval_freq == 0 or stop:
@@ -1423,11 +1437,9 @@ def train_model(
                         trained.train()
             if stop:
                 break
-        evaluate()  # no-op when the last step was evaluated already
+        evaluate()  # nothing to do when the last step was evaluated already
         hooks.on_train_end(state)
-    finally:
-        bar.close()
-    return history
+    return state.history
 
 
 # --- 08 generation and evaluation: offline metrics, and an LLM judge served by a local Ollama ---
