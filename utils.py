@@ -69,11 +69,7 @@ def _check_fields(entry: dict, where: str, fields: Sequence[str]) -> None:
 
 
 def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
-    """Check the structure of an instruction dataset and return normalised copies of its entries.
-
-    Every entry needs non-empty strings `instruction` and `output`; `input` may be
-    missing (it becomes "") or a string. Other keys are kept as they are.
-    """
+    """Checked, normalised copies of the entries: non-empty `instruction` and `output`; `input` may be missing."""
     if not isinstance(data, list):
         raise DatasetError(f"{source}: expected a JSON list of entries, got {type(data).__name__}")
     entries = []
@@ -100,10 +96,7 @@ def parse_instruction_data(payload: bytes, source: str = "<data>") -> list[dict]
 def load_instruction_data(
     source: str | Path = DEFAULT_DATA_PATH, cache_dir: str | Path = DEFAULT_CACHE_DIR, download_deadline: float = 120.0
 ) -> list[dict]:
-    """Load an instruction dataset from a JSON file path or an http(s) URL (cached locally).
-
-    A download may take `download_deadline` seconds in all (a server that drips its answer is cut off).
-    """
+    """Load an instruction dataset from a JSON file or an http(s) URL (downloaded within `download_deadline` s)."""
     source = str(source)
     is_url = source.startswith(("http://", "https://"))
     path = (
@@ -120,8 +113,7 @@ def split_dataset(
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Shuffle and split into train/val/test (the rest goes to test).
 
-    Entries that share (instruction, input) always land in the same split, so the test set
-    never asks a question the model was trained on.
+    Entries that share (instruction, input) land in the same split: the test set never asks a trained-on question.
     """
     if not (0 < train_frac and 0 <= val_frac and train_frac + val_frac <= 1):
         raise ValueError(f"bad split fractions: train={train_frac}, val={val_frac}")
@@ -238,11 +230,7 @@ class TokenizedExample(NamedTuple):
 
 
 class InstructionDataset(Dataset):
-    """Formats and tokenizes every entry once, up front.
-
-    The prompt (including the response opener) and the output are tokenized separately and
-    joined, so the prompt used at generation time is always an exact token prefix.
-    """
+    """Formats and tokenizes every entry once: prompt and output apart, so the prompt is an exact token prefix."""
 
     def __init__(self, data: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca"):
         # Checked here too: entries built in code skip load_instruction_data (a DatasetError names the entry).
@@ -290,15 +278,10 @@ def custom_collate_fn(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad a batch of token-ID lists and build (inputs, targets) for next-token training.
 
-    - Each sequence gets one end-of-text token, then padding up to the longest sequence + 1.
-    - inputs drop the last position; targets are the same tokens shifted left by one.
-    - Target positions after the first end-of-text are set to `ignore_index`; that first
-      end-of-text stays, so the model learns where a response ends.
-    - mask_prompt=True also sets the targets that predict prompt tokens to `ignore_index`
-      (needs TokenizedExample items, which carry the prompt length).
-    - allowed_max_length cuts inputs and targets to that many positions. A cut sequence keeps
-      its real next token as the last target (its response does go on; teaching the model to stop
-      there would be wrong) and a warning says how many sequences were cut.
+    - Each sequence gets one end-of-text, then padding; targets are the inputs shifted left by one.
+    - Targets after the first end-of-text are `ignore_index` (that end-of-text stays: the model learns to stop);
+      mask_prompt=True masks the targets that predict prompt tokens too (needs TokenizedExample items).
+    - allowed_max_length cuts to that many positions (a cut sequence keeps its real next token; a warning counts them).
     Masking is by position, not by token value, so an end-of-text inside the content is kept.
     """
     if len(batch) == 0:
@@ -428,8 +411,7 @@ HF_REPOS = {
 class KVCache:
     """Keys and values of every layer for the positions seen so far, so a new token costs one position.
 
-    Room for `max_len` positions is allocated once. `is_real` is False where a row holds (left)
-    padding: attention skips those keys and position counting skips those tokens.
+    `is_real` is False where a row holds (left) padding: attention and position counting skip it.
     """
 
     def __init__(self, model: GPTModel, batch_size: int, max_len: int):
@@ -549,11 +531,9 @@ class GPTModel(nn.Module):
         """Logits (batch, tokens, vocab_size) for token IDs `idx` (batch, tokens).
 
         cache: a KVCache; `idx` then holds only the tokens that follow the cached ones.
-        pad_mask: (batch, tokens) bool, False at left padding. Padding is invisible to the real
-            tokens (attention skips it, positions do not count it), so a padded row gets the same
-            logits as it would alone. The logits at padded positions are meaningless.
-        last_only: logits of the last position only, (batch, 1, vocab_size): all that generation
-            needs, and it skips the large vocabulary matmul for every other position.
+        pad_mask: (batch, tokens), False at left padding: attention and positions skip it, so a padded row
+            gets the logits it would get alone.
+        last_only: the last position's logits only, (batch, 1, vocab_size): all that generation needs.
         """
         b, t = idx.shape
         past = cache.length if cache is not None else 0
@@ -605,11 +585,9 @@ def download_gpt2_weights(
     force_download: bool = False,
     deadline: float = 3600.0,
 ) -> Path:
-    """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once.
+    """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once and checked (sha256).
 
-    A cached copy is returned without touching the network; otherwise support.network.hub_download
-    fetches it within `deadline` seconds (HF_HUB_OFFLINE=1: cache only). Either way the file's bytes
-    are checked against its sha256. Any failure raises WeightsUnavailableError, which says how to fix it.
+    Failures raise WeightsUnavailableError, which says how to fix them (HF_HUB_OFFLINE=1: cache only).
     """
     if model_name not in HF_REPOS:
         hint = " ('tiny' is an untrained demo model: use build_gpt2('tiny'))" if model_name == "tiny" else ""
@@ -621,10 +599,7 @@ def download_gpt2_weights(
 
 
 def cached_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None) -> Path | None:
-    """Path of GPT-2's model.safetensors if it is already in the Hugging Face cache, else None.
-
-    Looks at the disk only (never the network), so it answers at once, offline too.
-    """
+    """Path of GPT-2's model.safetensors if it is in the Hugging Face cache, else None (never the network)."""
     if model_name not in HF_REPOS:
         return None
     from huggingface_hub import try_to_load_from_cache
@@ -683,12 +658,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
-    """Copy a GPT-2 checkpoint (Hugging Face's model.safetensors) into `model`; returns the model.
+    """Copy a GPT-2 checkpoint (Hugging Face's model.safetensors, or its folder) into `model`; returns the model.
 
-    `path` is the file or a folder that holds it. Keys may carry a "transformer." prefix;
-    without "lm_head.weight" the head reuses the token embedding (as OpenAI's GPT-2 does).
-    Any missing, left-over or wrongly shaped tensor, one that is not floating point or that holds
-    NaN or infinite values raises a ValueError naming it.
+    Without "lm_head.weight" the head reuses the token embedding, as OpenAI's GPT-2 does. A missing, left-over,
+    wrongly shaped, non-float or non-finite tensor raises a ValueError naming it.
     """
     path = Path(path)
     if path.is_dir():
@@ -741,9 +714,8 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
 
 
 def build_gpt2(model_name: str = "gpt2-small", weights_path: str | Path | None = None) -> GPTModel:
-    """A GPTModel for GPT_CONFIGS[model_name] with OpenAI's weights, in eval mode.
+    """A GPTModel for GPT_CONFIGS[model_name] with OpenAI's weights (or `weights_path`), in eval mode.
 
-    Weights come from `weights_path` if given, else from download_gpt2_weights(model_name).
     "tiny" is UNTRAINED: it stays randomly initialised unless you pass weights_path.
     """
     if model_name not in GPT_CONFIGS:
@@ -768,9 +740,8 @@ _WEIGHTS_FAILED: set[str] = set()
 def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]:
     """GPT-2 with OpenAI's weights, or the UNTRAINED `tiny` stand-in; returns (model, label).
 
-    The stand-in is used when $LLM_SMOKE is set, or when the weights cannot be had (the reason
-    and its fix are printed). Show the label next to every output, so that a stand-in's text is
-    never taken for GPT-2's.
+    The stand-in is used with $LLM_SMOKE or when the weights cannot be had (the reason is printed).
+    Show the label next to every output, so that a stand-in's text is never taken for GPT-2's.
     """
     if not smoke_mode() and model_name not in _WEIGHTS_FAILED:
         try:
@@ -799,10 +770,7 @@ def instruct_checkpoint_path(model: GPTModel) -> Path:
 
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
-    """Token IDs of `text` as a (1, tokens) tensor, the shape generate() takes.
-
-    A literal "<|endoftext|>" in the text is plain text here, as in the training data.
-    """
+    """Token IDs of `text` as a (1, tokens) tensor, the shape generate() takes."""
     return torch.tensor(encode_text(text, tokenizer))[None]
 
 
@@ -852,10 +820,7 @@ def _generate_cached(
     seed: int | None,
     on_token: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """New tokens of every row of a left-padded batch, eos excluded, decoded with a KVCache.
-
-    on_token(row, token_id), if given, sees each kept token the moment it is chosen (streaming).
-    """
+    """New tokens of every row of a left-padded batch (eos excluded), with a KVCache; on_token sees each one."""
     results: list[list[int]] = [[] for _ in range(idx.size(0))]
     if max_new_tokens <= 0:
         return results
@@ -952,25 +917,16 @@ def generate(
     dtype: torch.dtype | None = None,
     on_token: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """`idx` (batch, tokens) with up to `max_new_tokens` generated tokens appended.
+    """`idx` (batch, tokens) with up to `max_new_tokens` generated tokens appended. Call model.eval() first.
 
-    - temperature 0: greedy (argmax); above 0: sampling from softmax(logits / temperature),
-      restricted to the `top_k` most likely tokens if given. With `seed`, every row samples
-      from its own generator seeded with it (reproducible); without, from torch's global RNG.
-    - eos_id: a row stops at its first eos_id. Generation ends when every row has stopped; that
-      last eos is not appended (as in the book), and rows that stopped earlier are filled up
-      with eos_id.
-    - Only the last `context_size` tokens are fed to the model (cropped from the left; never
-      more than the model's context_length), so generation can run past the context window.
-    - use_cache=True keeps every layer's keys and values (KVCache), so each step processes one
-      token; use_cache=False recomputes the whole context every step, as in the book. Both
-      give the same tokens (float rounding differs slightly, which could only flip a near-tie).
-    - dtype=torch.bfloat16 runs a bfloat16 copy of the model (weights and KV cache): about half
-      the memory traffic, faster on CPUs with native bf16 (bf16_autocast_recommended). Greedy
-      tokens can differ from float32's where two candidates are nearly tied; None: as the model is.
-    - on_token(row, token_id): called for each new token as soon as it is chosen, for streaming
-      (the chat page); an exception it raises stops generation. Needs use_cache=True.
-    Call model.eval() first.
+    - temperature 0: greedy; above 0: sample from softmax(logits / temperature), within the `top_k` best if given.
+      `seed` gives every row its own seeded generator (reproducible); without it, torch's global RNG.
+    - eos_id: a row stops at its first eos_id (not appended; rows that stopped earlier are filled with it).
+    - Only the last `context_size` tokens are fed to the model, so generation can run past the context window.
+    - use_cache=True keeps every layer's keys and values (KVCache); False recomputes the whole context every
+      step, as in the book. Both give the same tokens up to float rounding.
+    - dtype=torch.bfloat16 runs a bfloat16 copy of the model (faster on CPUs with native bf16); None: as it is.
+    - on_token(row, token_id) sees each new token as it is chosen (streaming; needs use_cache=True).
     """
     if idx.dim() != 2:
         raise ValueError(
@@ -1024,15 +980,11 @@ def generate_batch(
     batch_size: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[list[int]]:
-    """Generate for many prompts of different lengths at once; returns each prompt's new tokens.
+    """Generate for many prompts of different lengths at once; returns each prompt's new tokens (eos excluded).
 
-    Prompts are left-padded with `pad_token_id` and a padding mask keeps the padding out of
-    attention and positions, so each prompt gets the same tokens as generate() on it alone
-    (up to float rounding, which can only matter on near-ties). Each row stops at its own eos_id,
-    which is not included. Prompts longer than context_size keep their last context_size tokens.
-    batch_size: at most this many prompts at once (default: all); lengths are sorted first so
-    that similar lengths share a batch. Sampling, seed and dtype (e.g. torch.bfloat16) work as in
-    generate().
+    Prompts are left-padded and a padding mask hides the padding, so each prompt gets the tokens generate() gives
+    it alone (up to float rounding). batch_size: at most this many prompts at once (similar lengths together).
+    Sampling, seed and dtype work as in generate().
     """
     if len(prompts) == 0:
         raise ValueError("prompts is empty: give at least one prompt")
@@ -1078,13 +1030,10 @@ def generate_responses(
     seed: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[dict]:
-    """Each entry with the model's answer added as "model_response" (batched, KV cache).
+    """Each entry with the model's answer to format_prompt(entry, style) added as "model_response".
 
-    - The prompt is format_prompt(entry, style): the very text the model was trained to continue.
-    - Greedy by default; temperature > 0 samples (optionally from the `top_k` most likely tokens).
-      With `seed`, every prompt draws from its own generator, so a rerun gives the same answers
-      whatever the batch_size.
-    - dtype=torch.bfloat16 generates with a bfloat16 copy of the model (see generate()).
+    Greedy by default; temperature, top_k, seed and dtype work as in generate() (a seed gives the same answers
+    whatever the batch_size).
     """
     from tqdm import tqdm
 
@@ -1151,10 +1100,7 @@ def calc_loss_batch(
     device: str | torch.device,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy over the real (not -100) targets of one batch; differentiable.
-
-    A batch whose every target is -100 has no loss to average: a ValueError, not a silent 0.
-    """
+    """Mean cross-entropy over the real (not -100) targets of one batch; a batch without any is a ValueError."""
     loss, n_real = _loss_sum(inputs, targets, model, device, autocast_dtype)
     if n_real == 0:
         raise ValueError(
@@ -1186,10 +1132,9 @@ def calc_loss_loader(
     num_batches: int | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
-    """Mean cross-entropy over every real target in the first `num_batches` batches (default: all).
+    """Mean cross-entropy over every real target of the first `num_batches` batches (default: all); nan if none.
 
-    Weighted by tokens, not by batches: a batch with twice the real targets counts twice.
-    Returns nan for an empty loader. Does not switch the model to eval mode (evaluate_model does).
+    Weighted by tokens, not by batches. Does not switch the model to eval mode (evaluate_model does).
     """
     total, n_real = _loss_totals(loader, model, device, num_batches, autocast_dtype)
     return total / n_real if n_real else float("nan")
@@ -1204,10 +1149,7 @@ def evaluate_model(
     autocast_dtype: torch.dtype | None = None,
     hooks: TrainingHooks | None = None,
 ) -> tuple[float, float]:
-    """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (no dropout).
-
-    With `hooks` (see train_model) the sums of all processes are added up.
-    """
+    """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (`hooks` sum over processes)."""
     was_training = model.training
     model.eval()
     try:
@@ -1222,11 +1164,7 @@ def evaluate_model(
 
 
 def create_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
-    """AdamW over the parameters that train (all, or only LoRA's), with torch's fused kernel where it has one.
-
-    The fused kernel updates all tensors in one pass, several times faster on a CPU than torch's
-    default per-tensor loop; the update is the same up to float rounding.
-    """
+    """AdamW over the parameters that train (all, or only LoRA's); torch's fused kernel where it has one (faster)."""
     params = [p for p in model.parameters() if p.requires_grad]
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
@@ -1291,9 +1229,8 @@ def _optimizer_step(
 ) -> tuple[float, int, int]:
     """One update from a window of micro-batches; returns (mean loss, real targets, input positions).
 
-    Each micro-batch's summed loss is divided by the real targets of the whole window, so k
-    micro-batches give exactly the gradient of one batch k times as large, however the real
-    targets are spread over them. (With several processes, hooks sum the counts over all of them.)
+    Each micro-batch's summed loss is divided by the real targets of the whole window, so k micro-batches
+    give exactly the gradient of one batch k times as large.
     """
     n_real = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in window)
     n_positions = sum(inputs.numel() for inputs, _ in window)
@@ -1313,8 +1250,7 @@ def _optimizer_step(
 class TrainingHooks:
     """What train_model calls at fixed points of the loop; these defaults change nothing.
 
-    support.trainer.TrainingRun implements the same methods for checkpoints, resume, timed saves,
-    the finite-loss stop and training in several processes (support/__init__.py explains each).
+    support.trainer.TrainingRun implements them for checkpoints, resume, timed saves and DDP (see support/__init__.py).
     """
 
     progress = True  # show a progress bar
@@ -1479,11 +1415,9 @@ def _rouge_l_scorer():
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure in [0, 1]: longest common subsequence of (Porter-stemmed, lower-cased) words.
+    """ROUGE-L F-measure in [0, 1]: longest common subsequence of (stemmed, lower-cased) words.
 
-    rouge_score's tokenizer keeps only ASCII letters and digits: punctuation is ignored, and so are
-    accented and non-Latin letters ("café" -> "caf"), which makes it a poor fit for non-English data.
-    An empty answer on either side scores 0.0.
+    rouge_score keeps only ASCII letters and digits ("café" -> "caf"): a poor fit for non-English data.
     """
     return _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure
 
@@ -1501,11 +1435,7 @@ def evaluate_responses(entries: list[dict], source: str = "<responses>") -> dict
 
 
 def judge_prompt(entry: dict, style: str | PromptStyle = "alpaca") -> str:
-    """The grading request for one entry.
-
-    The judge sees the instruction exactly as the finetuned model did (`format_input` with the
-    same prompt style), then the reference output and the model's response.
-    """
+    """The grading request for one entry: the prompt as the finetuned model saw it, the reference, the response."""
     _check_entry(entry, "judge_prompt", ("instruction", *RESPONSE_FIELDS))
     return (
         "You are grading the answer a small language model gave to a task.\n\n"
@@ -1533,15 +1463,9 @@ def judge_responses(
 ) -> dict:
     """Ask the judge to score every entry's `model_response` from 0 to 100.
 
-    Returns {"model", "n", "n_judged", "n_scored", "mean" (over parsed scores only),
-    "scores" (int or None per entry), "unparsed": {"count", "indices"}, "replies" (the judge's
-    raw text, None where it sent no text), "error"}.
-    - Replies that cannot be parsed stay visible in `unparsed`; they do not count as 0.
-    - Bad entries, or a server that is down or lacks `model`, raise before any entry is sent.
-      A failure later on (an HTTP 500, a dropped connection, a timeout) stops judging but keeps
-      every score received: the result covers the first `n_judged` entries, and `error` says why
-      entry `n_judged` failed (None when all were judged).
-    - `timeout` (seconds) bounds each request as a whole.
+    Returns {"model", "n", "n_judged", "n_scored", "mean" (of parsed scores), "scores" (None: unparsed, never 0),
+    "unparsed": {"count", "indices"}, "replies", "error"}. Bad entries or a missing judge raise before any
+    request; a failure later keeps the scores so far (the first `n_judged` entries) and `error` says why.
     """
     from tqdm import tqdm
 
@@ -1590,11 +1514,7 @@ DEFAULT_PREFERENCE_PATH = REPO_ROOT / "preference-data.json"
 
 
 def validate_preference_data(data, source: str = "<data>") -> list[dict]:
-    """Check a preference dataset and return normalised copies of its entries.
-
-    Every entry needs non-empty strings `instruction`, `chosen` and `rejected`, and the two answers must
-    differ; `input` may be missing (it becomes ""). Other keys (`index`, `axis`) are kept as they are.
-    """
+    """Normalised copies of a preference dataset's entries: non-empty, different `chosen` and `rejected`."""
     if not isinstance(data, list):
         raise DatasetError(f"{source}: expected a JSON list of entries, got {type(data).__name__}")
     pairs = []
@@ -1622,10 +1542,9 @@ def load_preference_data(path: str | Path = DEFAULT_PREFERENCE_PATH) -> list[dic
 def split_preference_data(
     pairs: Sequence[dict], instruction_data: Sequence[dict], **split_args
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Train/val/test pairs: each pair goes to the split that split_dataset gives its prompt.
+    """Train/val/test pairs: each pair goes to the split that split_dataset (`split_args`) gives its prompt.
 
     So a question the instruction-finetuned model was tested on is never trained on here either.
-    `split_args` are split_dataset's (train_frac, val_frac, seed).
     """
     split_of = {}
     for part, entries in enumerate(split_dataset(instruction_data, **split_args)):
@@ -1681,11 +1600,7 @@ class PreferenceBatch(NamedTuple):
 
 
 def preference_collate_fn(batch: Sequence[PreferenceExample], allowed_max_length: int | None = None) -> PreferenceBatch:
-    """Chosen rows then rejected rows, padded together by custom_collate_fn with the prompt masked.
-
-    mask_prompt=True leaves only the answer's tokens (and its end-of-text) as targets: the log-prob of
-    an answer is then read off the same targets that instruction finetuning trains on.
-    """
+    """Chosen rows then rejected rows, padded by custom_collate_fn with the prompt masked (answers are the targets)."""
     rows = [pair.chosen for pair in batch] + [pair.rejected for pair in batch]
     inputs, targets = custom_collate_fn(rows, mask_prompt=True, allowed_max_length=allowed_max_length)
     reference = None
@@ -1697,11 +1612,7 @@ def preference_collate_fn(batch: Sequence[PreferenceExample], allowed_max_length
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(answer | prompt) per row: the summed log-probs of the real (not -100) targets.
-
-    That is minus the summed cross-entropy of the row, the loss of 07 with reduction="sum";
-    ignored targets add exactly 0. Computed in float32 at least (see _loss_sum).
-    """
+    """log p(answer | prompt) per row: the summed log-probs of the real (not -100) targets, in float32 at least."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     token_losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     return -token_losses.view(targets.shape).sum(dim=-1)
@@ -1716,9 +1627,8 @@ def dpo_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The DPO loss (Rafailov et al. 2023, eq. 7) from sequence log-probs; returns (loss, chosen, rejected rewards).
 
-    The implicit reward of an answer is beta * (log pi(answer) - log pi_ref(answer)); the loss is
-    -log sigmoid(chosen reward - rejected reward), averaged over the batch. Rewards come back
-    detached: they are for watching, the loss is what trains.
+    An answer's reward is beta * (log pi(answer) - log pi_ref(answer)); the loss is -log sigmoid(chosen - rejected
+    reward), averaged. The rewards come back detached: they are for watching.
     """
     chosen_rewards = beta * (policy_chosen - reference_chosen)
     rejected_rewards = beta * (policy_rejected - reference_rejected)
@@ -1738,10 +1648,7 @@ def dpo_loss_batch(
     device: str | torch.device,
     beta: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dpo_loss on one batch: the policy's log-probs with gradients, the frozen reference's without.
-
-    With precomputed reference log-probs in the batch, `reference` may be None (the model is not needed).
-    """
+    """dpo_loss on one batch: the policy's log-probs with gradients, the reference's (or precomputed ones) without."""
     policy_chosen, policy_rejected = pair_logprobs(policy, batch, device).chunk(2)
     if batch.reference_logprobs is not None:
         reference_logprobs = batch.reference_logprobs.to(device)
@@ -1764,9 +1671,7 @@ def precompute_reference_logprobs(
 ) -> PreferenceDataset:
     """Store the reference model's log-probs in every pair of `dataset` (in place), so the reference can be freed.
 
-    A DPO step then runs one model instead of two: half the memory for weights, and no reference forward pass.
-    Batched as a loader will batch them (same `batch_size`, no shuffling), the values equal what the reference
-    computes during training exactly; other batches pad differently, which changes them by float rounding only.
+    Batched as a loader with the same `batch_size` batches them, they equal what the reference computes in training.
     """
     reference.eval()
     for start in range(0, len(dataset), batch_size):
@@ -1789,11 +1694,7 @@ def evaluate_preferences(
     beta: float = 0.1,
     num_batches: int | None = None,
 ) -> dict[str, float]:
-    """DPO loss, reward margin and preference accuracy over (the first `num_batches` of) a loader of pairs.
-
-    - margin: the mean of chosen reward - rejected reward (0 before training: policy == reference);
-    - accuracy: the share of pairs whose chosen reward is the higher, a tie counting half (so 0.5 at the start).
-    """
+    """DPO loss, reward margin and preference accuracy (a tie counts half) over the first `num_batches` of a loader."""
     was_training = policy.training
     policy.eval()
     losses, margins = [], []
@@ -1835,12 +1736,8 @@ def train_dpo(
 ) -> DPOHistory:
     """Preference-tune `policy` against a frozen `reference` (None: log-probs precomputed) for `num_steps` steps.
 
-    The loop of 07 with dpo_loss_batch in place of the next-token loss: the train loader is walked
-    epoch after epoch until num_steps; every `eval_freq` steps (and at the end) the held-out pairs
-    are scored by evaluate_preferences on `eval_iter` batches (None: all).
-    - hooks: train_model's extension point, called at the same places (TrainingHooks). With
-      support.trainer.TrainingRun the DPO run gets its checkpoints, resume and finite-loss stop.
-      After a resume, the history holds the evaluations of this session only.
+    The loop of 07 with dpo_loss_batch as the loss; every `eval_freq` steps (and at the end) the held-out pairs
+    are scored on `eval_iter` batches (None: all). `hooks` as in train_model (TrainingRun: checkpoints, resume).
     """
     hooks = hooks or TrainingHooks()
     if len(train_loader) == 0:
@@ -1896,8 +1793,7 @@ LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Line
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update: y = base(x) + (alpha / rank) * x @ A @ B.
 
-    A (in_features, rank) starts random and B (rank, out_features) at zero, so at first the layer
-    computes exactly what `base` does; training moves only A and B.
+    B starts at zero, so at first the layer computes exactly what `base` does.
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
@@ -1931,11 +1827,7 @@ def _replace_module(root: nn.Module, dotted_name: str, new: nn.Module) -> None:
 
 
 def apply_lora(model: nn.Module, rank: int = 16, alpha: float = 16, targets: Sequence[str] = LORA_TARGETS) -> nn.Module:
-    """Freeze every parameter of `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear.
-
-    Only the LoRA matrices train afterwards; embeddings, LayerNorms and the output head stay frozen.
-    Returns the model (changed in place).
-    """
+    """Freeze `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear (in place)."""
     for param in model.parameters():
         param.requires_grad_(False)
     for block in model.trf_blocks:
@@ -1964,10 +1856,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def fitting_subset(
     data: Sequence[dict], tokenizer, n: int, max_tokens: int, style: str | PromptStyle = "alpaca"
 ) -> list[dict]:
-    """The first `n` entries (in order) whose whole training example is at most `max_tokens` tokens long.
-
-    Long entries cost the most time per step on a CPU; leaving them out keeps a subset quick to train.
-    """
+    """The first `n` entries whose training example is at most `max_tokens` tokens long (quick to train on a CPU)."""
     subset = []
     for entry in data:
         if len(subset) == n:
