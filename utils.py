@@ -12,7 +12,6 @@ import contextlib
 import copy
 import itertools
 import math
-import operator
 import os
 import random
 import re
@@ -29,17 +28,32 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-# Machinery a learner need not read (support/ never imports this file): safe files, strict JSON,
-# downloads with deadlines, the checkpoint format, the Ollama client.
+# Machinery a learner need not read (support/ never imports this file): input checks, safe files,
+# strict JSON, downloads with deadlines, the checkpoint format, the Ollama client, bf16 speed-ups.
 from support.checkpoints import load_checkpoint  # noqa: F401 (notebooks 07 and 08 import it from here)
+from support.checks import (
+    check_collate_args,
+    check_entries,
+    check_entry,
+    check_generation_args,
+    check_prompts,
+    check_responses,
+    check_token_ids,
+    integer_ids,
+)
 from support.experiments import ExperimentResult
 from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json  # noqa: F401
-from support.jsonio import DatasetError, check_json_value, parse_json_bytes, read_json_file
+from support.jsonio import DatasetError, parse_json_bytes, read_json_file
 from support.network import WeightsUnavailableError, download_file, hub_download, verify_hub_file
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, require_model
 from support.precision import attention_inputs, attention_precision
 from support.scores import parse_score
-from support.tokenizer_files import TOKENIZER_DIR_ENV, TokenizerUnavailableError, tiktoken_gpt2, tokenizer_from_folder  # noqa: F401
+from support.tokenizer_files import (
+    TOKENIZER_DIR_ENV,
+    TokenizerUnavailableError,  # noqa: F401 (get_tokenizer's error, caught from here)
+    tiktoken_gpt2,
+    tokenizer_from_folder,
+)
 from support.trainer import TrainingError, TrainingRun, seed_everything
 
 DEFAULT_DATA_PATH = REPO_ROOT / "instruction-data.json"
@@ -50,41 +64,13 @@ IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_ent
 # --- 01 instruction dataset: load, validate and split the data ---
 
 
-def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
-    """An object whose `fields` are strings and whose text is clean; else a DatasetError naming place and field."""
-    if not isinstance(entry, dict):
-        raise DatasetError(
-            f"{where}: expected an object with {', '.join(map(repr, fields))}, got {type(entry).__name__}"
-        )
-    check_json_value(entry, where)
-    _check_fields(entry, where, fields)
-
-
-def _check_fields(entry: dict, where: str, fields: Sequence[str]) -> None:
-    for name in fields:
-        if name not in entry:
-            raise DatasetError(f"{where}: missing field '{name}'")
-        if not isinstance(entry[name], str):
-            raise DatasetError(f"{where}: field '{name}' must be a string, got {type(entry[name]).__name__}")
-
-
 def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
     """Checked, normalised copies of the entries: non-empty `instruction` and `output`; `input` may be missing."""
-    if not isinstance(data, list):
-        raise DatasetError(f"{source}: expected a JSON list of entries, got {type(data).__name__}")
     entries = []
-    for index, entry in enumerate(data):
-        where = f"{source}: entry {index}"
-        _check_entry(entry, where, ("instruction", "output"))
+    for entry in check_entries(data, source, required=("instruction", "output")):
         # A missing or null input means "no input". Fields keep the file format's order.
         entry = {"instruction": entry["instruction"], "input": "", "output": entry["output"], **entry}
-        if entry["input"] is None:
-            entry["input"] = ""
-        _check_fields(entry, where, ("input",))
-        for name in ("instruction", "output"):
-            if not entry[name].strip():
-                raise DatasetError(f"{where}: field '{name}' is empty")
-        entries.append(entry)
+        entries.append(entry | {"input": entry["input"] or ""})
     return entries
 
 
@@ -249,25 +235,6 @@ class InstructionDataset(Dataset):
         return len(self.examples)
 
 
-def _as_example(item) -> TokenizedExample:
-    if isinstance(item, TokenizedExample):
-        return item
-    return TokenizedExample(list(item), 0)
-
-
-def _integer_ids(token_ids: Sequence, where: str) -> list[int]:
-    """`token_ids` as Python ints; a ValueError naming `where` for a float, a string or a negative ID."""
-    ids = []
-    for token in token_ids:
-        try:
-            ids.append(operator.index(token))  # ints, NumPy ints, integer tensors; not 2.0, not "7"
-        except TypeError:
-            raise ValueError(f"{where} holds {token!r} ({type(token).__name__}): token IDs must be integers") from None
-    if ids and min(ids) < 0:
-        raise ValueError(f"{where} holds the negative token ID {min(ids)}")
-    return ids
-
-
 def custom_collate_fn(
     batch: Sequence[Sequence[int] | TokenizedExample],
     pad_token_id: int = PAD_TOKEN_ID,
@@ -284,13 +251,8 @@ def custom_collate_fn(
     - allowed_max_length cuts to that many positions (a cut sequence keeps its real next token; a warning counts them).
     Masking is by position, not by token value, so an end-of-text inside the content is kept.
     """
-    if len(batch) == 0:
-        raise ValueError("batch is empty: nothing to collate")
-    if allowed_max_length is not None and (not isinstance(allowed_max_length, int) or allowed_max_length < 1):
-        raise ValueError(f"allowed_max_length must be None or an integer >= 1, got {allowed_max_length!r}")
-    if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or pad_token_id < 0:
-        raise ValueError(f"pad_token_id must be an integer token ID >= 0, got {pad_token_id!r}")
-    examples = [_as_example(item) for item in batch]
+    check_collate_args(batch, pad_token_id, allowed_max_length)
+    examples = [item if isinstance(item, TokenizedExample) else TokenizedExample(list(item), 0) for item in batch]
     if mask_prompt and not all(isinstance(item, TokenizedExample) for item in batch):
         raise ValueError("mask_prompt=True needs TokenizedExample items (token_ids, prompt_length)")
     n_cut = 0
@@ -302,7 +264,7 @@ def custom_collate_fn(
     for i, ex in enumerate(examples):
         if len(ex.token_ids) == 0:
             raise ValueError(f"batch[{i}] has no tokens")
-        examples[i] = ex._replace(token_ids=_integer_ids(ex.token_ids, f"batch[{i}]"))
+        examples[i] = ex._replace(token_ids=integer_ids(ex.token_ids, f"batch[{i}]"))
     padded_length = max(len(ex.token_ids) for ex in examples) + 1
     inputs, targets = [], []
     for ex in examples:
@@ -860,27 +822,6 @@ def _generate_cached(
     return results
 
 
-def _check_token_ids(ids: torch.Tensor, name: str, vocab_size: int) -> None:
-    """Integer token IDs the model can embed; else a ValueError naming `name`."""
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer token IDs, got dtype {ids.dtype}")
-    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = ids[(ids < 0) | (ids >= vocab_size)][0].item()
-        raise ValueError(f"{name} holds the token ID {bad}, outside this model's vocabulary 0..{vocab_size - 1}")
-
-
-def _check_generation_args(max_new_tokens: int, context_size: int, temperature: float, top_k: int | None) -> None:
-    """A ValueError naming the argument, instead of an empty result or a crash deep inside torch."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not isinstance(context_size, int) or context_size < 1:
-        raise ValueError(f"context_size must be an integer >= 1, got {context_size!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-
-
 def _model_in_dtype(model: GPTModel, dtype: torch.dtype | None) -> GPTModel:
     """`model` itself when `dtype` is None or already its dtype; else a copy of it with its weights in `dtype`.
 
@@ -934,8 +875,8 @@ def generate(
         )
     if idx.size(0) == 0 or idx.size(1) == 0:
         raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {tuple(idx.shape)}")
-    _check_token_ids(idx, "idx", model.cfg["vocab_size"])
-    _check_generation_args(max_new_tokens, context_size, temperature, top_k)
+    check_token_ids(idx, "idx", model.cfg["vocab_size"])
+    check_generation_args(max_new_tokens, context_size, temperature, top_k)
     if on_token is not None and not use_cache:
         raise ValueError("on_token needs use_cache=True")
     context_size = min(context_size, model.cfg["context_length"])
@@ -986,16 +927,8 @@ def generate_batch(
     it alone (up to float rounding). batch_size: at most this many prompts at once (similar lengths together).
     Sampling, seed and dtype work as in generate().
     """
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty: give at least one prompt")
-    for i, prompt in enumerate(prompts):
-        if len(prompt) == 0:
-            raise ValueError(f"prompts[{i}] is empty")
-        _check_token_ids(torch.as_tensor(prompt), f"prompts[{i}]", model.cfg["vocab_size"])
-    _check_token_ids(torch.tensor(pad_token_id), "pad_token_id", model.cfg["vocab_size"])
-    _check_generation_args(max_new_tokens, context_size, temperature, top_k)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be None (all at once) or an integer >= 1, got {batch_size!r}")
+    check_prompts(prompts, pad_token_id, model.cfg["vocab_size"])
+    check_generation_args(max_new_tokens, context_size, temperature, top_k, batch_size)
     device = model.tok_emb.weight.device
     context_size = min(context_size, model.cfg["context_length"])
     model = _model_in_dtype(model, dtype)  # once for all batches
@@ -1383,17 +1316,6 @@ def train_model(
 RESPONSE_FIELDS = ("output", "model_response")  # what the offline metrics read from each entry
 
 
-def _check_responses(entries, source: str, fields: Sequence[str] = RESPONSE_FIELDS) -> list[dict]:
-    """A non-empty list of objects whose `fields` are strings; else a DatasetError naming entry and field."""
-    if not isinstance(entries, list):
-        raise DatasetError(f"{source}: expected a JSON list of entries, got {type(entries).__name__}")
-    if not entries:
-        raise DatasetError(f"{source}: no entries to evaluate")
-    for index, entry in enumerate(entries):
-        _check_entry(entry, f"{source}: entry {index}", fields)
-    return entries
-
-
 _TRAILING_PUNCTUATION = " .!?,;:"
 
 
@@ -1424,7 +1346,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 def evaluate_responses(entries: list[dict], source: str = "<responses>") -> dict:
     """Exact match and ROUGE-L of every `model_response` against its `output`, averaged over the entries."""
-    entries = _check_responses(entries, source)
+    entries = check_responses(entries, source, RESPONSE_FIELDS)
     matches = sum(exact_match(e["model_response"], e["output"]) for e in entries)
     rouge = [rouge_l(e["model_response"], e["output"]) for e in entries]
     n = len(entries)
@@ -1436,7 +1358,7 @@ def evaluate_responses(entries: list[dict], source: str = "<responses>") -> dict
 
 def judge_prompt(entry: dict, style: str | PromptStyle = "alpaca") -> str:
     """The grading request for one entry: the prompt as the finetuned model saw it, the reference, the response."""
-    _check_entry(entry, "judge_prompt", ("instruction", *RESPONSE_FIELDS))
+    check_entry(entry, "judge_prompt", ("instruction", *RESPONSE_FIELDS))
     return (
         "You are grading the answer a small language model gave to a task.\n\n"
         "The model was given this prompt:\n"
@@ -1469,7 +1391,7 @@ def judge_responses(
     """
     from tqdm import tqdm
 
-    entries = _check_responses(entries, source, ("instruction", *RESPONSE_FIELDS))
+    entries = check_responses(entries, source, ("instruction", *RESPONSE_FIELDS))
     require_model(model, url, min(timeout, 10.0))
     scores: list[int | None] = [None] * len(entries)
     replies: list[str | None] = [None] * len(entries)
@@ -1514,24 +1436,12 @@ DEFAULT_PREFERENCE_PATH = REPO_ROOT / "preference-data.json"
 
 
 def validate_preference_data(data, source: str = "<data>") -> list[dict]:
-    """Normalised copies of a preference dataset's entries: non-empty, different `chosen` and `rejected`."""
-    if not isinstance(data, list):
-        raise DatasetError(f"{source}: expected a JSON list of entries, got {type(data).__name__}")
-    pairs = []
-    for index, entry in enumerate(data):
-        where = f"{source}: entry {index}"
-        _check_entry(entry, where, ("instruction", "chosen", "rejected"))
-        entry = {"input": "", **entry}
-        if entry["input"] is None:
-            entry["input"] = ""
-        _check_fields(entry, where, ("input",))
-        for name in ("instruction", "chosen", "rejected"):
-            if not entry[name].strip():
-                raise DatasetError(f"{where}: field '{name}' is empty")
-        if entry["chosen"].strip() == entry["rejected"].strip():
-            raise DatasetError(f"{where}: field 'rejected' is the same answer as 'chosen'")
-        pairs.append(entry)
-    return pairs
+    """Checked, normalised copies of the pairs: non-empty `instruction`, and a `chosen` and `rejected` that differ."""
+    pairs = check_entries(data, source, required=("instruction", "chosen", "rejected"))
+    for index, pair in enumerate(pairs):
+        if pair["chosen"].strip() == pair["rejected"].strip():
+            raise DatasetError(f"{source}: entry {index}: field 'rejected' is the same answer as 'chosen'")
+    return [{"input": "", **pair} | {"input": pair.get("input") or ""} for pair in pairs]
 
 
 def load_preference_data(path: str | Path = DEFAULT_PREFERENCE_PATH) -> list[dict]:
