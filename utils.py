@@ -55,6 +55,7 @@ from support.tokenizer_files import (
     tokenizer_from_folder,
 )
 from support.trainer import TrainingError, TrainingRun, seed_everything
+from support.weights import check_weights_fit, read_safetensors, weight_problem
 
 DEFAULT_DATA_PATH = REPO_ROOT / "instruction-data.json"
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>; doubles as the padding token
@@ -603,22 +604,6 @@ def is_conv1d_weight(checkpoint_name: str) -> bool:
     return bool(_CONV1D_WEIGHT.fullmatch(checkpoint_name))
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise WeightsUnavailableError(f"{path}: no such file (expected a GPT-2 model.safetensors)")
-    try:
-        return load_file(path)  # safetensors only: plain tensors, never pickle
-    except SafetensorError as exc:
-        raise WeightsUnavailableError(
-            f"{path}: not a readable safetensors file ({exc}). It is probably truncated or corrupt: "
-            "delete it and download it again (download_gpt2_weights(..., force_download=True) "
-            "replaces a copy in the Hugging Face cache)."
-        ) from None
-
-
 def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
     """Copy a GPT-2 checkpoint (Hugging Face's model.safetensors, or its folder) into `model`; returns the model.
 
@@ -628,7 +613,7 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
-    checkpoint = {key.removeprefix("transformer."): tensor for key, tensor in _read_safetensors(path).items()}
+    checkpoint = {key.removeprefix("transformer."): tensor for key, tensor in read_safetensors(path).items()}
     checkpoint = {key: tensor for key, tensor in checkpoint.items() if not _MASK_BUFFER.fullmatch(key)}
     if "lm_head.weight" not in checkpoint and "wte.weight" in checkpoint:
         checkpoint["lm_head.weight"] = checkpoint["wte.weight"]  # tied head
@@ -644,29 +629,12 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
         tensor = checkpoint.pop(key)
         if tuple(tensor.shape) != expected:
             wrong_shape.append(f"{key}: checkpoint has {tuple(tensor.shape)}, the model needs {expected}")
-            continue
-        if not tensor.is_floating_point():
-            bad_values.append(f"{key}: dtype {tensor.dtype}, not floating point")
-            continue
-        if not torch.isfinite(tensor).all():
-            bad_values.append(f"{key}: holds NaN or infinite values")
-            continue
-        state[name] = tensor.t() if transposed else tensor
+        elif problem := weight_problem(tensor):
+            bad_values.append(f"{key}: {problem}")
+        else:
+            state[name] = tensor.t() if transposed else tensor
     extra = [f"{key} {tuple(tensor.shape)}" for key, tensor in checkpoint.items()]
-
-    if bad_values:
-        raise ValueError(f"{path} is damaged (delete it and download it again): " + "; ".join(bad_values[:5]))
-    if missing or wrong_shape or extra:
-        lines = [
-            f"{path} does not fit this GPTModel (emb_dim={model.cfg['emb_dim']}, "
-            f"n_layers={model.cfg['n_layers']}, context_length={model.cfg['context_length']}, "
-            f"vocab_size={model.cfg['vocab_size']}); is it the same GPT-2 size as the config?"
-        ]
-        for title, items in (("wrong shape", wrong_shape), ("missing", missing), ("unexpected", extra)):
-            if items:
-                shown = items[:8] + ([f"... and {len(items) - 8} more"] if len(items) > 8 else [])
-                lines.append(f"{title} ({len(items)}):\n    " + "\n    ".join(shown))
-        raise ValueError("\n".join(lines))
+    check_weights_fit(path, model.cfg, missing, wrong_shape, extra, bad_values)
     if model.out_head.weight is model.tok_emb.weight and not torch.equal(
         state["out_head.weight"], state["tok_emb.weight"]
     ):
