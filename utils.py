@@ -36,25 +36,26 @@ from support.checks import (
     check_entries,
     check_entry,
     check_generation_args,
+    check_idx,
     check_prompts,
     check_responses,
-    check_token_ids,
     integer_ids,
+    vocabulary_error,
 )
-from support.experiments import ExperimentResult
+from support.experiments import ExperimentResult, failed_experiment
 from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json  # noqa: F401
 from support.jsonio import DatasetError, parse_json_bytes, read_json_file
 from support.network import WeightsUnavailableError, download_file, hub_download, verify_hub_file
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, require_model
 from support.precision import attention_inputs, attention_precision
-from support.scores import parse_score
+from support.scores import judge_summary, parse_score
 from support.tokenizer_files import (
     TOKENIZER_DIR_ENV,
     TokenizerUnavailableError,  # noqa: F401 (get_tokenizer's error, caught from here)
     tiktoken_gpt2,
     tokenizer_from_folder,
 )
-from support.trainer import TrainingError, TrainingRun, seed_everything
+from support.trainer import TrainingError, TrainingRun, check_loop_args, progress_bar, seed_everything
 from support.weights import check_weights_fit, read_safetensors, weight_problem
 
 DEFAULT_DATA_PATH = REPO_ROOT / "instruction-data.json"
@@ -98,10 +99,7 @@ def load_instruction_data(
 def split_dataset(
     data: Sequence[dict], train_frac: float = 0.85, val_frac: float = 0.05, seed: int = 123
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Shuffle and split into train/val/test (the rest goes to test).
-
-    Entries that share (instruction, input) land in the same split: the test set never asks a trained-on question.
-    """
+    """Shuffle and split into train/val/test (the rest is test); entries sharing (instruction, input) stay together."""
     if not (0 < train_frac and 0 <= val_frac and train_frac + val_frac <= 1):
         raise ValueError(f"bad split fractions: train={train_frac}, val={val_frac}")
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -190,11 +188,7 @@ def format_example(entry: dict, style: str | PromptStyle = "alpaca") -> str:
 
 
 def get_tokenizer(local_dir: str | Path | None = None):
-    """GPT-2's tokenizer (a tiktoken Encoding with 50,257 tokens).
-
-    From `local_dir`, else from the folder in $GPT2_TOKENIZER_DIR (each holding encoder.json and vocab.bpe),
-    else tiktoken's own "gpt2" (downloaded once, cached). Never falls back to another tokenizer.
-    """
+    """GPT-2's tokenizer (tiktoken, 50,257 tokens) from `local_dir` or $GPT2_TOKENIZER_DIR, else tiktoken's "gpt2"."""
     local_dir = local_dir or os.environ.get(TOKENIZER_DIR_ENV)
     if local_dir:
         return tokenizer_from_folder(Path(local_dir).resolve())
@@ -372,10 +366,7 @@ HF_REPOS = {
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, so a new token costs one position.
-
-    `is_real` is False where a row holds (left) padding: attention and position counting skip it.
-    """
+    """Every layer's keys and values so far, so a new token costs one position; `is_real` is False at left padding."""
 
     def __init__(self, model: GPTModel, batch_size: int, max_len: int):
         cfg, weight = model.cfg, model.tok_emb.weight
@@ -548,10 +539,7 @@ def download_gpt2_weights(
     force_download: bool = False,
     deadline: float = 3600.0,
 ) -> Path:
-    """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once and checked (sha256).
-
-    Failures raise WeightsUnavailableError, which says how to fix them (HF_HUB_OFFLINE=1: cache only).
-    """
+    """Path of OpenAI's GPT-2 model.safetensors from the Hugging Face Hub: downloaded once, checked (sha256)."""
     if model_name not in HF_REPOS:
         hint = " ('tiny' is an untrained demo model: use build_gpt2('tiny'))" if model_name == "tiny" else ""
         raise ValueError(f"no pretrained weights for {model_name!r}{hint}; choose one of {sorted(HF_REPOS)}")
@@ -668,9 +656,8 @@ _WEIGHTS_FAILED: set[str] = set()
 
 
 def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]:
-    """GPT-2 with OpenAI's weights, or the UNTRAINED `tiny` stand-in; returns (model, label).
+    """GPT-2 with OpenAI's weights, or the UNTRAINED `tiny` stand-in ($LLM_SMOKE, no weights); returns (model, label).
 
-    The stand-in is used with $LLM_SMOKE or when the weights cannot be had (the reason is printed).
     Show the label next to every output, so that a stand-in's text is never taken for GPT-2's.
     """
     if not smoke_mode() and model_name not in _WEIGHTS_FAILED:
@@ -837,13 +824,7 @@ def generate(
     - dtype=torch.bfloat16 runs a bfloat16 copy of the model (faster on CPUs with native bf16); None: as it is.
     - on_token(row, token_id) sees each new token as it is chosen (streaming; needs use_cache=True).
     """
-    if idx.dim() != 2:
-        raise ValueError(
-            f"idx must be (batch, tokens), got shape {tuple(idx.shape)}; text_to_token_ids() adds the batch dimension"
-        )
-    if idx.size(0) == 0 or idx.size(1) == 0:
-        raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {tuple(idx.shape)}")
-    check_token_ids(idx, "idx", model.cfg["vocab_size"])
+    check_idx(idx, model.cfg["vocab_size"])
     check_generation_args(max_new_tokens, context_size, temperature, top_k)
     if on_token is not None and not use_cache:
         raise ValueError("on_token needs use_cache=True")
@@ -931,11 +912,7 @@ def generate_responses(
     seed: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[dict]:
-    """Each entry with the model's answer to format_prompt(entry, style) added as "model_response".
-
-    Greedy by default; temperature, top_k, seed and dtype work as in generate() (a seed gives the same answers
-    whatever the batch_size).
-    """
+    """Each entry with the answer to format_prompt(entry, style) added as "model_response"; options as in generate()."""
     from tqdm import tqdm
 
     model.eval()
@@ -986,11 +963,7 @@ def _loss_sum(
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
     except IndexError as exc:  # torch's "index out of range in self" names no token
-        raise ValueError(
-            f"a token ID of this batch is outside the model's vocabulary (largest input "
-            f"{int(inputs.max())}, largest target {int(targets.max())}): a pad_token_id or a "
-            f"tokenizer made for another model? ({exc})"
-        ) from None
+        raise vocabulary_error(inputs, targets, exc) from None
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
@@ -1187,24 +1160,6 @@ def _training_hooks(hooks: TrainingHooks | None, checkpoint_path: str | Path | N
     return TrainingRun(checkpoint_path, resume) if checkpoint_path is not None else TrainingHooks()
 
 
-def _progress_bar(total_steps: int, steps_done: int, show: bool):
-    """A tqdm bar over the optimizer steps; a resumed run starts at the steps it has done."""
-    from tqdm import tqdm
-
-    initial = min(steps_done, total_steps)
-    return tqdm(total=total_steps, initial=initial, desc="training", unit="step", disable=not show, dynamic_ncols=True)
-
-
-def _check_training_args(train_loader: DataLoader, grad_accum_steps: int, eval_freq: int) -> None:
-    if grad_accum_steps < 1 or eval_freq < 1:
-        raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
-    if len(train_loader) == 0:
-        raise TrainingError(
-            "the train loader yields no batches: fewer training examples than the batch size "
-            "(its last, partial batch is dropped)? Use a smaller batch size or more data."
-        )
-
-
 def train_model(
     model: nn.Module,
     train_loader: DataLoader,
@@ -1232,7 +1187,7 @@ def train_model(
     - hooks: anything else (timed saves, max_steps, several processes): see TrainingHooks.
     """
     hooks = _training_hooks(hooks, checkpoint_path, resume)
-    _check_training_args(train_loader, grad_accum_steps, eval_freq)
+    check_loop_args(train_loader, grad_accum_steps, eval_freq)
     device = torch.device(device)
     model.to(device)
     state = TrainState(grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader))
@@ -1250,7 +1205,7 @@ def train_model(
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
 
     total_steps = math.ceil(len(train_loader) / grad_accum_steps) * num_epochs
-    with _progress_bar(total_steps, state.step, hooks.progress) as bar:
+    with progress_bar(total_steps, state.step, hooks.progress) as bar:
         trained.train()
         stop = hooks.should_stop(state)
         for epoch in range(state.epoch, num_epochs):
@@ -1305,10 +1260,7 @@ def _rouge_l_scorer():
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure in [0, 1]: longest common subsequence of (stemmed, lower-cased) words.
-
-    rouge_score keeps only ASCII letters and digits ("café" -> "caf"): a poor fit for non-English data.
-    """
+    """ROUGE-L F-measure in [0, 1] of stemmed, lower-cased words (ASCII letters and digits only: "café" -> "caf")."""
     return _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
@@ -1377,25 +1329,7 @@ def judge_responses(
         except Exception:  # noqa: BLE001 - one reply that breaks the parser costs that reply only
             scores[index] = None
         n_judged += 1
-    if error is not None:
-        warnings.warn(
-            f"Judging stopped at entry {n_judged} of {len(entries)}; the {n_judged} replies "
-            f"before it are kept. {error}",
-            stacklevel=2,
-        )
-    parsed = [s for s in scores if s is not None]
-    unparsed = [i for i in range(n_judged) if scores[i] is None]
-    return {
-        "model": model,
-        "n": len(entries),
-        "n_judged": n_judged,
-        "n_scored": len(parsed),
-        "mean": sum(parsed) / len(parsed) if parsed else None,
-        "scores": scores,
-        "unparsed": {"count": len(unparsed), "indices": unparsed},
-        "replies": replies,
-        "error": error,
-    }
+    return judge_summary(model, scores, replies, n_judged, error)
 
 
 # --- 09 preference tuning: DPO on pairs of a better and a worse answer ---
@@ -1420,10 +1354,7 @@ def load_preference_data(path: str | Path = DEFAULT_PREFERENCE_PATH) -> list[dic
 def split_preference_data(
     pairs: Sequence[dict], instruction_data: Sequence[dict], **split_args
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Train/val/test pairs: each pair goes to the split that split_dataset (`split_args`) gives its prompt.
-
-    So a question the instruction-finetuned model was tested on is never trained on here either.
-    """
+    """Train/val/test pairs, each in the split that split_dataset(instruction_data, **split_args) gives its prompt."""
     split_of = {}
     for part, entries in enumerate(split_dataset(instruction_data, **split_args)):
         for entry in entries:
@@ -1547,10 +1478,7 @@ def precompute_reference_logprobs(
     batch_size: int = 8,
     allowed_max_length: int | None = None,
 ) -> PreferenceDataset:
-    """Store the reference model's log-probs in every pair of `dataset` (in place), so the reference can be freed.
-
-    Batched as a loader with the same `batch_size` batches them, they equal what the reference computes in training.
-    """
+    """Store the reference model's log-probs in every pair of `dataset` (in place), so the reference can be freed."""
     reference.eval()
     for start in range(0, len(dataset), batch_size):
         pairs = dataset.examples[start : start + batch_size]
@@ -1614,8 +1542,7 @@ def train_dpo(
 ) -> DPOHistory:
     """Preference-tune `policy` against a frozen `reference` (None: log-probs precomputed) for `num_steps` steps.
 
-    The loop of 07 with dpo_loss_batch as the loss; every `eval_freq` steps (and at the end) the held-out pairs
-    are scored on `eval_iter` batches (None: all). `hooks` as in train_model (TrainingRun: checkpoints, resume).
+    The loop of 07 with dpo_loss_batch as the loss, evaluated every `eval_freq` steps; `hooks` as in train_model.
     """
     hooks = hooks or TrainingHooks()
     if len(train_loader) == 0:
@@ -1669,10 +1596,7 @@ LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Line
 
 
 class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable low-rank update: y = base(x) + (alpha / rank) * x @ A @ B.
-
-    B starts at zero, so at first the layer computes exactly what `base` does.
-    """
+    """A frozen nn.Linear plus a trainable low-rank update: base(x) + (alpha / rank) * x @ A @ B, B starting at 0."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
@@ -1807,9 +1731,7 @@ def run_experiment(
         responses = generate_responses(model, test_data, tokenizer, style, max_new_tokens, progress=progress)
         scores = score_answers(responses)
     except Exception as exc:  # noqa: BLE001 - the table reports it; KeyboardInterrupt still stops the run
-        print(f"{name}: failed ({type(exc).__name__}: {exc})")
-        first_line = next(iter(str(exc).splitlines()), "")  # a table row stays one line
-        return ExperimentResult(name, status=f"failed: {type(exc).__name__}: {first_line}", settings=settings)
+        return failed_experiment(name, exc, settings)
     return ExperimentResult(
         name,
         model_label=label,

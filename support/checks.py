@@ -89,6 +89,26 @@ def check_token_ids(ids: torch.Tensor, name: str, vocab_size: int) -> None:
         raise ValueError(f"{name} holds the token ID {bad}, outside this model's vocabulary 0..{vocab_size - 1}")
 
 
+def check_idx(idx: torch.Tensor, vocab_size: int) -> None:
+    """generate()'s `idx`: a (batch, tokens) tensor of token IDs in the vocabulary, at least one of each."""
+    if idx.dim() != 2:
+        raise ValueError(
+            f"idx must be (batch, tokens), got shape {tuple(idx.shape)}; text_to_token_ids() adds the batch dimension"
+        )
+    if idx.size(0) == 0 or idx.size(1) == 0:
+        raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {tuple(idx.shape)}")
+    check_token_ids(idx, "idx", vocab_size)
+
+
+def vocabulary_error(inputs: torch.Tensor, targets: torch.Tensor, exc: IndexError) -> ValueError:
+    """The error for a batch whose token IDs the model cannot embed (torch's own names no token)."""
+    return ValueError(
+        f"a token ID of this batch is outside the model's vocabulary (largest input "
+        f"{int(inputs.max())}, largest target {int(targets.max())}): a pad_token_id or a "
+        f"tokenizer made for another model? ({exc})"
+    )
+
+
 def check_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int, vocab_size: int) -> None:
     """At least one prompt, none empty, every token ID (and the padding) in the vocabulary."""
     if len(prompts) == 0:

@@ -38,6 +38,13 @@ def skipped_experiment(name: str, reason: str) -> ExperimentResult:
     return ExperimentResult(name, status=f"skipped: {reason}")
 
 
+def failed_experiment(name: str, exc: Exception, settings: dict) -> ExperimentResult:
+    """A row for a run that raised: it shows in the table (one line) instead of stopping the comparison."""
+    print(f"{name}: failed ({type(exc).__name__}: {exc})")
+    first_line = next(iter(str(exc).splitlines()), "")  # a table row stays one line
+    return ExperimentResult(name, status=f"failed: {type(exc).__name__}: {first_line}", settings=settings)
+
+
 def results_table(results: Sequence[ExperimentResult]) -> str:
     """A plain-text table with one row per experiment, skipped and failed runs included."""
     header = (

@@ -1,8 +1,9 @@
-"""parse_score: the 0-100 score in an LLM judge's free-text reply (utils.judge_responses), or None."""
+"""The LLM judge's replies (utils.judge_responses): parse_score reads the 0-100 score, judge_summary sums them up."""
 
 from __future__ import annotations
 
 import re
+import warnings
 
 # parse_score's patterns. A number never starts inside a word or a decimal ("llama3.2" holds no score).
 _NUMBER = r"(?<![\w.])(-?\d+(?:\.\d+)?)(?!\w)"
@@ -57,3 +58,27 @@ def parse_score(reply: str) -> int | None:
         return explicit.pop() if len(explicit) == 1 else None
     numbers = set(_NUMBER_RE.findall(_OUT_OF_100.sub(" ", text)))
     return _as_score(numbers.pop()) if len(numbers) == 1 else None
+
+
+def judge_summary(
+    model: str, scores: list[int | None], replies: list[str | None], n_judged: int, error: str | None
+) -> dict:
+    """judge_responses' result: the scores, what could not be parsed (never counted as 0), and why judging stopped."""
+    if error is not None:
+        warnings.warn(
+            f"Judging stopped at entry {n_judged} of {len(scores)}; the {n_judged} replies before it are kept. {error}",
+            stacklevel=3,  # the caller of judge_responses
+        )
+    parsed = [s for s in scores if s is not None]
+    unparsed = [i for i in range(n_judged) if scores[i] is None]
+    return {
+        "model": model,
+        "n": len(scores),
+        "n_judged": n_judged,
+        "n_scored": len(parsed),
+        "mean": sum(parsed) / len(parsed) if parsed else None,
+        "scores": scores,
+        "unparsed": {"count": len(unparsed), "indices": unparsed},
+        "replies": replies,
+        "error": error,
+    }
