@@ -163,10 +163,10 @@ def check_torch(import_module: Callable = importlib.import_module) -> list[Resul
     results = [Result("OK", "torch build", build), Result("OK", "device", f"{device} ({where})")]
     try:
         bf16 = import_module("support.precision").bf16_autocast_recommended(device)
-    except Exception:  # utils needs the rest of requirements.txt; the package checks say what is missing
+    except Exception:  # a broken checkout or install; the package checks say what is missing
         bf16 = None
     if bf16 is None:
-        results.append(Result("WARN", "bf16", "unknown (utils.py did not import)", "make setup"))
+        results.append(Result("WARN", "bf16", "unknown (support/precision.py did not import)", "make setup"))
     else:
         results.append(
             Result(
