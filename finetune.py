@@ -51,6 +51,8 @@ from support.checkpoints import CheckpointError, save_checkpoint
 from support.ddp import DistributedRun, DistributedStall, exit_process
 from support.files import FolderInUseError, OutputFolderLock, atomic_write_json, remove_stale_temporaries
 from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError
+from support.plots import plot_losses
+from support.precision import bf16_autocast_recommended
 from support.tokenizer_files import TokenizerUnavailableError
 from support.trainer import TrainingError, TrainingRun, seed_everything
 from utils import (
@@ -64,7 +66,6 @@ from utils import (
     PreferenceDataset,
     WeightsUnavailableError,
     apply_lora,
-    bf16_autocast_recommended,
     build_gpt2,
     count_parameters,
     create_dataloaders,
@@ -78,7 +79,6 @@ from utils import (
     load_instruction_data,
     load_preference_data,
     merge_lora,
-    plot_losses,
     precompute_reference_logprobs,
     preference_collate_fn,
     split_dataset,

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import itertools
 import math
-import operator
 import os
 import random
 import re
@@ -30,15 +28,35 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-# Machinery a learner need not read (support/ never imports this file): safe files, strict JSON,
-# downloads with deadlines, the checkpoint format, the Ollama client.
+# Machinery a learner need not read (support/ never imports this file): input checks, safe files,
+# strict JSON, downloads with deadlines, the checkpoint format, the Ollama client, bf16 speed-ups.
 from support.checkpoints import load_checkpoint  # noqa: F401 (notebooks 07 and 08 import it from here)
+from support.checks import (
+    check_collate_args,
+    check_entries,
+    check_entry,
+    check_generation_args,
+    check_idx,
+    check_prompts,
+    check_responses,
+    integer_ids,
+    vocabulary_error,
+)
+from support.experiments import ExperimentResult, failed_experiment
 from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json  # noqa: F401
-from support.jsonio import DatasetError, check_json_value, parse_json_bytes, read_json_file
+from support.jsonio import DatasetError, parse_json_bytes, read_json_file
 from support.network import WeightsUnavailableError, download_file, hub_download, verify_hub_file
-from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, ollama_models
-from support.tokenizer_files import TokenizerUnavailableError, check_tokenizer_folder
-from support.trainer import TrainingError, TrainingRun, seed_everything
+from support.ollama import OLLAMA_CHAT_URL, OLLAMA_JUDGE_MODEL, OllamaUnavailableError, chat_content, require_model
+from support.precision import attention_inputs, attention_precision
+from support.scores import judge_summary, parse_score
+from support.tokenizer_files import (
+    TOKENIZER_DIR_ENV,
+    TokenizerUnavailableError,  # noqa: F401 (get_tokenizer's error, caught from here)
+    tiktoken_gpt2,
+    tokenizer_from_folder,
+)
+from support.trainer import TrainingError, TrainingRun, check_loop_args, progress_bar, seed_everything
+from support.weights import check_weights_fit, read_safetensors, weight_problem
 
 DEFAULT_DATA_PATH = REPO_ROOT / "instruction-data.json"
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>; doubles as the padding token
@@ -48,45 +66,13 @@ IGNORE_INDEX = -100  # the default ignore_index of torch.nn.functional.cross_ent
 # --- 01 instruction dataset: load, validate and split the data ---
 
 
-def _check_entry(entry, where: str, fields: Sequence[str]) -> None:
-    """An object whose `fields` are strings and whose text is clean; else a DatasetError naming place and field."""
-    if not isinstance(entry, dict):
-        raise DatasetError(
-            f"{where}: expected an object with {', '.join(map(repr, fields))}, got {type(entry).__name__}"
-        )
-    check_json_value(entry, where)
-    _check_fields(entry, where, fields)
-
-
-def _check_fields(entry: dict, where: str, fields: Sequence[str]) -> None:
-    for name in fields:
-        if name not in entry:
-            raise DatasetError(f"{where}: missing field '{name}'")
-        if not isinstance(entry[name], str):
-            raise DatasetError(f"{where}: field '{name}' must be a string, got {type(entry[name]).__name__}")
-
-
 def validate_instruction_data(data, source: str = "<data>") -> list[dict]:
-    """Check the structure of an instruction dataset and return normalised copies of its entries.
-
-    Every entry needs non-empty strings `instruction` and `output`; `input` may be
-    missing (it becomes "") or a string. Other keys are kept as they are.
-    """
-    if not isinstance(data, list):
-        raise DatasetError(f"{source}: expected a JSON list of entries, got {type(data).__name__}")
+    """Checked, normalised copies of the entries: non-empty `instruction` and `output`; `input` may be missing."""
     entries = []
-    for index, entry in enumerate(data):
-        where = f"{source}: entry {index}"
-        _check_entry(entry, where, ("instruction", "output"))
+    for entry in check_entries(data, source, required=("instruction", "output")):
         # A missing or null input means "no input". Fields keep the file format's order.
         entry = {"instruction": entry["instruction"], "input": "", "output": entry["output"], **entry}
-        if entry["input"] is None:
-            entry["input"] = ""
-        _check_fields(entry, where, ("input",))
-        for name in ("instruction", "output"):
-            if not entry[name].strip():
-                raise DatasetError(f"{where}: field '{name}' is empty")
-        entries.append(entry)
+        entries.append(entry | {"input": entry["input"] or ""})
     return entries
 
 
@@ -98,10 +84,7 @@ def parse_instruction_data(payload: bytes, source: str = "<data>") -> list[dict]
 def load_instruction_data(
     source: str | Path = DEFAULT_DATA_PATH, cache_dir: str | Path = DEFAULT_CACHE_DIR, download_deadline: float = 120.0
 ) -> list[dict]:
-    """Load an instruction dataset from a JSON file path or an http(s) URL (cached locally).
-
-    A download may take `download_deadline` seconds in all (a server that drips its answer is cut off).
-    """
+    """Load an instruction dataset from a JSON file or an http(s) URL (downloaded within `download_deadline` s)."""
     source = str(source)
     is_url = source.startswith(("http://", "https://"))
     path = (
@@ -116,11 +99,7 @@ def load_instruction_data(
 def split_dataset(
     data: Sequence[dict], train_frac: float = 0.85, val_frac: float = 0.05, seed: int = 123
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Shuffle and split into train/val/test (the rest goes to test).
-
-    Entries that share (instruction, input) always land in the same split, so the test set
-    never asks a question the model was trained on.
-    """
+    """Shuffle and split into train/val/test (the rest is test); entries sharing (instruction, input) stay together."""
     if not (0 < train_frac and 0 <= val_frac and train_frac + val_frac <= 1):
         raise ValueError(f"bad split fractions: train={train_frac}, val={val_frac}")
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -207,61 +186,13 @@ def format_example(entry: dict, style: str | PromptStyle = "alpaca") -> str:
 
 # --- 03 tokenization and batching: GPT-2's tokenizer through tiktoken ---
 
-TOKENIZER_DIR_ENV = "GPT2_TOKENIZER_DIR"
-
-
-@lru_cache(maxsize=4)
-def _tokenizer_from_folder(folder: Path):
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
-
-    check_tokenizer_folder(folder)
-    # The same regex and special token as tiktoken's own "gpt2" encoding; only the files are local.
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(folder / "vocab.bpe"), encoder_json_file=str(folder / "encoder.json")
-    )
-    return tiktoken.Encoding(
-        name="gpt2",
-        explicit_n_vocab=50257,
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: PAD_TOKEN_ID},
-    )
-
 
 def get_tokenizer(local_dir: str | Path | None = None):
-    """GPT-2's tokenizer (a tiktoken Encoding with 50,257 tokens).
-
-    Looks in this order: `local_dir`, the folder in $GPT2_TOKENIZER_DIR (both must hold
-    encoder.json and vocab.bpe), then tiktoken's own cache ($TIKTOKEN_CACHE_DIR) or download.
-    Never falls back to another tokenizer.
-    """
-    import tiktoken
-
+    """GPT-2's tokenizer (tiktoken, 50,257 tokens) from `local_dir` or $GPT2_TOKENIZER_DIR, else tiktoken's "gpt2"."""
     local_dir = local_dir or os.environ.get(TOKENIZER_DIR_ENV)
     if local_dir:
-        return _tokenizer_from_folder(Path(local_dir).resolve())
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and "DATA_GYM_CACHE_DIR" not in os.environ:
-        # Keep tiktoken's download inside the project, so a prepared folder works offline.
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(DEFAULT_CACHE_DIR / "tiktoken")
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as exc:  # tiktoken raises requests' errors, or ValueError on a bad hash
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename:  # the disk, not the network
-            cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-            raise TokenizerUnavailableError(
-                f"Could not save GPT-2's tokenizer in {cache} ({exc.strerror}). Fix: make that folder writable, "
-                f"or set TIKTOKEN_CACHE_DIR to a writable folder, or {TOKENIZER_DIR_ENV} to a folder holding "
-                "encoder.json and vocab.bpe."
-            ) from None
-        raise TokenizerUnavailableError(
-            "Could not load GPT-2's tokenizer: tiktoken needs to download encoder.json and vocab.bpe "
-            f"and that failed ({type(exc).__name__}).\n"
-            "Fix, either:\n"
-            "  - on a machine with network, run `make download` once (fills .cache/tiktoken), or\n"
-            f"  - set {TOKENIZER_DIR_ENV}=/path/to/folder holding encoder.json and vocab.bpe."
-        ) from None
+        return tokenizer_from_folder(Path(local_dir).resolve())
+    return tiktoken_gpt2()
 
 
 def encode_text(text: str, tokenizer) -> list[int]:
@@ -280,11 +211,7 @@ class TokenizedExample(NamedTuple):
 
 
 class InstructionDataset(Dataset):
-    """Formats and tokenizes every entry once, up front.
-
-    The prompt (including the response opener) and the output are tokenized separately and
-    joined, so the prompt used at generation time is always an exact token prefix.
-    """
+    """Formats and tokenizes every entry once: prompt and output apart, so the prompt is an exact token prefix."""
 
     def __init__(self, data: Sequence[dict], tokenizer, style: str | PromptStyle = "alpaca"):
         # Checked here too: entries built in code skip load_instruction_data (a DatasetError names the entry).
@@ -303,25 +230,6 @@ class InstructionDataset(Dataset):
         return len(self.examples)
 
 
-def _as_example(item) -> TokenizedExample:
-    if isinstance(item, TokenizedExample):
-        return item
-    return TokenizedExample(list(item), 0)
-
-
-def _integer_ids(token_ids: Sequence, where: str) -> list[int]:
-    """`token_ids` as Python ints; a ValueError naming `where` for a float, a string or a negative ID."""
-    ids = []
-    for token in token_ids:
-        try:
-            ids.append(operator.index(token))  # ints, NumPy ints, integer tensors; not 2.0, not "7"
-        except TypeError:
-            raise ValueError(f"{where} holds {token!r} ({type(token).__name__}): token IDs must be integers") from None
-    if ids and min(ids) < 0:
-        raise ValueError(f"{where} holds the negative token ID {min(ids)}")
-    return ids
-
-
 def custom_collate_fn(
     batch: Sequence[Sequence[int] | TokenizedExample],
     pad_token_id: int = PAD_TOKEN_ID,
@@ -332,24 +240,14 @@ def custom_collate_fn(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad a batch of token-ID lists and build (inputs, targets) for next-token training.
 
-    - Each sequence gets one end-of-text token, then padding up to the longest sequence + 1.
-    - inputs drop the last position; targets are the same tokens shifted left by one.
-    - Target positions after the first end-of-text are set to `ignore_index`; that first
-      end-of-text stays, so the model learns where a response ends.
-    - mask_prompt=True also sets the targets that predict prompt tokens to `ignore_index`
-      (needs TokenizedExample items, which carry the prompt length).
-    - allowed_max_length cuts inputs and targets to that many positions. A cut sequence keeps
-      its real next token as the last target (its response does go on; teaching the model to stop
-      there would be wrong) and a warning says how many sequences were cut.
+    - Each sequence gets one end-of-text, then padding; targets are the inputs shifted left by one.
+    - Targets after the first end-of-text are `ignore_index` (that end-of-text stays: the model learns to stop);
+      mask_prompt=True masks the targets that predict prompt tokens too (needs TokenizedExample items).
+    - allowed_max_length cuts to that many positions (a cut sequence keeps its real next token; a warning counts them).
     Masking is by position, not by token value, so an end-of-text inside the content is kept.
     """
-    if len(batch) == 0:
-        raise ValueError("batch is empty: nothing to collate")
-    if allowed_max_length is not None and (not isinstance(allowed_max_length, int) or allowed_max_length < 1):
-        raise ValueError(f"allowed_max_length must be None or an integer >= 1, got {allowed_max_length!r}")
-    if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or pad_token_id < 0:
-        raise ValueError(f"pad_token_id must be an integer token ID >= 0, got {pad_token_id!r}")
-    examples = [_as_example(item) for item in batch]
+    check_collate_args(batch, pad_token_id, allowed_max_length)
+    examples = [item if isinstance(item, TokenizedExample) else TokenizedExample(list(item), 0) for item in batch]
     if mask_prompt and not all(isinstance(item, TokenizedExample) for item in batch):
         raise ValueError("mask_prompt=True needs TokenizedExample items (token_ids, prompt_length)")
     n_cut = 0
@@ -361,7 +259,7 @@ def custom_collate_fn(
     for i, ex in enumerate(examples):
         if len(ex.token_ids) == 0:
             raise ValueError(f"batch[{i}] has no tokens")
-        examples[i] = ex._replace(token_ids=_integer_ids(ex.token_ids, f"batch[{i}]"))
+        examples[i] = ex._replace(token_ids=integer_ids(ex.token_ids, f"batch[{i}]"))
     padded_length = max(len(ex.token_ids) for ex in examples) + 1
     inputs, targets = [], []
     for ex in examples:
@@ -389,178 +287,6 @@ def custom_collate_fn(
     if device is not None:
         inputs_tensor, targets_tensor = inputs_tensor.to(device), targets_tensor.to(device)
     return inputs_tensor, targets_tensor
-
-
-# --- 03 tokenization and batching: a batch as a picture; the plot style of every notebook's figures ---
-
-# Okabe-Ito colours: distinguishable with the common forms of colour blindness.
-COLORS = {
-    "prompt": "#56B4E9",
-    "response": "#E69F00",
-    "end": "#009E73",
-    "padding": "#BBBBBB",
-    "masked": "#FFFFFF",
-    "accent": "#D55E00",
-    "text": "#222222",
-}
-# The order in which a plot's lines and bars take their colours (Okabe-Ito, strongest first).
-COLOR_CYCLE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#000000"]
-# Font sizes in points for every plot: on a figure 8-10 inches wide, 15 pt ticks and 18 pt labels
-# still read from the back of a room when projected, and stay comfortable on a laptop.
-PLOT_FONT_SIZES = {"tick": 15, "label": 18, "legend": 16, "title": 20}
-
-
-def plot_style() -> dict:
-    """matplotlib settings for plots readable on a projector: big fonts, Okabe-Ito colours, white background."""
-    from cycler import cycler
-
-    sizes = PLOT_FONT_SIZES
-    return {
-        "font.size": sizes["label"],
-        "axes.labelsize": sizes["label"],
-        "axes.titlesize": sizes["title"],
-        "xtick.labelsize": sizes["tick"],
-        "ytick.labelsize": sizes["tick"],
-        "legend.fontsize": sizes["legend"],
-        "legend.frameon": False,
-        "axes.prop_cycle": cycler(color=COLOR_CYCLE),
-        "lines.linewidth": 3,
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "figure.facecolor": "white",
-        "axes.facecolor": "white",
-        "savefig.facecolor": "white",
-        "figure.autolayout": True,  # labels this big need the room tight_layout makes
-    }
-
-
-def use_plot_style() -> None:
-    """Apply plot_style() to every plot drawn after this call (a notebook calls it once)."""
-    import matplotlib
-
-    matplotlib.rcParams.update(plot_style())
-
-
-def _token_label(token_id: int, tokenizer, width: int = 7) -> str:
-    if token_id == IGNORE_INDEX:
-        return "-100"
-    if token_id == PAD_TOKEN_ID:
-        return "<eot>"
-    text = tokenizer.decode([token_id]).replace("\n", "\\n").replace(" ", "\u2423")
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
-
-
-def plot_batch(
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    tokenizer,
-    prompt_lengths: Sequence[int] | None = None,
-    lengths: Sequence[int] | None = None,
-    first_column: int = 0,
-    n_columns: int = 16,
-    title: str = "",
-):
-    """Draw a window of a batch as a grid: for each example an input row and a target row.
-
-    Colours: prompt tokens, response tokens, the end-of-text that is learned, padding, and
-    masked (-100) targets. `lengths` (tokens before padding) tells end-of-text from padding.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch, Rectangle
-
-    n_rows, width = inputs.shape
-    columns = range(first_column, min(first_column + n_columns, width))
-    lengths = lengths or [
-        int((row != PAD_TOKEN_ID).nonzero().max()) + 1 if (row != PAD_TOKEN_ID).any() else 0 for row in inputs
-    ]
-    prompt_lengths = prompt_lengths or [0] * n_rows
-
-    def category(row: int, pos: int, token: int, is_target: bool) -> str:
-        seq_pos = pos + 1 if is_target else pos  # a target at pos is the token at pos + 1
-        if token == IGNORE_INDEX:
-            return "masked"
-        if seq_pos >= lengths[row]:
-            return "end" if seq_pos == lengths[row] else "padding"
-        return "prompt" if seq_pos < prompt_lengths[row] else "response"
-
-    fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1.6, 1.05 * n_rows * 2 + 0.9), dpi=100)
-    y = 0
-    for row in range(n_rows):
-        for label, tensor, is_target in (("input", inputs, False), ("target", targets, True)):
-            ax.text(
-                -0.15,
-                y + 0.5,
-                f"{label} {row}",
-                ha="right",
-                va="center",
-                fontsize=PLOT_FONT_SIZES["tick"],
-                color=COLORS["text"],
-            )
-            for x, pos in enumerate(columns):
-                token = int(tensor[row, pos])
-                kind = category(row, pos, token, is_target)
-                ax.add_patch(
-                    Rectangle(
-                        (x, y),
-                        0.94,
-                        0.9,
-                        facecolor=COLORS[kind],
-                        edgecolor="#666666",
-                        hatch="//" if kind == "masked" else None,
-                        linewidth=0.8,
-                    )
-                )
-                ax.text(
-                    x + 0.47,
-                    y + 0.58,
-                    _token_label(token, tokenizer),
-                    ha="center",
-                    va="center",
-                    fontsize=9.5,
-                    color=COLORS["accent"] if kind == "masked" else COLORS["text"],
-                    fontweight="bold",
-                )
-                ax.text(
-                    x + 0.47,
-                    y + 0.22,
-                    "" if token == IGNORE_INDEX else str(token),
-                    ha="center",
-                    va="center",
-                    fontsize=7.5,
-                    color="#333333",
-                )
-            y += 1
-        y += 0.35
-    for x, pos in enumerate(columns):
-        ax.text(x + 0.47, -0.25, str(pos), ha="center", va="center", fontsize=8, color="#555555")
-    ax.set_xlim(-1.6, len(columns))
-    ax.set_ylim(y, -0.6)
-    ax.axis("off")
-    legend = [
-        Patch(facecolor=COLORS[k], edgecolor="#666666", hatch="//" if k == "masked" else None, label=label)
-        for k, label in (
-            ("prompt", "prompt"),
-            ("response", "response"),
-            ("end", "end-of-text (learned)"),
-            ("padding", "padding"),
-            ("masked", "masked target (-100)"),
-        )
-    ]
-    ax.legend(
-        handles=legend,
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.0),
-        ncol=5,
-        frameon=False,
-        fontsize=PLOT_FONT_SIZES["tick"],
-    )
-    if title:
-        ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"])
-    fig.patch.set_facecolor("white")  # readable on GitHub's dark theme too
-    fig.tight_layout()
-    return fig
 
 
 # --- 04 dataloaders: batches from the splits, on the right device ---
@@ -640,11 +366,7 @@ HF_REPOS = {
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, so a new token costs one position.
-
-    Room for `max_len` positions is allocated once. `is_real` is False where a row holds (left)
-    padding: attention skips those keys and position counting skips those tokens.
-    """
+    """Every layer's keys and values so far, so a new token costs one position; `is_real` is False at left padding."""
 
     def __init__(self, model: GPTModel, batch_size: int, max_len: int):
         cfg, weight = model.cfg, model.tok_emb.weight
@@ -669,38 +391,6 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
         self.is_real.zero_()
-
-
-# torch's CPU attention kernel is several times slower in bfloat16 than in float32 when training
-# (its backward ~4x), and attention is a small share of the FLOPs: on a CPU, bf16 training steps
-# (autocast or bf16 weights) compute attention in float32. Not generation (no gradients): casting
-# a whole KV cache to float32 for every new token would cost more than it saves.
-CPU_BF16_ATTENTION_IN_FLOAT32 = True
-
-
-def _cpu_autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_cpu_enabled()
-
-
-def _attention_precision(q: torch.Tensor):
-    """No autocast inside attention when it is to run in float32 (autocast would cast it back to bf16)."""
-    if CPU_BF16_ATTENTION_IN_FLOAT32 and q.device.type == "cpu" and torch.is_grad_enabled() and _cpu_autocast_on():
-        return torch.autocast("cpu", enabled=False)
-    return contextlib.nullcontext()
-
-
-def _attention_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    if (
-        CPU_BF16_ATTENTION_IN_FLOAT32
-        and tensors[0].device.type == "cpu"
-        and torch.is_grad_enabled()
-        and (tensors[0].dtype == torch.bfloat16 or _cpu_autocast_on())
-    ):
-        return tuple(z.float() for z in tensors)
-    return tensors
 
 
 class MultiHeadAttention(nn.Module):
@@ -728,9 +418,9 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         # Without a mask, is_causal is right only when queries and keys are the same positions;
         # a single new token after cached ones may see every key, so no causal mask then.
-        with _attention_precision(q):
+        with attention_precision(q):
             out = F.scaled_dot_product_attention(
-                *_attention_inputs(q, k, v),
+                *attention_inputs(q, k, v),
                 attn_mask=attn_mask,
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=attn_mask is None and t == k.size(2),
@@ -795,11 +485,9 @@ class GPTModel(nn.Module):
         """Logits (batch, tokens, vocab_size) for token IDs `idx` (batch, tokens).
 
         cache: a KVCache; `idx` then holds only the tokens that follow the cached ones.
-        pad_mask: (batch, tokens) bool, False at left padding. Padding is invisible to the real
-            tokens (attention skips it, positions do not count it), so a padded row gets the same
-            logits as it would alone. The logits at padded positions are meaningless.
-        last_only: logits of the last position only, (batch, 1, vocab_size): all that generation
-            needs, and it skips the large vocabulary matmul for every other position.
+        pad_mask: (batch, tokens), False at left padding: attention and positions skip it, so a padded row
+            gets the logits it would get alone.
+        last_only: the last position's logits only, (batch, 1, vocab_size): all that generation needs.
         """
         b, t = idx.shape
         past = cache.length if cache is not None else 0
@@ -851,12 +539,7 @@ def download_gpt2_weights(
     force_download: bool = False,
     deadline: float = 3600.0,
 ) -> Path:
-    """Path of OpenAI's GPT-2 `model.safetensors` from the Hugging Face Hub, downloaded once.
-
-    A cached copy is returned without touching the network; otherwise support.network.hub_download
-    fetches it within `deadline` seconds (HF_HUB_OFFLINE=1: cache only). Either way the file's bytes
-    are checked against its sha256. Any failure raises WeightsUnavailableError, which says how to fix it.
-    """
+    """Path of OpenAI's GPT-2 model.safetensors from the Hugging Face Hub: downloaded once, checked (sha256)."""
     if model_name not in HF_REPOS:
         hint = " ('tiny' is an untrained demo model: use build_gpt2('tiny'))" if model_name == "tiny" else ""
         raise ValueError(f"no pretrained weights for {model_name!r}{hint}; choose one of {sorted(HF_REPOS)}")
@@ -867,10 +550,7 @@ def download_gpt2_weights(
 
 
 def cached_gpt2_weights(model_name: str = "gpt2-small", cache_dir: str | Path | None = None) -> Path | None:
-    """Path of GPT-2's model.safetensors if it is already in the Hugging Face cache, else None.
-
-    Looks at the disk only (never the network), so it answers at once, offline too.
-    """
+    """Path of GPT-2's model.safetensors if it is in the Hugging Face cache, else None (never the network)."""
     if model_name not in HF_REPOS:
         return None
     from huggingface_hub import try_to_load_from_cache
@@ -912,34 +592,16 @@ def is_conv1d_weight(checkpoint_name: str) -> bool:
     return bool(_CONV1D_WEIGHT.fullmatch(checkpoint_name))
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise WeightsUnavailableError(f"{path}: no such file (expected a GPT-2 model.safetensors)")
-    try:
-        return load_file(path)  # safetensors only: plain tensors, never pickle
-    except SafetensorError as exc:
-        raise WeightsUnavailableError(
-            f"{path}: not a readable safetensors file ({exc}). It is probably truncated or corrupt: "
-            "delete it and download it again (download_gpt2_weights(..., force_download=True) "
-            "replaces a copy in the Hugging Face cache)."
-        ) from None
-
-
 def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
-    """Copy a GPT-2 checkpoint (Hugging Face's model.safetensors) into `model`; returns the model.
+    """Copy a GPT-2 checkpoint (Hugging Face's model.safetensors, or its folder) into `model`; returns the model.
 
-    `path` is the file or a folder that holds it. Keys may carry a "transformer." prefix;
-    without "lm_head.weight" the head reuses the token embedding (as OpenAI's GPT-2 does).
-    Any missing, left-over or wrongly shaped tensor, one that is not floating point or that holds
-    NaN or infinite values raises a ValueError naming it.
+    Without "lm_head.weight" the head reuses the token embedding, as OpenAI's GPT-2 does. A missing, left-over,
+    wrongly shaped, non-float or non-finite tensor raises a ValueError naming it.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
-    checkpoint = {key.removeprefix("transformer."): tensor for key, tensor in _read_safetensors(path).items()}
+    checkpoint = {key.removeprefix("transformer."): tensor for key, tensor in read_safetensors(path).items()}
     checkpoint = {key: tensor for key, tensor in checkpoint.items() if not _MASK_BUFFER.fullmatch(key)}
     if "lm_head.weight" not in checkpoint and "wte.weight" in checkpoint:
         checkpoint["lm_head.weight"] = checkpoint["wte.weight"]  # tied head
@@ -955,29 +617,12 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
         tensor = checkpoint.pop(key)
         if tuple(tensor.shape) != expected:
             wrong_shape.append(f"{key}: checkpoint has {tuple(tensor.shape)}, the model needs {expected}")
-            continue
-        if not tensor.is_floating_point():
-            bad_values.append(f"{key}: dtype {tensor.dtype}, not floating point")
-            continue
-        if not torch.isfinite(tensor).all():
-            bad_values.append(f"{key}: holds NaN or infinite values")
-            continue
-        state[name] = tensor.t() if transposed else tensor
+        elif problem := weight_problem(tensor):
+            bad_values.append(f"{key}: {problem}")
+        else:
+            state[name] = tensor.t() if transposed else tensor
     extra = [f"{key} {tuple(tensor.shape)}" for key, tensor in checkpoint.items()]
-
-    if bad_values:
-        raise ValueError(f"{path} is damaged (delete it and download it again): " + "; ".join(bad_values[:5]))
-    if missing or wrong_shape or extra:
-        lines = [
-            f"{path} does not fit this GPTModel (emb_dim={model.cfg['emb_dim']}, "
-            f"n_layers={model.cfg['n_layers']}, context_length={model.cfg['context_length']}, "
-            f"vocab_size={model.cfg['vocab_size']}); is it the same GPT-2 size as the config?"
-        ]
-        for title, items in (("wrong shape", wrong_shape), ("missing", missing), ("unexpected", extra)):
-            if items:
-                shown = items[:8] + ([f"... and {len(items) - 8} more"] if len(items) > 8 else [])
-                lines.append(f"{title} ({len(items)}):\n    " + "\n    ".join(shown))
-        raise ValueError("\n".join(lines))
+    check_weights_fit(path, model.cfg, missing, wrong_shape, extra, bad_values)
     if model.out_head.weight is model.tok_emb.weight and not torch.equal(
         state["out_head.weight"], state["tok_emb.weight"]
     ):
@@ -987,9 +632,8 @@ def load_gpt2_weights(model: GPTModel, path: str | Path) -> GPTModel:
 
 
 def build_gpt2(model_name: str = "gpt2-small", weights_path: str | Path | None = None) -> GPTModel:
-    """A GPTModel for GPT_CONFIGS[model_name] with OpenAI's weights, in eval mode.
+    """A GPTModel for GPT_CONFIGS[model_name] with OpenAI's weights (or `weights_path`), in eval mode.
 
-    Weights come from `weights_path` if given, else from download_gpt2_weights(model_name).
     "tiny" is UNTRAINED: it stays randomly initialised unless you pass weights_path.
     """
     if model_name not in GPT_CONFIGS:
@@ -1012,11 +656,9 @@ _WEIGHTS_FAILED: set[str] = set()
 
 
 def load_gpt2_or_standin(model_name: str = "gpt2-small") -> tuple[GPTModel, str]:
-    """GPT-2 with OpenAI's weights, or the UNTRAINED `tiny` stand-in; returns (model, label).
+    """GPT-2 with OpenAI's weights, or the UNTRAINED `tiny` stand-in ($LLM_SMOKE, no weights); returns (model, label).
 
-    The stand-in is used when $LLM_SMOKE is set, or when the weights cannot be had (the reason
-    and its fix are printed). Show the label next to every output, so that a stand-in's text is
-    never taken for GPT-2's.
+    Show the label next to every output, so that a stand-in's text is never taken for GPT-2's.
     """
     if not smoke_mode() and model_name not in _WEIGHTS_FAILED:
         try:
@@ -1045,10 +687,7 @@ def instruct_checkpoint_path(model: GPTModel) -> Path:
 
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
-    """Token IDs of `text` as a (1, tokens) tensor, the shape generate() takes.
-
-    A literal "<|endoftext|>" in the text is plain text here, as in the training data.
-    """
+    """Token IDs of `text` as a (1, tokens) tensor, the shape generate() takes."""
     return torch.tensor(encode_text(text, tokenizer))[None]
 
 
@@ -1098,10 +737,7 @@ def _generate_cached(
     seed: int | None,
     on_token: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """New tokens of every row of a left-padded batch, eos excluded, decoded with a KVCache.
-
-    on_token(row, token_id), if given, sees each kept token the moment it is chosen (streaming).
-    """
+    """New tokens of every row of a left-padded batch (eos excluded), with a KVCache; on_token sees each one."""
     results: list[list[int]] = [[] for _ in range(idx.size(0))]
     if max_new_tokens <= 0:
         return results
@@ -1141,27 +777,6 @@ def _generate_cached(
     return results
 
 
-def _check_token_ids(ids: torch.Tensor, name: str, vocab_size: int) -> None:
-    """Integer token IDs the model can embed; else a ValueError naming `name`."""
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer token IDs, got dtype {ids.dtype}")
-    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = ids[(ids < 0) | (ids >= vocab_size)][0].item()
-        raise ValueError(f"{name} holds the token ID {bad}, outside this model's vocabulary 0..{vocab_size - 1}")
-
-
-def _check_generation_args(max_new_tokens: int, context_size: int, temperature: float, top_k: int | None) -> None:
-    """A ValueError naming the argument, instead of an empty result or a crash deep inside torch."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not isinstance(context_size, int) or context_size < 1:
-        raise ValueError(f"context_size must be an integer >= 1, got {context_size!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-
-
 def _model_in_dtype(model: GPTModel, dtype: torch.dtype | None) -> GPTModel:
     """`model` itself when `dtype` is None or already its dtype; else a copy of it with its weights in `dtype`.
 
@@ -1198,34 +813,19 @@ def generate(
     dtype: torch.dtype | None = None,
     on_token: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """`idx` (batch, tokens) with up to `max_new_tokens` generated tokens appended.
+    """`idx` (batch, tokens) with up to `max_new_tokens` generated tokens appended. Call model.eval() first.
 
-    - temperature 0: greedy (argmax); above 0: sampling from softmax(logits / temperature),
-      restricted to the `top_k` most likely tokens if given. With `seed`, every row samples
-      from its own generator seeded with it (reproducible); without, from torch's global RNG.
-    - eos_id: a row stops at its first eos_id. Generation ends when every row has stopped; that
-      last eos is not appended (as in the book), and rows that stopped earlier are filled up
-      with eos_id.
-    - Only the last `context_size` tokens are fed to the model (cropped from the left; never
-      more than the model's context_length), so generation can run past the context window.
-    - use_cache=True keeps every layer's keys and values (KVCache), so each step processes one
-      token; use_cache=False recomputes the whole context every step, as in the book. Both
-      give the same tokens (float rounding differs slightly, which could only flip a near-tie).
-    - dtype=torch.bfloat16 runs a bfloat16 copy of the model (weights and KV cache): about half
-      the memory traffic, faster on CPUs with native bf16 (bf16_autocast_recommended). Greedy
-      tokens can differ from float32's where two candidates are nearly tied; None: as the model is.
-    - on_token(row, token_id): called for each new token as soon as it is chosen, for streaming
-      (the chat page); an exception it raises stops generation. Needs use_cache=True.
-    Call model.eval() first.
+    - temperature 0: greedy; above 0: sample from softmax(logits / temperature), within the `top_k` best if given.
+      `seed` gives every row its own seeded generator (reproducible); without it, torch's global RNG.
+    - eos_id: a row stops at its first eos_id (not appended; rows that stopped earlier are filled with it).
+    - Only the last `context_size` tokens are fed to the model, so generation can run past the context window.
+    - use_cache=True keeps every layer's keys and values (KVCache); False recomputes the whole context every
+      step, as in the book. Both give the same tokens up to float rounding.
+    - dtype=torch.bfloat16 runs a bfloat16 copy of the model (faster on CPUs with native bf16); None: as it is.
+    - on_token(row, token_id) sees each new token as it is chosen (streaming; needs use_cache=True).
     """
-    if idx.dim() != 2:
-        raise ValueError(
-            f"idx must be (batch, tokens), got shape {tuple(idx.shape)}; text_to_token_ids() adds the batch dimension"
-        )
-    if idx.size(0) == 0 or idx.size(1) == 0:
-        raise ValueError(f"idx must hold at least one prompt of at least one token, got shape {tuple(idx.shape)}")
-    _check_token_ids(idx, "idx", model.cfg["vocab_size"])
-    _check_generation_args(max_new_tokens, context_size, temperature, top_k)
+    check_idx(idx, model.cfg["vocab_size"])
+    check_generation_args(max_new_tokens, context_size, temperature, top_k)
     if on_token is not None and not use_cache:
         raise ValueError("on_token needs use_cache=True")
     context_size = min(context_size, model.cfg["context_length"])
@@ -1270,26 +870,14 @@ def generate_batch(
     batch_size: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[list[int]]:
-    """Generate for many prompts of different lengths at once; returns each prompt's new tokens.
+    """Generate for many prompts of different lengths at once; returns each prompt's new tokens (eos excluded).
 
-    Prompts are left-padded with `pad_token_id` and a padding mask keeps the padding out of
-    attention and positions, so each prompt gets the same tokens as generate() on it alone
-    (up to float rounding, which can only matter on near-ties). Each row stops at its own eos_id,
-    which is not included. Prompts longer than context_size keep their last context_size tokens.
-    batch_size: at most this many prompts at once (default: all); lengths are sorted first so
-    that similar lengths share a batch. Sampling, seed and dtype (e.g. torch.bfloat16) work as in
-    generate().
+    Prompts are left-padded and a padding mask hides the padding, so each prompt gets the tokens generate() gives
+    it alone (up to float rounding). batch_size: at most this many prompts at once (similar lengths together).
+    Sampling, seed and dtype work as in generate().
     """
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty: give at least one prompt")
-    for i, prompt in enumerate(prompts):
-        if len(prompt) == 0:
-            raise ValueError(f"prompts[{i}] is empty")
-        _check_token_ids(torch.as_tensor(prompt), f"prompts[{i}]", model.cfg["vocab_size"])
-    _check_token_ids(torch.tensor(pad_token_id), "pad_token_id", model.cfg["vocab_size"])
-    _check_generation_args(max_new_tokens, context_size, temperature, top_k)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be None (all at once) or an integer >= 1, got {batch_size!r}")
+    check_prompts(prompts, pad_token_id, model.cfg["vocab_size"])
+    check_generation_args(max_new_tokens, context_size, temperature, top_k, batch_size)
     device = model.tok_emb.weight.device
     context_size = min(context_size, model.cfg["context_length"])
     model = _model_in_dtype(model, dtype)  # once for all batches
@@ -1324,14 +912,7 @@ def generate_responses(
     seed: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[dict]:
-    """Each entry with the model's answer added as "model_response" (batched, KV cache).
-
-    - The prompt is format_prompt(entry, style): the very text the model was trained to continue.
-    - Greedy by default; temperature > 0 samples (optionally from the `top_k` most likely tokens).
-      With `seed`, every prompt draws from its own generator, so a rerun gives the same answers
-      whatever the batch_size.
-    - dtype=torch.bfloat16 generates with a bfloat16 copy of the model (see generate()).
-    """
+    """Each entry with the answer to format_prompt(entry, style) added as "model_response"; options as in generate()."""
     from tqdm import tqdm
 
     model.eval()
@@ -1382,11 +963,7 @@ def _loss_sum(
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
     except IndexError as exc:  # torch's "index out of range in self" names no token
-        raise ValueError(
-            f"a token ID of this batch is outside the model's vocabulary (largest input "
-            f"{int(inputs.max())}, largest target {int(targets.max())}): a pad_token_id or a "
-            f"tokenizer made for another model? ({exc})"
-        ) from None
+        raise vocabulary_error(inputs, targets, exc) from None
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
@@ -1397,10 +974,7 @@ def calc_loss_batch(
     device: str | torch.device,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy over the real (not -100) targets of one batch; differentiable.
-
-    A batch whose every target is -100 has no loss to average: a ValueError, not a silent 0.
-    """
+    """Mean cross-entropy over the real (not -100) targets of one batch; a batch without any is a ValueError."""
     loss, n_real = _loss_sum(inputs, targets, model, device, autocast_dtype)
     if n_real == 0:
         raise ValueError(
@@ -1432,10 +1006,9 @@ def calc_loss_loader(
     num_batches: int | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> float:
-    """Mean cross-entropy over every real target in the first `num_batches` batches (default: all).
+    """Mean cross-entropy over every real target of the first `num_batches` batches (default: all); nan if none.
 
-    Weighted by tokens, not by batches: a batch with twice the real targets counts twice.
-    Returns nan for an empty loader. Does not switch the model to eval mode (evaluate_model does).
+    Weighted by tokens, not by batches. Does not switch the model to eval mode (evaluate_model does).
     """
     total, n_real = _loss_totals(loader, model, device, num_batches, autocast_dtype)
     return total / n_real if n_real else float("nan")
@@ -1450,10 +1023,7 @@ def evaluate_model(
     autocast_dtype: torch.dtype | None = None,
     hooks: TrainingHooks | None = None,
 ) -> tuple[float, float]:
-    """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (no dropout).
-
-    With `hooks` (see train_model) the sums of all processes are added up.
-    """
+    """(train loss, val loss) on the first `eval_iter` batches of each, in eval mode (`hooks` sum over processes)."""
     was_training = model.training
     model.eval()
     try:
@@ -1468,43 +1038,12 @@ def evaluate_model(
 
 
 def create_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
-    """AdamW over the parameters that train (all, or only LoRA's), with torch's fused kernel where it has one.
-
-    The fused kernel updates all tensors in one pass, several times faster on a CPU than torch's
-    default per-tensor loop; the update is the same up to float rounding.
-    """
+    """AdamW over the parameters that train (all, or only LoRA's); torch's fused kernel where it has one (faster)."""
     params = [p for p in model.parameters() if p.requires_grad]
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the fused kernel
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def bf16_autocast_recommended(device: str | torch.device) -> bool:
-    """Whether bfloat16 autocast should make training steps faster on `device`.
-
-    - CUDA: when the GPU does bf16 natively (Ampere and newer).
-    - CPU: when /proc/cpuinfo lists `avx512_bf16` or `amx_bf16` (bf16 dot products in hardware).
-      Without them bf16 is emulated and gains nothing. benchmarks/bench_training.py measures
-      both on the machine at hand. Apple's mps and anything else: False.
-    Weights, optimizer state and the loss stay float32 either way (mixed precision).
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return False
 
 
 @dataclass
@@ -1515,6 +1054,12 @@ class TrainHistory:
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
     tokens_seen: list[int] = field(default_factory=list)
+
+    def record(self, step: int, train_loss: float, val_loss: float, tokens_seen: int) -> None:
+        self.steps.append(step)
+        self.train_losses.append(train_loss)
+        self.val_losses.append(val_loss)
+        self.tokens_seen.append(tokens_seen)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -1540,6 +1085,13 @@ class TrainState:
     def from_dict(cls, d: dict) -> TrainState:
         return cls(**{**d, "history": TrainHistory(**d["history"])})
 
+    def count_step(self, loss: float, n_batches: int, n_real: int, n_positions: int) -> None:
+        """Book one optimizer step over `n_batches` micro-batches with `n_real` real targets."""
+        self.step, self.last_loss = self.step + 1, loss
+        self.batches_done += n_batches
+        self.tokens_seen += n_real
+        self.positions_seen += n_positions
+
 
 def _optimizer_step(
     model: nn.Module,
@@ -1551,9 +1103,8 @@ def _optimizer_step(
 ) -> tuple[float, int, int]:
     """One update from a window of micro-batches; returns (mean loss, real targets, input positions).
 
-    Each micro-batch's summed loss is divided by the real targets of the whole window, so k
-    micro-batches give exactly the gradient of one batch k times as large, however the real
-    targets are spread over them. (With several processes, hooks sum the counts over all of them.)
+    Each micro-batch's summed loss is divided by the real targets of the whole window, so k micro-batches
+    give exactly the gradient of one batch k times as large.
     """
     n_real = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in window)
     n_positions = sum(inputs.numel() for inputs, _ in window)
@@ -1573,8 +1124,7 @@ def _optimizer_step(
 class TrainingHooks:
     """What train_model calls at fixed points of the loop; these defaults change nothing.
 
-    support.trainer.TrainingRun implements the same methods for checkpoints, resume, timed saves,
-    the finite-loss stop and training in several processes (support/__init__.py explains each).
+    support.trainer.TrainingRun implements them for checkpoints, resume, timed saves and DDP (see support/__init__.py).
     """
 
     progress = True  # show a progress bar
@@ -1601,6 +1151,15 @@ class TrainingHooks:
         pass
 
 
+def _training_hooks(hooks: TrainingHooks | None, checkpoint_path: str | Path | None, resume: bool) -> TrainingHooks:
+    """The hooks train_model calls: the caller's, a TrainingRun for checkpoint_path, or the do-nothing defaults."""
+    if hooks is not None and checkpoint_path is not None:
+        raise ValueError("give checkpoint_path to the hooks (TrainingRun(checkpoint_path, ...)), not to both")
+    if hooks is not None:
+        return hooks
+    return TrainingRun(checkpoint_path, resume) if checkpoint_path is not None else TrainingHooks()
+
+
 def train_model(
     model: nn.Module,
     train_loader: DataLoader,
@@ -1620,67 +1179,41 @@ def train_model(
     """Finetune `model`; returns the loss history.
 
     - One optimizer step per `grad_accum_steps` micro-batches (the loader's batches).
-    - Every `eval_freq` steps (and after the last one) train and val loss are measured on `eval_iter`
-      batches each; the train batches are always the same ones, so the two curves compare point to point.
-    - tokens_seen counts real target tokens only: padding and -100 (masked) targets are not counted.
+    - Every `eval_freq` steps (and after the last one) train and val loss on `eval_iter` batches each;
+      the train batches are always the same ones, so the two curves compare point to point.
     - autocast_dtype=torch.bfloat16: the forward pass runs under torch.autocast (mixed precision).
-    - checkpoint_path: a checkpoint at the end of every epoch and of the run; resume=True continues
-      from it, ending with the same weights as a run never interrupted (support.trainer.TrainingRun).
+    - checkpoint_path: a checkpoint after every epoch and at the end; resume=True continues from it.
     - on_epoch_end(state) runs after each epoch, in eval mode: e.g. print a sample answer.
     - hooks: anything else (timed saves, max_steps, several processes): see TrainingHooks.
     """
-    from tqdm import tqdm
-
-    if hooks is None:
-        hooks = TrainingRun(checkpoint_path, resume) if checkpoint_path is not None else TrainingHooks()
-    elif checkpoint_path is not None:
-        raise ValueError("give checkpoint_path to the hooks (TrainingRun(checkpoint_path, ...)), not to both")
-    if grad_accum_steps < 1 or eval_freq < 1:
-        raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
-    if len(train_loader) == 0:
-        raise TrainingError(
-            "the train loader yields no batches: fewer training examples than the batch size "
-            "(its last, partial batch is dropped)? Use a smaller batch size or more data."
-        )
+    hooks = _training_hooks(hooks, checkpoint_path, resume)
+    check_loop_args(train_loader, grad_accum_steps, eval_freq)
     device = torch.device(device)
     model.to(device)
     state = TrainState(grad_accum_steps=grad_accum_steps, batches_per_epoch=len(train_loader))
     trained = hooks.on_train_start(model, optimizer, state)  # may resume: weights, optimizer, RNG, state
-    history = state.history
     with torch.random.fork_rng(devices=[]):  # picking them must not shift the training RNG
         train_eval_batches = list(itertools.islice(hooks.epoch_batches(train_loader, 0), eval_iter))
 
     def evaluate() -> None:
-        if not history.steps or history.steps[-1] != state.step:
+        if not state.history.steps or state.history.steps[-1] != state.step:  # not evaluated at this step yet
             with torch.random.fork_rng(devices=[]):
-                losses = evaluate_model(model, train_eval_batches, val_loader, device, eval_iter, autocast_dtype, hooks)
-            history.steps.append(state.step)
-            history.train_losses.append(losses[0])
-            history.val_losses.append(losses[1])
-            history.tokens_seen.append(state.tokens_seen)
-            bar.set_postfix(train=f"{losses[0]:.3f}", val=f"{losses[1]:.3f}")
+                train_loss, val_loss = evaluate_model(
+                    model, train_eval_batches, val_loader, device, eval_iter, autocast_dtype, hooks
+                )
+            state.history.record(state.step, train_loss, val_loss, state.tokens_seen)
+            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
 
     total_steps = math.ceil(len(train_loader) / grad_accum_steps) * num_epochs
-    bar = tqdm(
-        total=total_steps,
-        initial=min(state.step, total_steps),
-        desc="training",
-        unit="step",
-        disable=not hooks.progress,
-        dynamic_ncols=True,
-    )
-    trained.train()
-    stop = hooks.should_stop(state)
-    try:
+    with progress_bar(total_steps, state.step, hooks.progress) as bar:
+        trained.train()
+        stop = hooks.should_stop(state)
         for epoch in range(state.epoch, num_epochs):
             # after a resume, skip the batches of this epoch that were trained on already
             batches = itertools.islice(hooks.epoch_batches(train_loader, epoch), state.batches_done, None)
             while not stop and (window := list(itertools.islice(batches, grad_accum_steps))):
                 loss, n_real, n_positions = _optimizer_step(trained, window, optimizer, device, autocast_dtype, hooks)
-                state.step, state.last_loss = state.step + 1, loss
-                state.batches_done += len(window)
-                state.tokens_seen += n_real
-                state.positions_seen += n_positions
+                state.count_step(loss, len(window), n_real, n_positions)
                 bar.update(1)
                 stop = state.step >= total_steps or hooks.should_stop(state)
                 if state.step % eval_freq == 0 or stop:
@@ -1696,105 +1229,14 @@ def train_model(
                         trained.train()
             if stop:
                 break
-        evaluate()  # no-op when the last step was evaluated already
+        evaluate()  # nothing to do when the last step was evaluated already
         hooks.on_train_end(state)
-    finally:
-        bar.close()
-    return history
-
-
-# Okabe-Ito colours (colour-blind safe): the first two of COLOR_CYCLE.
-LOSS_COLORS = {"train": "#0072B2", "val": "#E69F00"}
-
-
-def _extrapolating_interp(xs: Sequence[float], ys: Sequence[float]) -> Callable:
-    """Piecewise-linear x -> y through the points, continued with the end slopes (for axis mapping)."""
-    import numpy as np
-
-    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-
-    def f(x):
-        x = np.asarray(x, dtype=float)
-        y = np.interp(x, xs, ys)
-        left = (ys[1] - ys[0]) / (xs[1] - xs[0])
-        right = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        y = np.where(x < xs[0], ys[0] + (x - xs[0]) * left, y)
-        return np.where(x > xs[-1], ys[-1] + (x - xs[-1]) * right, y)
-
-    return f
-
-
-def plot_losses(history: TrainHistory | dict, save_path: str | Path | None = None, title: str | None = None):
-    """Train and val loss over optimizer steps, with tokens seen on a second x-axis; returns the figure.
-
-    save_path writes a PNG atomically. Big fonts for a projector, Okabe-Ito colours, white background.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter, MaxNLocator
-
-    h = history if isinstance(history, TrainHistory) else TrainHistory(**history)
-    fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
-    ax.plot(
-        h.steps,
-        h.train_losses,
-        color=LOSS_COLORS["train"],
-        linewidth=3,
-        marker="o",
-        markersize=5,
-        label="training loss",
-    )
-    ax.plot(
-        h.steps,
-        h.val_losses,
-        color=LOSS_COLORS["val"],
-        linewidth=3,
-        linestyle="--",
-        marker="s",
-        markersize=5,
-        label="validation loss",
-    )
-    ax.set_xlabel("optimizer step", fontsize=PLOT_FONT_SIZES["label"])
-    ax.set_ylabel("cross-entropy loss", fontsize=PLOT_FONT_SIZES["label"])
-    ax.tick_params(labelsize=PLOT_FONT_SIZES["tick"])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=PLOT_FONT_SIZES["legend"], frameon=False)
-    # steps <-> tokens through the measured points, (0, 0) included; both rise strictly.
-    points = sorted({(0, 0), *zip(h.steps, h.tokens_seen)})
-    if len(points) >= 2 and all(b[0] > a[0] and b[1] > a[1] for a, b in zip(points, points[1:])):
-        steps, tokens = zip(*points)
-        top = ax.secondary_xaxis(
-            "top", functions=(_extrapolating_interp(steps, tokens), _extrapolating_interp(tokens, steps))
-        )
-        top.set_xlabel("tokens seen (real targets)", fontsize=PLOT_FONT_SIZES["label"])
-        top.xaxis.set_major_formatter(EngFormatter(sep=""))
-        top.tick_params(labelsize=PLOT_FONT_SIZES["tick"])
-    if title:
-        ax.set_title(title, fontsize=PLOT_FONT_SIZES["title"], pad=14)
-    fig.patch.set_facecolor("white")
-    ax.set_facecolor("white")
-    fig.tight_layout()
-    if save_path is not None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=150, facecolor="white")
-        atomic_write_bytes(save_path, buffer.getvalue())
-    return fig
+    return state.history
 
 
 # --- 08 generation and evaluation: offline metrics, and an LLM judge served by a local Ollama ---
 
 RESPONSE_FIELDS = ("output", "model_response")  # what the offline metrics read from each entry
-
-
-def _check_responses(entries, source: str, fields: Sequence[str] = RESPONSE_FIELDS) -> list[dict]:
-    """A non-empty list of objects whose `fields` are strings; else a DatasetError naming entry and field."""
-    if not isinstance(entries, list):
-        raise DatasetError(f"{source}: expected a JSON list of entries, got {type(entries).__name__}")
-    if not entries:
-        raise DatasetError(f"{source}: no entries to evaluate")
-    for index, entry in enumerate(entries):
-        _check_entry(entry, f"{source}: entry {index}", fields)
-    return entries
 
 
 _TRAILING_PUNCTUATION = " .!?,;:"
@@ -1818,18 +1260,13 @@ def _rouge_l_scorer():
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure in [0, 1]: longest common subsequence of (Porter-stemmed, lower-cased) words.
-
-    rouge_score's tokenizer keeps only ASCII letters and digits: punctuation is ignored, and so are
-    accented and non-Latin letters ("café" -> "caf"), which makes it a poor fit for non-English data.
-    An empty answer on either side scores 0.0.
-    """
+    """ROUGE-L F-measure in [0, 1] of stemmed, lower-cased words (ASCII letters and digits only: "café" -> "caf")."""
     return _rouge_l_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
 def evaluate_responses(entries: list[dict], source: str = "<responses>") -> dict:
     """Exact match and ROUGE-L of every `model_response` against its `output`, averaged over the entries."""
-    entries = _check_responses(entries, source)
+    entries = check_responses(entries, source, RESPONSE_FIELDS)
     matches = sum(exact_match(e["model_response"], e["output"]) for e in entries)
     rouge = [rouge_l(e["model_response"], e["output"]) for e in entries]
     n = len(entries)
@@ -1840,12 +1277,8 @@ def evaluate_responses(entries: list[dict], source: str = "<responses>") -> dict
 
 
 def judge_prompt(entry: dict, style: str | PromptStyle = "alpaca") -> str:
-    """The grading request for one entry.
-
-    The judge sees the instruction exactly as the finetuned model did (`format_input` with the
-    same prompt style), then the reference output and the model's response.
-    """
-    _check_entry(entry, "judge_prompt", ("instruction", *RESPONSE_FIELDS))
+    """The grading request for one entry: the prompt as the finetuned model saw it, the reference, the response."""
+    check_entry(entry, "judge_prompt", ("instruction", *RESPONSE_FIELDS))
     return (
         "You are grading the answer a small language model gave to a task.\n\n"
         "The model was given this prompt:\n"
@@ -1860,71 +1293,6 @@ def judge_prompt(entry: dict, style: str | PromptStyle = "alpaca") -> str:
     )
 
 
-# parse_score's patterns. A number never starts inside a word or a decimal ("llama3.2" holds no score).
-_NUMBER = r"(?<![\w.])(-?\d+(?:\.\d+)?)(?!\w)"
-_BARE_NUMBER = re.compile(_NUMBER + r"[.!%]?")
-_FRACTION = re.compile(_NUMBER + r"\s*(?:/|out\s+of)\s*(\d+)(?!\w)", re.IGNORECASE)
-_SCORE_WORD = r"\b(?:scor|rat|grad)(?:e|es|ed|ing)\b[^\d\n]{0,30}?"  # "Score: ", "I would rate this "
-_SCORE_WORD_NUMBER = re.compile(_SCORE_WORD + _NUMBER, re.IGNORECASE)
-_OTHER_SCALE = "\x00"  # stands in for "8/10" and the like, so no digit of it is read as a score
-_SCORE_WORD_OTHER_SCALE = re.compile(_SCORE_WORD + _OTHER_SCALE, re.IGNORECASE)
-_RANGE = re.compile(r"(?<![\w.])[01]\s*(?:-|–|—|to|and)\s*100(?!\w)", re.IGNORECASE)  # "0-100", "0 to 100"
-_NUMBER_RE = re.compile(_NUMBER)
-_OUT_OF_100 = re.compile(r"(?:/|\bout\s+of)\s*100(?!\w)", re.IGNORECASE)
-
-
-def _is_100(digits: str) -> bool:
-    return digits.lstrip("0") == "100"  # not int(digits): Python refuses to convert more than 4,300 digits
-
-
-def _as_score(number: str) -> int | None:
-    value = float(number)
-    return int(value + 0.5) if 0 <= value <= 100 else None  # a decimal rounds half up: 85.5 -> 86
-
-
-def parse_score(reply: str) -> int | None:
-    """The 0-100 score in a judge's reply, or None when there is no single clear one.
-
-    Markdown marks (`*`, `_`, backticks, `#`) are dropped, then the first rule that applies wins:
-    1. The first line is just a number ("85", "**85**", "85.", "85%"; more text may follow below).
-    2. Fractions on another scale ("8/10", "4 out of 5") are never read as scores; if a score
-       word points at one ("Rating: 8/10"), the reply is on the wrong scale: None.
-    3. Explicit scores: "N/100", "N out of 100", and the first number after score/rating/rate/
-       grade (any ending) on the same line, within 30 characters ("Score: 85", "I would rate
-       this 85"). Ranges such as "0-100" and "0 to 100" never count. If all explicit scores
-       agree, that is the score; if they disagree, None.
-    4. Otherwise, if exactly one distinct number is left in the reply, that number; else None.
-    A score outside 0..100 ("150", "-5") is None, and so is a reply that is not text.
-    Callers count None as unparsed, never as 0.
-    """
-    if not isinstance(reply, str):  # e.g. a judge whose reply carried no text
-        return None
-    text = re.sub(r"[*_`#]", "", reply).strip()
-    first_line = text.split("\n", 1)[0].strip()
-    if _BARE_NUMBER.fullmatch(first_line):
-        return _as_score(first_line.rstrip(".!%"))
-    text = _RANGE.sub(" ", text)
-    explicit = {_as_score(n) for n, denominator in _FRACTION.findall(text) if _is_100(denominator)}
-    text = _FRACTION.sub(lambda m: m.group(0) if _is_100(m.group(2)) else _OTHER_SCALE, text)
-    if _SCORE_WORD_OTHER_SCALE.search(text):
-        return None
-    explicit |= {_as_score(n) for n in _SCORE_WORD_NUMBER.findall(text)}
-    if explicit:
-        return explicit.pop() if len(explicit) == 1 else None
-    numbers = set(_NUMBER_RE.findall(_OUT_OF_100.sub(" ", text)))
-    return _as_score(numbers.pop()) if len(numbers) == 1 else None
-
-
-def _require_judge(model: str, url: str, timeout: float) -> None:
-    """Fail once, before any work, if the server is down or lacks `model`."""
-    pulled = ollama_models(url, timeout, model)
-    if model not in pulled and f"{model}:latest" not in pulled:
-        raise OllamaUnavailableError(
-            f"The Ollama server at {url} does not have the model {model!r} "
-            f"(it has: {', '.join(pulled) or 'none'}).\nFix: `ollama pull {model}`"
-        )
-
-
 def judge_responses(
     entries: list[dict],
     model: str = OLLAMA_JUDGE_MODEL,
@@ -1937,20 +1305,14 @@ def judge_responses(
 ) -> dict:
     """Ask the judge to score every entry's `model_response` from 0 to 100.
 
-    Returns {"model", "n", "n_judged", "n_scored", "mean" (over parsed scores only),
-    "scores" (int or None per entry), "unparsed": {"count", "indices"}, "replies" (the judge's
-    raw text, None where it sent no text), "error"}.
-    - Replies that cannot be parsed stay visible in `unparsed`; they do not count as 0.
-    - Bad entries, or a server that is down or lacks `model`, raise before any entry is sent.
-      A failure later on (an HTTP 500, a dropped connection, a timeout) stops judging but keeps
-      every score received: the result covers the first `n_judged` entries, and `error` says why
-      entry `n_judged` failed (None when all were judged).
-    - `timeout` (seconds) bounds each request as a whole.
+    Returns {"model", "n", "n_judged", "n_scored", "mean" (of parsed scores), "scores" (None: unparsed, never 0),
+    "unparsed": {"count", "indices"}, "replies", "error"}. Bad entries or a missing judge raise before any
+    request; a failure later keeps the scores so far (the first `n_judged` entries) and `error` says why.
     """
     from tqdm import tqdm
 
-    entries = _check_responses(entries, source, ("instruction", *RESPONSE_FIELDS))
-    _require_judge(model, url, min(timeout, 10.0))
+    entries = check_responses(entries, source, ("instruction", *RESPONSE_FIELDS))
+    require_model(model, url, min(timeout, 10.0))
     scores: list[int | None] = [None] * len(entries)
     replies: list[str | None] = [None] * len(entries)
     error = None
@@ -1967,25 +1329,7 @@ def judge_responses(
         except Exception:  # noqa: BLE001 - one reply that breaks the parser costs that reply only
             scores[index] = None
         n_judged += 1
-    if error is not None:
-        warnings.warn(
-            f"Judging stopped at entry {n_judged} of {len(entries)}; the {n_judged} replies "
-            f"before it are kept. {error}",
-            stacklevel=2,
-        )
-    parsed = [s for s in scores if s is not None]
-    unparsed = [i for i in range(n_judged) if scores[i] is None]
-    return {
-        "model": model,
-        "n": len(entries),
-        "n_judged": n_judged,
-        "n_scored": len(parsed),
-        "mean": sum(parsed) / len(parsed) if parsed else None,
-        "scores": scores,
-        "unparsed": {"count": len(unparsed), "indices": unparsed},
-        "replies": replies,
-        "error": error,
-    }
+    return judge_summary(model, scores, replies, n_judged, error)
 
 
 # --- 09 preference tuning: DPO on pairs of a better and a worse answer ---
@@ -1994,28 +1338,12 @@ DEFAULT_PREFERENCE_PATH = REPO_ROOT / "preference-data.json"
 
 
 def validate_preference_data(data, source: str = "<data>") -> list[dict]:
-    """Check a preference dataset and return normalised copies of its entries.
-
-    Every entry needs non-empty strings `instruction`, `chosen` and `rejected`, and the two answers must
-    differ; `input` may be missing (it becomes ""). Other keys (`index`, `axis`) are kept as they are.
-    """
-    if not isinstance(data, list):
-        raise DatasetError(f"{source}: expected a JSON list of entries, got {type(data).__name__}")
-    pairs = []
-    for index, entry in enumerate(data):
-        where = f"{source}: entry {index}"
-        _check_entry(entry, where, ("instruction", "chosen", "rejected"))
-        entry = {"input": "", **entry}
-        if entry["input"] is None:
-            entry["input"] = ""
-        _check_fields(entry, where, ("input",))
-        for name in ("instruction", "chosen", "rejected"):
-            if not entry[name].strip():
-                raise DatasetError(f"{where}: field '{name}' is empty")
-        if entry["chosen"].strip() == entry["rejected"].strip():
-            raise DatasetError(f"{where}: field 'rejected' is the same answer as 'chosen'")
-        pairs.append(entry)
-    return pairs
+    """Checked, normalised copies of the pairs: non-empty `instruction`, and a `chosen` and `rejected` that differ."""
+    pairs = check_entries(data, source, required=("instruction", "chosen", "rejected"))
+    for index, pair in enumerate(pairs):
+        if pair["chosen"].strip() == pair["rejected"].strip():
+            raise DatasetError(f"{source}: entry {index}: field 'rejected' is the same answer as 'chosen'")
+    return [{"input": "", **pair} | {"input": pair.get("input") or ""} for pair in pairs]
 
 
 def load_preference_data(path: str | Path = DEFAULT_PREFERENCE_PATH) -> list[dict]:
@@ -2026,11 +1354,7 @@ def load_preference_data(path: str | Path = DEFAULT_PREFERENCE_PATH) -> list[dic
 def split_preference_data(
     pairs: Sequence[dict], instruction_data: Sequence[dict], **split_args
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Train/val/test pairs: each pair goes to the split that split_dataset gives its prompt.
-
-    So a question the instruction-finetuned model was tested on is never trained on here either.
-    `split_args` are split_dataset's (train_frac, val_frac, seed).
-    """
+    """Train/val/test pairs, each in the split that split_dataset(instruction_data, **split_args) gives its prompt."""
     split_of = {}
     for part, entries in enumerate(split_dataset(instruction_data, **split_args)):
         for entry in entries:
@@ -2085,11 +1409,7 @@ class PreferenceBatch(NamedTuple):
 
 
 def preference_collate_fn(batch: Sequence[PreferenceExample], allowed_max_length: int | None = None) -> PreferenceBatch:
-    """Chosen rows then rejected rows, padded together by custom_collate_fn with the prompt masked.
-
-    mask_prompt=True leaves only the answer's tokens (and its end-of-text) as targets: the log-prob of
-    an answer is then read off the same targets that instruction finetuning trains on.
-    """
+    """Chosen rows then rejected rows, padded by custom_collate_fn with the prompt masked (answers are the targets)."""
     rows = [pair.chosen for pair in batch] + [pair.rejected for pair in batch]
     inputs, targets = custom_collate_fn(rows, mask_prompt=True, allowed_max_length=allowed_max_length)
     reference = None
@@ -2101,11 +1421,7 @@ def preference_collate_fn(batch: Sequence[PreferenceExample], allowed_max_length
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(answer | prompt) per row: the summed log-probs of the real (not -100) targets.
-
-    That is minus the summed cross-entropy of the row, the loss of 07 with reduction="sum";
-    ignored targets add exactly 0. Computed in float32 at least (see _loss_sum).
-    """
+    """log p(answer | prompt) per row: the summed log-probs of the real (not -100) targets, in float32 at least."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     token_losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     return -token_losses.view(targets.shape).sum(dim=-1)
@@ -2120,9 +1436,8 @@ def dpo_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The DPO loss (Rafailov et al. 2023, eq. 7) from sequence log-probs; returns (loss, chosen, rejected rewards).
 
-    The implicit reward of an answer is beta * (log pi(answer) - log pi_ref(answer)); the loss is
-    -log sigmoid(chosen reward - rejected reward), averaged over the batch. Rewards come back
-    detached: they are for watching, the loss is what trains.
+    An answer's reward is beta * (log pi(answer) - log pi_ref(answer)); the loss is -log sigmoid(chosen - rejected
+    reward), averaged. The rewards come back detached: they are for watching.
     """
     chosen_rewards = beta * (policy_chosen - reference_chosen)
     rejected_rewards = beta * (policy_rejected - reference_rejected)
@@ -2142,10 +1457,7 @@ def dpo_loss_batch(
     device: str | torch.device,
     beta: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dpo_loss on one batch: the policy's log-probs with gradients, the frozen reference's without.
-
-    With precomputed reference log-probs in the batch, `reference` may be None (the model is not needed).
-    """
+    """dpo_loss on one batch: the policy's log-probs with gradients, the reference's (or precomputed ones) without."""
     policy_chosen, policy_rejected = pair_logprobs(policy, batch, device).chunk(2)
     if batch.reference_logprobs is not None:
         reference_logprobs = batch.reference_logprobs.to(device)
@@ -2166,12 +1478,7 @@ def precompute_reference_logprobs(
     batch_size: int = 8,
     allowed_max_length: int | None = None,
 ) -> PreferenceDataset:
-    """Store the reference model's log-probs in every pair of `dataset` (in place), so the reference can be freed.
-
-    A DPO step then runs one model instead of two: half the memory for weights, and no reference forward pass.
-    Batched as a loader will batch them (same `batch_size`, no shuffling), the values equal what the reference
-    computes during training exactly; other batches pad differently, which changes them by float rounding only.
-    """
+    """Store the reference model's log-probs in every pair of `dataset` (in place), so the reference can be freed."""
     reference.eval()
     for start in range(0, len(dataset), batch_size):
         pairs = dataset.examples[start : start + batch_size]
@@ -2193,11 +1500,7 @@ def evaluate_preferences(
     beta: float = 0.1,
     num_batches: int | None = None,
 ) -> dict[str, float]:
-    """DPO loss, reward margin and preference accuracy over (the first `num_batches` of) a loader of pairs.
-
-    - margin: the mean of chosen reward - rejected reward (0 before training: policy == reference);
-    - accuracy: the share of pairs whose chosen reward is the higher, a tie counting half (so 0.5 at the start).
-    """
+    """DPO loss, reward margin and preference accuracy (a tie counts half) over the first `num_batches` of a loader."""
     was_training = policy.training
     policy.eval()
     losses, margins = [], []
@@ -2239,12 +1542,7 @@ def train_dpo(
 ) -> DPOHistory:
     """Preference-tune `policy` against a frozen `reference` (None: log-probs precomputed) for `num_steps` steps.
 
-    The loop of 07 with dpo_loss_batch in place of the next-token loss: the train loader is walked
-    epoch after epoch until num_steps; every `eval_freq` steps (and at the end) the held-out pairs
-    are scored by evaluate_preferences on `eval_iter` batches (None: all).
-    - hooks: train_model's extension point, called at the same places (TrainingHooks). With
-      support.trainer.TrainingRun the DPO run gets its checkpoints, resume and finite-loss stop.
-      After a resume, the history holds the evaluations of this session only.
+    The loop of 07 with dpo_loss_batch as the loss, evaluated every `eval_freq` steps; `hooks` as in train_model.
     """
     hooks = hooks or TrainingHooks()
     if len(train_loader) == 0:
@@ -2298,11 +1596,7 @@ LORA_TARGETS = ("att.qkv", "att.out_proj", "ff.layers.0", "ff.layers.2")  # Line
 
 
 class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable low-rank update: y = base(x) + (alpha / rank) * x @ A @ B.
-
-    A (in_features, rank) starts random and B (rank, out_features) at zero, so at first the layer
-    computes exactly what `base` does; training moves only A and B.
-    """
+    """A frozen nn.Linear plus a trainable low-rank update: base(x) + (alpha / rank) * x @ A @ B, B starting at 0."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
@@ -2335,11 +1629,7 @@ def _replace_module(root: nn.Module, dotted_name: str, new: nn.Module) -> None:
 
 
 def apply_lora(model: nn.Module, rank: int = 16, alpha: float = 16, targets: Sequence[str] = LORA_TARGETS) -> nn.Module:
-    """Freeze every parameter of `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear.
-
-    Only the LoRA matrices train afterwards; embeddings, LayerNorms and the output head stay frozen.
-    Returns the model (changed in place).
-    """
+    """Freeze `model`, then wrap the `targets` Linear layers of each transformer block in LoRALinear (in place)."""
     for param in model.parameters():
         param.requires_grad_(False)
     for block in model.trf_blocks:
@@ -2365,39 +1655,10 @@ def merge_lora(model: nn.Module) -> nn.Module:
 # --- 10 exercises: experiments, one finetuning run start to end, for comparisons ---
 
 
-@dataclass
-class ExperimentResult:
-    """One row of a comparison table: what ran, whether it ran, and what it measured."""
-
-    name: str
-    status: str = "ok"  # "ok", or "skipped: <reason>" / "failed: <reason>"; never dropped from a table
-    model_label: str = ""
-    settings: dict = field(default_factory=dict)
-    history: TrainHistory | None = None
-    scores: dict | None = None  # evaluate_responses() of the test answers, plus rouge_l_stderr
-    responses: list[dict] = field(default_factory=list)
-    trainable_parameters: int = 0
-    train_examples: int = 0
-    train_seconds: float = float("nan")
-    model: nn.Module | None = None  # only with keep_model=True
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-def skipped_experiment(name: str, reason: str) -> ExperimentResult:
-    """A row for a run that could not start (no network, no data): it shows in the table as skipped."""
-    return ExperimentResult(name, status=f"skipped: {reason}")
-
-
 def fitting_subset(
     data: Sequence[dict], tokenizer, n: int, max_tokens: int, style: str | PromptStyle = "alpaca"
 ) -> list[dict]:
-    """The first `n` entries (in order) whose whole training example is at most `max_tokens` tokens long.
-
-    Long entries cost the most time per step on a CPU; leaving them out keeps a subset quick to train.
-    """
+    """The first `n` entries whose training example is at most `max_tokens` tokens long (quick to train on a CPU)."""
     subset = []
     for entry in data:
         if len(subset) == n:
@@ -2441,33 +1702,15 @@ def run_experiment(
 ) -> ExperimentResult:
     """Finetune a fresh `model_name` on `train_data`, answer `test_data` greedily, score the answers.
 
-    - Options: the prompt `style`, `mask_prompt`, `allowed_max_length`, LoRA (`lora_rank` > 0; alpha
-      defaults to the rank), `lr`; everything else stays fixed, so two runs differ in what you changed.
-    - Returns the training history, the scores (with ROUGE-L's standard error) and the answers.
-    - A run that fails returns a row with status "failed: <error>" instead of raising, so a
-      comparison table shows it rather than losing it.
+    Only the options you pass differ between two runs (LoRA: `lora_rank` > 0, alpha defaults to the rank).
+    A run that fails returns a row with status "failed: <error>" instead of raising, so the table keeps it.
     """
-    settings = {
-        "model_name": model_name,
-        "style": get_prompt_style(style).name,
-        "mask_prompt": mask_prompt,
-        "allowed_max_length": allowed_max_length,
-        "lora_rank": lora_rank,
-        "lr": lr,
-        "seed": seed,
-    }
+    settings = {"model_name": model_name, "style": get_prompt_style(style).name, "mask_prompt": mask_prompt}
+    settings |= {"allowed_max_length": allowed_max_length, "lora_rank": lora_rank, "lr": lr, "seed": seed}
     try:
         device = get_device(device)
         train_loader, val_loader, _ = create_dataloaders(
-            train_data,
-            val_data,
-            test_data,
-            tokenizer,
-            batch_size=batch_size,
-            style=style,
-            mask_prompt=mask_prompt,
-            allowed_max_length=allowed_max_length,
-            seed=seed,
+            train_data, val_data, test_data, tokenizer, batch_size, style, mask_prompt, allowed_max_length, seed=seed
         )
         if len(train_loader) == 0:
             raise ValueError(f"{len(train_data)} training examples do not fill one batch of {batch_size}")
@@ -2479,26 +1722,16 @@ def run_experiment(
         start = time.perf_counter()
         with warnings.catch_warnings():  # allowed_max_length cuts are expected here; the caller chose them
             warnings.filterwarnings("ignore", message=".*longer than allowed_max_length.*")
+            hooks = TrainingRun(seed=seed, progress=progress)
+            optimizer = create_optimizer(model, lr=lr)
             history = train_model(
-                model,
-                train_loader,
-                val_loader,
-                create_optimizer(model, lr=lr),
-                device,
-                num_epochs=num_epochs,
-                eval_freq=eval_freq,
-                eval_iter=eval_iter,
-                hooks=TrainingRun(seed=seed, progress=progress),
+                model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter, hooks=hooks
             )
         seconds = time.perf_counter() - start
-        responses = generate_responses(
-            model, test_data, tokenizer, style=style, max_new_tokens=max_new_tokens, progress=progress
-        )
+        responses = generate_responses(model, test_data, tokenizer, style, max_new_tokens, progress=progress)
         scores = score_answers(responses)
     except Exception as exc:  # noqa: BLE001 - the table reports it; KeyboardInterrupt still stops the run
-        print(f"{name}: failed ({type(exc).__name__}: {exc})")
-        first_line = next(iter(str(exc).splitlines()), "")  # a table row stays one line
-        return ExperimentResult(name, status=f"failed: {type(exc).__name__}: {first_line}", settings=settings)
+        return failed_experiment(name, exc, settings)
     return ExperimentResult(
         name,
         model_label=label,
@@ -2511,24 +1744,3 @@ def run_experiment(
         train_seconds=seconds,
         model=model if keep_model else None,
     )
-
-
-def results_table(results: Sequence[ExperimentResult]) -> str:
-    """A plain-text table with one row per experiment, skipped and failed runs included."""
-    header = (
-        f"{'experiment':24} {'examples':>8} {'trainable':>11} {'train s':>8} {'val loss':>9} "
-        f"{'exact match':>11} {'ROUGE-L':>14}"
-    )
-    rows = [header, "-" * len(header)]
-    for r in results:
-        if not r.ok:
-            rows.append(f"{r.name:24} {r.status}")
-            continue
-        val = r.history.val_losses if r.history else []
-        losses = f"{val[-1]:.3f}" if val else "-"
-        s = r.scores
-        rows.append(
-            f"{r.name:24} {r.train_examples:8d} {r.trainable_parameters:11,d} {r.train_seconds:8.0f} "
-            f"{losses:>9} {s['exact_match']:11.1%} {s['rouge_l']:7.3f} ± {s['rouge_l_stderr']:.3f}"
-        )
-    return "\n".join(rows)

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import support.precision  # noqa: E402
 import utils  # noqa: E402  (common puts the repository on sys.path)
 from common import load_both, machine_line, uptime
 from support.batching import length_grouped_loader  # noqa: E402
@@ -168,7 +169,7 @@ def main() -> None:
         inputs, targets = next(batches)
         for name, model in instances.items():
             kind, autocast_dtype, ref_dtype, attention_fp32 = RUNS[name]
-            utils.CPU_BF16_ATTENTION_IN_FLOAT32 = attention_fp32  # what utils does (True) or torch's bf16 kernel
+            support.precision.CPU_BF16_ATTENTION_IN_FLOAT32 = attention_fp32  # the default (True), or torch's bf16
             t0 = time.perf_counter()
             with utils._autocast(torch.device("cpu"), autocast_dtype):
                 loss = loss_of(model, inputs, targets, hf=kind == "hf")

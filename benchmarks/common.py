@@ -16,6 +16,7 @@ SHARED_TOKENIZER = REPO_ROOT.parent / "shared" / "gpt2-tokenizer"
 if "GPT2_TOKENIZER_DIR" not in os.environ and (SHARED_TOKENIZER / "encoder.json").exists():
     os.environ["GPT2_TOKENIZER_DIR"] = str(SHARED_TOKENIZER)  # as tests/conftest.py does
 
+import support.precision  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def machine_line() -> str:
     except (OSError, StopIteration):
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    bf16 = sorted(utils._cpu_flags() & {"avx512_bf16", "amx_bf16"}) or ["no native bf16"]
+    bf16 = sorted(support.precision.cpu_flags() & {"avx512_bf16", "amx_bf16"}) or ["no native bf16"]
     return (
         f"{cpu}, {os.cpu_count()} cores ({usable} usable), {'/'.join(bf16)}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; uptime: {uptime()}"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+import support.precision  # noqa: E402
 import utils  # noqa: E402  (common puts the repository on sys.path)
 from common import machine_line, random_gpt2_checkpoint, uptime
 
@@ -31,7 +32,7 @@ def time_07(weights: Path, checkpoint: Path, epochs: int) -> None:
     train_data, val_data, test_data = utils.split_dataset(utils.load_instruction_data())
     train_loader, val_loader, _ = utils.create_dataloaders(train_data, val_data, test_data, tokenizer, batch_size=8)
     model = utils.build_gpt2("gpt2-small", weights_path=weights)
-    autocast_dtype = torch.bfloat16 if utils.bf16_autocast_recommended("cpu") else None
+    autocast_dtype = torch.bfloat16 if support.precision.bf16_autocast_recommended("cpu") else None
     optimizer = utils.create_optimizer(model, lr=5e-5, weight_decay=0.1)
     print(
         f"07: {len(train_data)} examples, {len(train_loader)} batches per epoch, {epochs} epochs, "

@@ -162,11 +162,11 @@ def check_torch(import_module: Callable = importlib.import_module) -> list[Resul
         device, where = "cpu", f"{os.cpu_count()} cores, {torch.get_num_threads()} threads"
     results = [Result("OK", "torch build", build), Result("OK", "device", f"{device} ({where})")]
     try:
-        bf16 = import_module("utils").bf16_autocast_recommended(device)
-    except Exception:  # utils needs the rest of requirements.txt; the package checks say what is missing
+        bf16 = import_module("support.precision").bf16_autocast_recommended(device)
+    except Exception:  # a broken checkout or install; the package checks say what is missing
         bf16 = None
     if bf16 is None:
-        results.append(Result("WARN", "bf16", "unknown (utils.py did not import)", "make setup"))
+        results.append(Result("WARN", "bf16", "unknown (support/precision.py did not import)", "make setup"))
     else:
         results.append(
             Result(
@@ -345,6 +345,7 @@ def time_gpt2_small(seq_len: int, steps: int = TIMED_STEPS) -> tuple[float, floa
     """(seconds per training step, seconds per forward-only batch, peak RSS in GB) for random GPT-2 small."""
     import torch
 
+    import support.precision
     import utils
 
     device = utils.get_device()
@@ -352,7 +353,7 @@ def time_gpt2_small(seq_len: int, steps: int = TIMED_STEPS) -> tuple[float, floa
     _progress(" model..")
     model = utils.GPTModel(utils.GPT_CONFIGS["gpt2-small"]).to(device)
     optimizer = utils.create_optimizer(model, lr=5e-5)
-    dtype = torch.bfloat16 if utils.bf16_autocast_recommended(device) else None
+    dtype = torch.bfloat16 if support.precision.bf16_autocast_recommended(device) else None
     batch = torch.randint(0, 50257, (NOTEBOOK_07["batch_size"], seq_len + 1), device=device)
     inputs, targets = batch[:, :-1], batch[:, 1:]
 

@@ -10,7 +10,7 @@ or the data changes, tests/test_figures.py notices and `make figures` redraws.
 
 Conventions, so the figures read on a projector and on GitHub's light and dark themes:
 - opaque white background, dark text, fonts of 11 pt or more, saved at 200 dpi (2x);
-- Okabe-Ito colours from utils.COLORS, and where colour carries meaning there is also a label,
+- Okabe-Ito colours from support.plots.COLORS, and where colour carries meaning there is also a label,
   a hatch or a border, so nothing depends on telling two colours apart;
 - deterministic: matplotlib's default style and bundled DejaVu fonts, no timestamp in the PNG.
 """
@@ -42,6 +42,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import utils  # noqa: E402
+from support.plots import COLORS  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "figures"
 DPI = 200  # figures are designed in inches at 100 px per inch and saved at twice that
@@ -67,7 +68,7 @@ PIPELINE_NOTEBOOKS = {
 
 # --- style ---
 
-C = utils.COLORS
+C = COLORS
 TEXT = C["text"]
 MUTED = "#555555"  # secondary text; still 7:1 on white
 LINE = "#444444"  # box outlines and arrows
@@ -271,7 +272,7 @@ def cell(ax, x, y, w, h, label, kind, *, size=SMALL, color=TEXT, weight="normal"
 
 
 def token_piece(token_id: int, tokenizer) -> str:
-    """How a token's text is shown: spaces as the open-box sign, newlines as \\n (as in utils.plot_batch)."""
+    """How a token's text is shown: spaces as the open-box sign, newlines as \\n (as in support.plots.plot_batch)."""
     if token_id == utils.PAD_TOKEN_ID:
         return "<|endoftext|>"
     return tokenizer.decode([token_id]).replace("\n", "\\n").replace(" ", "\u2423")

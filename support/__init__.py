@@ -5,15 +5,24 @@ what makes that code dependable outside a notebook (the CLI finetune.py, scripts
 
     files.py            atomic writes (temp file, fsync, rename); removing what a killed write left
     jsonio.py           strict JSON: UTF-8 only, no NaN, no repeated keys, bounded nesting, clear errors
+    checks.py           the course functions' input checks: dataset entries, token IDs, arguments
     network.py          downloads with an overall deadline, the Hugging Face Hub probe
+    weights.py          reading GPT-2's weights file safely; what in it does not fit a model
+    tokenizer_files.py  GPT-2's vocabulary files: hashes, checking a folder, loading the tokenizer
+    precision.py        bf16 where it pays: hardware detection, attention in float32 on a CPU
     ollama.py           the Ollama client behind the LLM judge (utils.judge_responses)
-    tokenizer_files.py  GPT-2's vocabulary files: hashes, checking a folder, installing them for tiktoken
+    scores.py           the judge's replies: parse_score, the summary of a judging run
     checkpoints.py      the checkpoint format (safetensors + CRC-32 per tensor), its validation, resume
     trainer.py          TrainingRun: the training hooks (checkpoint cadence, timed saves, resume,
-                        finite-loss stop, max_steps, DDP) and seed_everything
+                        finite-loss stop, max_steps, DDP), seed_everything, the loop's progress bar
     ddp.py              DistributedRun: torchrun + DistributedDataParallel
     batching.py         length-grouped batches (finetune.py --group-by-length)
     near_duplicates.py  near-duplicate entries in a dataset (scripts/dataset_report.py)
+
+Notebook scaffolding (what the notebooks call to show results, not what they teach):
+
+    plots.py            the plot style for projectors, a batch drawn as a grid, the loss curves
+    experiments.py      the exercises' comparison table (utils.run_experiment makes its rows)
 
 How runs keep your files safe (a new command, DPO or chat, uses the same pieces):
 

@@ -111,6 +111,16 @@ def ollama_models(url: str = OLLAMA_CHAT_URL, timeout: float = 5.0, model: str =
     return [m.get("name") or m.get("model", "") for m in models if isinstance(m, dict)]
 
 
+def require_model(model: str, url: str = OLLAMA_CHAT_URL, timeout: float = 5.0) -> None:
+    """Fail once, before any work, if the server is down or lacks `model` (the error says how to fix it)."""
+    pulled = ollama_models(url, timeout, model)
+    if model not in pulled and f"{model}:latest" not in pulled:
+        raise OllamaUnavailableError(
+            f"The Ollama server at {url} does not have the model {model!r} "
+            f"(it has: {', '.join(pulled) or 'none'}).\nFix: `ollama pull {model}`"
+        )
+
+
 def chat_content(prompt: str, model: str, url: str, seed: int, timeout: float):
     """The message.content of Ollama's reply to one user message, as the server sent it (text, or not)."""
     chat_url = url if urllib.parse.urlsplit(url).path not in ("", "/") else _ollama_url(url, "/api/chat")

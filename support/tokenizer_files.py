@@ -1,11 +1,15 @@
-"""GPT-2's two vocabulary files: their hashes, checking a folder, installing them where tiktoken looks."""
+"""GPT-2's tokenizer files: their hashes, checking a folder, loading the tokenizer from it or from tiktoken's cache."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from functools import lru_cache
 from pathlib import Path
 
-from support.files import atomic_write_bytes
+from support.files import DEFAULT_CACHE_DIR, atomic_write_bytes
+
+TOKENIZER_DIR_ENV = "GPT2_TOKENIZER_DIR"  # a folder holding GPT-2's encoder.json and vocab.bpe
 
 GPT2_VOCAB_FILES = {  # file name -> (download URL, sha256); tiktoken checks the same hashes
     "vocab.bpe": (
@@ -39,6 +43,53 @@ def check_tokenizer_folder(folder: Path) -> None:
             raise TokenizerUnavailableError(
                 f"{folder / name}: not GPT-2's original file (sha256 differs); download it again"
             )
+
+
+@lru_cache(maxsize=4)
+def tokenizer_from_folder(folder: Path):
+    """GPT-2's tokenizer from a folder holding its encoder.json and vocab.bpe (checked against their hashes)."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+    check_tokenizer_folder(folder)
+    # The same regex and special token as tiktoken's own "gpt2" encoding; only the files are local.
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(folder / "vocab.bpe"), encoder_json_file=str(folder / "encoder.json")
+    )
+    return tiktoken.Encoding(
+        name="gpt2",
+        explicit_n_vocab=50257,
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: len(ranks)},  # 50256: right after the BPE tokens, as in tiktoken's "gpt2"
+    )
+
+
+def tiktoken_gpt2():
+    """tiktoken's own "gpt2" encoding, downloaded once into the project's cache; a clear error when that fails."""
+    import tiktoken
+
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and "DATA_GYM_CACHE_DIR" not in os.environ:
+        # Keep tiktoken's download inside the project, so a prepared folder works offline.
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(DEFAULT_CACHE_DIR / "tiktoken")
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as exc:  # tiktoken raises requests' errors, or ValueError on a bad hash
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename:  # the disk, not the network
+            cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+            raise TokenizerUnavailableError(
+                f"Could not save GPT-2's tokenizer in {cache} ({exc.strerror}). Fix: make that folder writable, "
+                f"or set TIKTOKEN_CACHE_DIR to a writable folder, or {TOKENIZER_DIR_ENV} to a folder holding "
+                "encoder.json and vocab.bpe."
+            ) from None
+        raise TokenizerUnavailableError(
+            "Could not load GPT-2's tokenizer: tiktoken needs to download encoder.json and vocab.bpe "
+            f"and that failed ({type(exc).__name__}).\n"
+            "Fix, either:\n"
+            "  - on a machine with network, run `make download` once (fills .cache/tiktoken), or\n"
+            f"  - set {TOKENIZER_DIR_ENV}=/path/to/folder holding encoder.json and vocab.bpe."
+        ) from None
 
 
 def install_tokenizer_files(source_dir: str | Path, cache_dir: str | Path) -> Path:

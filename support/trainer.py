@@ -38,6 +38,25 @@ class TrainingError(RuntimeError):
     """The run cannot go on (a NaN loss, nothing to learn from); the message says why and what was kept."""
 
 
+def check_loop_args(train_loader: Iterable, grad_accum_steps: int, eval_freq: int) -> None:
+    """A clear error before train_model starts a loop that cannot work."""
+    if grad_accum_steps < 1 or eval_freq < 1:
+        raise ValueError(f"grad_accum_steps and eval_freq must be >= 1, got {grad_accum_steps}, {eval_freq}")
+    if len(train_loader) == 0:
+        raise TrainingError(
+            "the train loader yields no batches: fewer training examples than the batch size "
+            "(its last, partial batch is dropped)? Use a smaller batch size or more data."
+        )
+
+
+def progress_bar(total_steps: int, steps_done: int, show: bool):
+    """train_model's tqdm bar over the optimizer steps; a resumed run starts at the steps it has done."""
+    from tqdm import tqdm
+
+    initial = min(steps_done, total_steps)
+    return tqdm(total=total_steps, initial=initial, desc="training", unit="step", disable=not show, dynamic_ncols=True)
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**64  # a different order every epoch, the same every run
 

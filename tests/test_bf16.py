@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import support.precision
 import utils
 from utils import GPT_CONFIGS, GPTModel, generate, generate_batch
 
@@ -164,7 +165,7 @@ def test_finetune_has_the_gen_bf16_flag():
 def test_bf16_training_step_gradients_track_float32(monkeypatch, attention_in_float32):
     """A bf16 autocast backward pass, attention in float32 (utils' default on CPU) or in bf16, gives float32's gradient
     direction."""
-    monkeypatch.setattr(utils, "CPU_BF16_ATTENTION_IN_FLOAT32", attention_in_float32)
+    monkeypatch.setattr(support.precision, "CPU_BF16_ATTENTION_IN_FLOAT32", attention_in_float32)
     model = tiny_model().train()
     torch.manual_seed(2)
     inputs = torch.randint(0, TINY["vocab_size"], (2, 24))

@@ -10,6 +10,7 @@ import nbformat
 import pytest
 import torch
 
+import support.experiments
 import utils
 from run_notebooks import NOTEBOOK_DIR
 
@@ -352,7 +353,7 @@ def test_fitting_subset_takes_the_first_short_entries_in_order(tokenizer, datase
 
 
 def test_results_table_keeps_skipped_and_failed_rows():
-    ok = utils.ExperimentResult(
+    ok = support.experiments.ExperimentResult(
         "ran",
         history=utils.TrainHistory([5], [2.0], [2.5], [100]),
         scores={"exact_match": 0.1, "rouge_l": 0.4, "rouge_l_stderr": 0.05},
@@ -360,11 +361,11 @@ def test_results_table_keeps_skipped_and_failed_rows():
         train_examples=8,
         train_seconds=1.0,
     )
-    table = utils.results_table(
+    table = support.experiments.results_table(
         [
             ok,
-            utils.skipped_experiment("52k", "no data: no network"),
-            utils.ExperimentResult("broken", status="failed: ValueError: bad"),
+            support.experiments.skipped_experiment("52k", "no data: no network"),
+            support.experiments.ExperimentResult("broken", status="failed: ValueError: bad"),
         ]
     )
     lines = table.splitlines()
@@ -382,7 +383,7 @@ def test_a_run_that_cannot_train_becomes_a_failed_row(monkeypatch, tokenizer, da
     assert not result.ok
     assert result.status == "failed: ValueError: 3 training examples do not fill one batch of 8"
     assert result.settings["mask_prompt"] is False
-    assert "too little data" in utils.results_table([result])
+    assert "too little data" in support.experiments.results_table([result])
 
 
 def test_run_experiment_returns_history_scores_and_answers(monkeypatch, tokenizer, dataset):

@@ -23,6 +23,7 @@ import pytest
 
 import run_notebooks
 import support.network
+import support.plots
 import utils
 from support.tokenizer_files import install_tokenizer_files
 
@@ -544,7 +545,7 @@ def test_one_plot_style_for_projectors():
     import matplotlib.pyplot as plt
 
     with matplotlib.rc_context():
-        utils.use_plot_style()
+        support.plots.use_plot_style()
         fig, ax = plt.subplots()
         ax.plot([0, 1], [1, 0], label="loss")
         ax.set_xlabel("step")
@@ -554,8 +555,8 @@ def test_one_plot_style_for_projectors():
         sizes = [t.get_fontsize() for t in ax.get_xticklabels() + [ax.xaxis.label] + legend.get_texts()]
         plt.close(fig)
         assert min(sizes) >= 14, sizes
-        assert matplotlib.rcParams["xtick.labelsize"] == utils.PLOT_FONT_SIZES["tick"]
-        assert matplotlib.rcParams["axes.prop_cycle"].by_key()["color"][:2] == list(utils.LOSS_COLORS.values())
+        assert matplotlib.rcParams["xtick.labelsize"] == support.plots.PLOT_FONT_SIZES["tick"]
+        assert matplotlib.rcParams["axes.prop_cycle"].by_key()["color"][:2] == list(support.plots.LOSS_COLORS.values())
     for number in ("02", "04"):
         sources = [c.source for c in nbformat.read(next(NOTEBOOK_DIR.glob(f"{number}-*.ipynb")), as_version=4).cells]
         plotting = [s for s in sources if "plt.subplots" in s]

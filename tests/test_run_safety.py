@@ -955,7 +955,7 @@ def test_responses_and_metrics_survive_a_failing_judge(tmp_path, monkeypatch, ca
             raise utils.OllamaUnavailableError("HTTP Error 500: Internal Server Error")
         return reply
 
-    monkeypatch.setattr(utils, "_require_judge", lambda *args: None)
+    monkeypatch.setattr(utils, "require_model", lambda *args: None)
     monkeypatch.setattr(utils, "chat_content", chat)
     with pytest.warns(UserWarning, match="Judging stopped at entry 2"):
         assert finetune.main(["--smoke", "--judge", "--out", str(tmp_path / "run")]) == 0
