@@ -42,10 +42,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import support.precision  # noqa: E402
 import utils  # noqa: E402  (common puts the repository on sys.path)
 from common import load_both, machine_line, uptime
 from support.batching import length_grouped_loader  # noqa: E402
-import support.precision  # noqa: E402
 from utils import GPT_CONFIGS, IGNORE_INDEX, create_optimizer  # noqa: E402
 
 
@@ -243,8 +243,10 @@ def main() -> None:
         f"achieved / matmul (goal for bf16: >= 35%); |dloss|: largest difference from {first!r}'s loss "
         f"on the same batch"
     )
-    print("first step (warm-up; for the compiled run, compiling included): " + ", ".join(
-        f"{n} {s:.1f} s" for n, s in first_step.items()))
+    print(
+        "first step (warm-up; for the compiled run, compiling included): "
+        + ", ".join(f"{n} {s:.1f} s" for n, s in first_step.items())
+    )
     now = records.get("ours bf16 autocast")
     if now:  # what stops the bf16 step short of the ceiling
         at_ceiling = statistics.mean(s["flops"] / (s["matmul"] * 1e9) for s in now)

@@ -71,7 +71,9 @@ def packing_works() -> bool:
             gen = torch.Generator().manual_seed(0)
             w, b, x = (torch.randn(*shape, generator=gen).to(torch.bfloat16) for shape in ((48, 32), (48,), (5, 32)))
             packed = torch.ops.mkldnn._reorder_linear_weight(w)
-            _packing_works = torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""), F.linear(x, w, b))
+            _packing_works = torch.equal(
+                torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""), F.linear(x, w, b)
+            )
         except (AttributeError, RuntimeError, NotImplementedError):
             _packing_works = False
     return _packing_works
@@ -102,12 +104,14 @@ class RescoredHead(nn.Module):
     bf16 logits are too coarse to pick from: at GPT-2's logit sizes (30 to 100) bf16 steps by 0.25 or
     0.5, so near-equal top logits would tie and greedy decoding would pick by token index. A float32
     head reads the whole 50,257 x d float32 matrix for every token, the slowest step of bf16 decoding.
-    Here the weight is split into a bf16 part and the bf16 rounding of what is left, two fast packed
-    products whose sum misses the float32 logit by at most 2^-8 of its size (the first product's
-    rounding) plus about 2^-16 of |x||w| (what the split leaves out; the bound allows 2^-13 for float32 sums). The `candidates` best are recomputed
-    in float32; a row whose best recomputed logit beats the next-best approximation by more than twice
-    that error has its float32 argmax among them (the other logits stay approximate). A row where it
-    does not (logits too close to call) gets the whole float32 head.
+
+    Here the weight is split into its bf16 rounding and the bf16 rounding of what is left: two fast
+    packed products whose sum misses the float32 logit by at most 2^-8 of its size (the first product's
+    rounding) plus about 2^-16 of |x||w| (what the split leaves out; the bound allows 2^-13, for the
+    float32 sums). The `candidates` best are recomputed in float32. When the best recomputed logit beats
+    the next-best approximation by more than twice that error, the float32 argmax is among them (the
+    other logits stay approximate); a row where it does not (too close to call) gets the whole float32
+    head.
     """
 
     def __init__(self, weight: torch.Tensor, candidates: int = 64):
