@@ -44,21 +44,9 @@ import torch.nn.functional as F
 
 import support.precision  # noqa: E402
 import utils  # noqa: E402  (common puts the repository on sys.path)
-from common import load_both, machine_line, uptime
+from common import load_both, machine_line, matmul_gflops, uptime
 from support.batching import length_grouped_loader  # noqa: E402
 from utils import GPT_CONFIGS, IGNORE_INDEX, create_optimizer  # noqa: E402
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
-    """Median GFLOP/s of an n x n @ n x n torch.matmul in `dtype`."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def batch_flops(shape: tuple[int, int], n_matmul: int, cfg: dict) -> float:

@@ -168,22 +168,6 @@ def worker(part: str, root: Path, weights: Path, n: int, threads: int | None, bf
     }
 
 
-def matmul_gflops(dtype_name: str, threads: int | None, n: int = 2048, reps: int = 5) -> float:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
 def tree_of(commit: str, folder: Path) -> Path:
     """The files of `commit` (git archive) in `folder`: no worktree, nothing of this checkout touched."""
     data = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit], check=True, capture_output=True).stdout
@@ -232,7 +216,9 @@ def main() -> None:
     import torch
 
     import utils
-    from common import machine_line, random_gpt2_checkpoint, uptime  # sets GPT2_TOKENIZER_DIR for the workers
+
+    # common sets GPT2_TOKENIZER_DIR for the workers
+    from common import machine_line, matmul_gflops, random_gpt2_checkpoint, uptime
 
     if args.threads:
         torch.set_num_threads(args.threads)  # the workers set theirs too
@@ -246,7 +232,7 @@ def main() -> None:
 
         def ceiling_now() -> None:
             for name, measured in ceilings.items():
-                measured.append(matmul_gflops(name, args.threads))
+                measured.append(matmul_gflops({"bf16": torch.bfloat16, "fp32": torch.float32}[name], reps=5))
 
         results = {}
         if args.only in (None, "07"):
