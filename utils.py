@@ -43,6 +43,7 @@ from support.checks import (
     vocabulary_error,
 )
 from support.experiments import ExperimentResult, failed_experiment
+from support.fast import cached_copy
 from support.files import DEFAULT_CACHE_DIR, REPO_ROOT, atomic_write_bytes, atomic_write_json  # noqa: F401
 from support.jsonio import DatasetError, parse_json_bytes, read_json_file
 from support.network import WeightsUnavailableError, download_file, hub_download, verify_hub_file
@@ -780,15 +781,20 @@ def _generate_cached(
 def _model_in_dtype(model: GPTModel, dtype: torch.dtype | None) -> GPTModel:
     """`model` itself when `dtype` is None or already its dtype; else a copy of it with its weights in `dtype`.
 
-    The output head stays float32 and returns float32 logits: bf16 keeps 8 bits of mantissa, so
-    two top logits such as 89.7 and 89.3 would both round to 89.5, and greedy decoding would pick
-    between them by index. The caller's model is left as it is (it may still be training); the
-    copy is made directly in `dtype`, without a second float32 copy, and works for LoRA too.
+    The logits stay float32, and greedy decoding picks what a float32 output head would: bf16 keeps
+    8 bits of mantissa, so two top logits such as 89.7 and 89.3 would both round to 89.5, and the
+    pick would go by index. The caller's model is left as it is (it may still be training); the
+    copy is made directly in `dtype`, without a second float32 copy, and works for LoRA too. It is
+    kept until the model's weights change (support/fast.py also makes it faster).
     """
     if dtype is None or model.tok_emb.weight.dtype == dtype:
         return model
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype such as torch.bfloat16, got {dtype}")
+    return cached_copy(model, dtype, _copy_in_dtype)  # made once, reused until the weights change
+
+
+def _copy_in_dtype(model: GPTModel, dtype: torch.dtype) -> GPTModel:
     head = {id(p) for p in model.out_head.parameters()}
     memo = {
         id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in model.parameters() if id(p) not in head

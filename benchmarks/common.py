@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +20,18 @@ if "GPT2_TOKENIZER_DIR" not in os.environ and (SHARED_TOKENIZER / "encoder.json"
 
 import support.precision  # noqa: E402
 import utils  # noqa: E402
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
+    """Median GFLOP/s of an n x n @ n x n torch.matmul in `dtype`: the ceiling a run is compared with."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def uptime() -> str:

@@ -10,6 +10,8 @@ what makes that code dependable outside a notebook (the CLI finetune.py, scripts
     weights.py          reading GPT-2's weights file safely; what in it does not fit a model
     tokenizer_files.py  GPT-2's vocabulary files: hashes, checking a folder, loading the tokenizer
     precision.py        bf16 where it pays: hardware detection, attention in float32 on a CPU
+    fast.py             the bf16 generation copy: made once per set of weights, packed Linear layers, an
+                        output head in bf16 that still picks the float32 head's greedy token
     ollama.py           the Ollama client behind the LLM judge (utils.judge_responses)
     scores.py           the judge's replies: parse_score, the summary of a judging run
     checkpoints.py      the checkpoint format (safetensors + CRC-32 per tensor), its validation, resume
