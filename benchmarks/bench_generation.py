@@ -174,6 +174,14 @@ def main() -> None:
                 f"(median of the rounds' own ratios: {paired:.2f}x)"
             )
 
+    head = utils._model_in_dtype(ours, torch.bfloat16).out_head if "ours bf16" in runs else None
+    if hasattr(head, "rows_in_float32"):  # support.fast.RescoredHead
+        rows = head.rows_rescored + head.rows_in_float32
+        print(
+            f"ours bf16 output head, over the warm-up and all rounds: {head.rows_rescored} of {rows} token choices from its 64 "
+            f"recomputed candidates, {head.rows_in_float32} too close to call (whole float32 head)"
+        )
+
     if args.textbook:
         subset = prompts[: args.textbook]
         start = time.perf_counter()

@@ -2,9 +2,10 @@
 kept until the weights change, its Linear layers run on weights packed once for the CPU's matmul
 kernels, and its output head runs in bf16 without changing which token greedy decoding picks.
 
-utils._model_in_dtype calls cached_copy; the copy it gets computes what the plain bf16 copy computes
-(the packed layers give bit-identical results, tests/test_fast.py checks it), only faster.
-benchmarks/bench_generation.py measures it against transformers.
+utils._model_in_dtype calls cached_copy. The packed layers compute nn.Linear's exact sums; the one
+difference from the plain bf16 copy is GELU, applied to the float32 sum before it is rounded to bf16
+rather than after (tests/test_fast.py checks both). benchmarks/bench_generation.py measures the speed
+against transformers and prints how often the output head had to fall back to float32.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class RescoredHead(nn.Module):
         self.low = PackedLinear((weight - high.float()).to(torch.bfloat16))
         self.register_buffer("largest_row_norm", weight.norm(dim=1).max())
         self.candidates = min(candidates, weight.size(0))
-        self.rows_rescored = self.rows_in_float32 = 0  # counts, for the benchmark
+        self.rows_rescored = self.rows_in_float32 = 0  # how often each path ran (bench_generation prints it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
