@@ -178,8 +178,9 @@ def main() -> None:
     if hasattr(head, "rows_in_float32"):  # support.fast.RescoredHead
         rows = head.rows_rescored + head.rows_in_float32
         print(
-            f"ours bf16 output head, over the warm-up and all rounds: {head.rows_rescored} of {rows} token choices from its 64 "
-            f"recomputed candidates, {head.rows_in_float32} too close to call (whole float32 head)"
+            f"ours bf16 output head, over the warm-up and all rounds: {head.rows_rescored} of {rows} token "
+            f"choices from its 64 recomputed candidates, {head.rows_in_float32} too close to call (whole float32 "
+            f"head)"
         )
 
     if args.textbook:
